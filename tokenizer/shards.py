@@ -1,0 +1,175 @@
+"""Token shards: the contract between the tokenizer and the trainer.
+
+A shard NAME is two files:
+- NAME.bin: the tokens of every document back to back, little-endian uint16 (vocabulary ≤ 65536)
+  or uint32 (larger vocabularies); BOS/EOS are already in the token stream.
+- NAME.idx: a fixed header followed by `num_docs + 1` little-endian uint64 token offsets;
+  document i is tokens[offsets[i]:offsets[i + 1]].
+
+Header (little-endian, 68 bytes): magic b"LLMSHARD", format version (u32), bytes per token (u32),
+vocabulary size (u32), SHA-256 of the tokenizer model (32 bytes), document count (u64), token count (u64).
+
+The writer streams tokens to disk and publishes both files atomically (temporary names, then
+rename, `.idx` last), so a reader never sees half a shard. The reader memory-maps and refuses any
+mismatch with a message that names the file and the problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+MAGIC = b"LLMSHARD"
+VERSION = 1
+HEADER = struct.Struct("<8sIII32sQQ")
+OFFSET_DTYPE = np.dtype("<u8")
+
+
+class ShardError(ValueError):
+    """A shard that cannot be read as written: wrong magic, version, tokenizer, dtype or size."""
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits in 16 bits, else uint32."""
+    return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
+
+
+def tokenizer_hash(model_path: str | os.PathLike) -> bytes:
+    """SHA-256 of a tokenizer model file: shards record it so that a trainer cannot mix tokenizers."""
+    return hashlib.sha256(Path(model_path).read_bytes()).digest()
+
+
+def shard_paths(prefix: str | os.PathLike) -> tuple[Path, Path]:
+    prefix = Path(prefix)
+    return prefix.with_name(prefix.name + ".bin"), prefix.with_name(prefix.name + ".idx")
+
+
+def shard_exists(prefix: str | os.PathLike) -> bool:
+    """True once a shard has been published (the .idx is renamed into place last)."""
+    bin_path, idx_path = shard_paths(prefix)
+    return bin_path.exists() and idx_path.exists()
+
+
+class ShardWriter:
+    """Streams documents into one shard; `close()` (or leaving the `with` block) publishes it."""
+
+    def __init__(self, prefix: str | os.PathLike, vocab_size: int, tokenizer_sha256: bytes):
+        if len(tokenizer_sha256) != 32:
+            raise ValueError("tokenizer_sha256 must be the 32-byte SHA-256 digest of the model")
+        self.bin_path, self.idx_path = shard_paths(prefix)
+        self.vocab_size = vocab_size
+        self.tokenizer_sha256 = tokenizer_sha256
+        self.dtype = token_dtype(vocab_size)
+        self.offsets = [0]
+        self._tmp_bin = self.bin_path.with_name(self.bin_path.name + f".tmp{os.getpid()}")
+        self._bin = open(self._tmp_bin, "wb")
+
+    def add_document(self, tokens) -> None:
+        array = np.asarray(tokens)
+        if array.size and (array.min() < 0 or array.max() >= self.vocab_size):
+            raise ValueError(f"token id outside the vocabulary of {self.vocab_size}")
+        self._bin.write(array.astype(self.dtype, copy=False).tobytes())
+        self.offsets.append(self.offsets[-1] + array.size)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.offsets[-1]
+
+    @property
+    def num_docs(self) -> int:
+        return len(self.offsets) - 1
+
+    def close(self) -> None:
+        if self._bin.closed:
+            return
+        self._bin.flush()
+        os.fsync(self._bin.fileno())
+        self._bin.close()
+        header = HEADER.pack(MAGIC, VERSION, self.dtype.itemsize, self.vocab_size,
+                             self.tokenizer_sha256, self.num_docs, self.num_tokens)
+        tmp_idx = self.idx_path.with_name(self.idx_path.name + f".tmp{os.getpid()}")
+        with open(tmp_idx, "wb") as f:
+            f.write(header)
+            f.write(np.asarray(self.offsets, dtype=OFFSET_DTYPE).tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(self._tmp_bin, self.bin_path)
+        os.replace(tmp_idx, self.idx_path)
+
+    def abort(self) -> None:
+        """Drop a half-written shard without publishing anything."""
+        self._bin.close()
+        self._tmp_bin.unlink(missing_ok=True)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class ShardReader:
+    """Memory-maps a published shard after validating its header and file sizes.
+
+    `expected_tokenizer_sha256` / `expected_vocab_size`, when given, must match the header."""
+
+    def __init__(self, prefix: str | os.PathLike, expected_tokenizer_sha256: bytes | None = None,
+                 expected_vocab_size: int | None = None):
+        self.bin_path, self.idx_path = shard_paths(prefix)
+        for path in (self.idx_path, self.bin_path):
+            if not path.exists():
+                raise ShardError(f"{path}: missing (shard {prefix} is not published)")
+        idx_size = self.idx_path.stat().st_size
+        if idx_size < HEADER.size:
+            raise ShardError(f"{self.idx_path}: truncated header ({idx_size} of {HEADER.size} bytes)")
+        with open(self.idx_path, "rb") as f:
+            fields = HEADER.unpack(f.read(HEADER.size))
+        magic, version, itemsize, vocab_size, sha, num_docs, num_tokens = fields
+        if magic != MAGIC:
+            raise ShardError(f"{self.idx_path}: not a token shard index (magic {magic!r})")
+        if version != VERSION:
+            raise ShardError(f"{self.idx_path}: format version {version}, this reader reads {VERSION}")
+        if itemsize != token_dtype(vocab_size).itemsize:
+            raise ShardError(f"{self.idx_path}: {itemsize}-byte tokens do not match a vocabulary "
+                             f"of {vocab_size} (expected {token_dtype(vocab_size).itemsize}-byte)")
+        if expected_vocab_size is not None and vocab_size != expected_vocab_size:
+            raise ShardError(f"{self.idx_path}: vocabulary size {vocab_size}, expected {expected_vocab_size}")
+        if expected_tokenizer_sha256 is not None and sha != expected_tokenizer_sha256:
+            raise ShardError(f"{self.idx_path}: made with another tokenizer (sha256 {sha.hex()[:16]}…, "
+                             f"expected {expected_tokenizer_sha256.hex()[:16]}…)")
+        expected_idx = HEADER.size + (num_docs + 1) * OFFSET_DTYPE.itemsize
+        if idx_size != expected_idx:
+            raise ShardError(f"{self.idx_path}: {idx_size} bytes, expected {expected_idx} for {num_docs} documents")
+        self.dtype = token_dtype(vocab_size)
+        bin_size = self.bin_path.stat().st_size
+        if bin_size != num_tokens * itemsize:
+            raise ShardError(f"{self.bin_path}: {bin_size} bytes, expected {num_tokens * itemsize} "
+                             f"for {num_tokens} tokens (truncated or corrupt)")
+        self.offsets = np.memmap(self.idx_path, dtype=OFFSET_DTYPE, mode="r", offset=HEADER.size)
+        if self.offsets[0] != 0 or self.offsets[-1] != num_tokens or np.any(np.diff(self.offsets.astype(np.int64)) < 0):
+            raise ShardError(f"{self.idx_path}: document offsets are not a monotone cover of {num_tokens} tokens")
+        self.tokens = (np.memmap(self.bin_path, dtype=self.dtype, mode="r") if num_tokens
+                       else np.zeros(0, dtype=self.dtype))
+        self.vocab_size = vocab_size
+        self.tokenizer_sha256 = sha
+        self.num_docs = num_docs
+        self.num_tokens = num_tokens
+
+    def __len__(self) -> int:
+        return self.num_docs
+
+    def document(self, i: int) -> np.ndarray:
+        return self.tokens[self.offsets[i]:self.offsets[i + 1]]
+
+    def header(self) -> dict:
+        return {"path": str(self.idx_path.with_suffix("")), "version": VERSION,
+                "dtype": self.dtype.name, "vocab_size": self.vocab_size,
+                "tokenizer_sha256": self.tokenizer_sha256.hex(),
+                "num_docs": self.num_docs, "num_tokens": self.num_tokens}

@@ -1,0 +1,75 @@
+"""Stages over documents, datatrove style: each stage takes documents and gives documents, and
+counts what came in, what went out and why the rest was dropped. Running stages is the engine's
+job (`run_stages` here, Spark's `mapPartitions` in `jobs/`), not the stages'.
+
+A document is a plain dict with CCNet's field names (`url`, `raw_content`, `language`, …).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Iterable, Iterator
+
+
+class Stage:
+    """One step of the pipeline. Subclasses implement `process`, and call `self.drop(reason)` for
+    each document they do not yield."""
+
+    name = "stage"
+
+    def __init__(self) -> None:
+        self.stats: Counter = Counter()
+
+    def process(self, docs: Iterable[dict]) -> Iterator[dict]:
+        raise NotImplementedError
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        self.stats[f"dropped.{reason}"] += count
+
+    def __call__(self, docs: Iterable[dict]) -> Iterator[dict]:
+        def counted(docs: Iterable[dict]) -> Iterator[dict]:
+            for doc in docs:
+                self.stats["in"] += 1
+                yield doc
+
+        started = time.perf_counter()
+        for doc in self.process(counted(docs)):
+            self.stats["out"] += 1
+            # Time inside this stage and the ones before it; the report takes differences.
+            self.stats["seconds"] += time.perf_counter() - started
+            yield doc
+            started = time.perf_counter()
+        self.stats["seconds"] += time.perf_counter() - started
+
+
+def run_stages(docs: Iterable[dict], stages: list[Stage]) -> Iterator[dict]:
+    """Chains stages lazily: documents stream through, nothing is held."""
+    for stage in stages:
+        docs = stage(docs)
+    yield from docs
+
+
+def stage_stats(stages: list[Stage]) -> dict[str, dict]:
+    """{stage name: {"in", "out", "seconds", "dropped": {reason: n}}} for the stats file."""
+    return {stage.name: nest_counters(stage.stats) for stage in stages}
+
+
+def nest_counters(counters: Counter | dict) -> dict:
+    out: dict = {"in": 0, "out": 0, "dropped": {}}
+    for key, value in counters.items():
+        if key.startswith("dropped."):
+            out["dropped"][key.removeprefix("dropped.")] = value
+        else:
+            out[key] = value
+    return out
+
+
+def merge_stats(into: dict, other: dict) -> dict:
+    """Adds nested counters of `other` into `into` (numbers add, dicts merge recursively)."""
+    for key, value in other.items():
+        if isinstance(value, dict):
+            merge_stats(into.setdefault(key, {}), value)
+        else:
+            into[key] = into.get(key, 0) + value
+    return into

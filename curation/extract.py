@@ -1,0 +1,66 @@
+"""HTML → text with resiliparse: charset from the HTTP header, else the page's meta tag, else
+detection (uchardet); main-content extraction that keeps one block (paragraph, heading, list item)
+a line. Documents shorter than CCNet's floor (300 characters) are dropped here, before dedup."""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+from resiliparse.extract.html2text import extract_plain_text
+from resiliparse.parse.encoding import bytes_to_str, detect_encoding, map_encoding_to_html5
+from resiliparse.parse.html import HTMLTree
+
+from curation.pipeline import Stage
+
+MIN_LENGTH = 300
+
+
+def decode_html(html: bytes, declared_charset: str | None = None) -> str:
+    """Declared charset (mapped the way browsers map labels: gb2312 → gbk), else meta tag or
+    detection; undecodable bytes fall back to UTF-8/cp1252 and never raise."""
+    encoding = map_encoding_to_html5(declared_charset) if declared_charset else None
+    if not encoding:
+        encoding = detect_encoding(html, from_html_meta=True)
+    return bytes_to_str(html, encoding, errors="replace")
+
+
+def clean_lines(text: str) -> str:
+    """One stripped, non-empty line per block."""
+    return "\n".join(line for line in (part.strip() for part in text.split("\n")) if line)
+
+
+def html_to_text(html: bytes, declared_charset: str | None = None) -> tuple[str, str]:
+    """(title, main text) of an HTML page."""
+    tree = HTMLTree.parse(decode_html(html, declared_charset))
+    text = extract_plain_text(tree, preserve_formatting=True, main_content=True,
+                              list_bullets=False, alt_texts=False)
+    return (tree.title or "").strip(), clean_lines(text)
+
+
+class ExtractStage(Stage):
+    """Pages from `ArchiveReader` → documents with `title`, `raw_content` and CCNet's length fields.
+    WET documents arrive with CommonCrawl's text, kept as it is (as CCNet does); they get lengths."""
+
+    name = "extract"
+
+    def __init__(self, min_length: int = MIN_LENGTH):
+        super().__init__()
+        self.min_length = min_length
+
+    def process(self, docs: Iterable[dict]) -> Iterator[dict]:
+        for doc in docs:
+            html = doc.pop("html", None)
+            charset = doc.pop("http_charset", None)
+            if html is not None:
+                try:
+                    doc["title"], doc["raw_content"] = html_to_text(html, charset)
+                except Exception:  # resiliparse raises on markup it cannot parse at all
+                    self.drop("unparseable_html")
+                    continue
+            text = doc["raw_content"]
+            doc["length"] = doc["original_length"] = len(text)
+            doc["nlines"] = doc["original_nlines"] = text.count("\n") + 1 if text else 0
+            if len(text) < self.min_length:
+                self.drop("too_short")
+                continue
+            yield doc

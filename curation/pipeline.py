@@ -66,10 +66,10 @@ def nest_counters(counters: Counter | dict) -> dict:
 
 
 def merge_stats(into: dict, other: dict) -> dict:
-    """Adds nested counters of `other` into `into` (numbers add, dicts merge recursively)."""
+    """Adds nested counters of `other` into `into`: numbers add, lists concatenate, dicts merge."""
     for key, value in other.items():
         if isinstance(value, dict):
             merge_stats(into.setdefault(key, {}), value)
         else:
-            into[key] = into.get(key, 0) + value
+            into[key] = into.get(key, type(value)()) + value
     return into

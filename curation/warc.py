@@ -60,7 +60,8 @@ def header_charset(content_type: str | None) -> str | None:
 
 
 class ArchiveReader:
-    """Reads WARC/WET files into page records; `stats` counts records by what became of them."""
+    """Reads WARC/WET files into page records. `stats` counts records in, pages out, and the
+    records dropped by reason (their type, status, content type, or corruption)."""
 
     name = "read"
 
@@ -84,21 +85,23 @@ class ArchiveReader:
         try:
             for record in records:
                 position = start + records.offset if seekable else records.offset
+                self.stats["in"] += 1
                 page = self._page(record, segment)
                 if page is None:
                     continue
                 # A record whose file ends before its Content-Length is cut off: never a page.
                 records.read_to_end(record)
                 if record.raw_stream.limit > 0:
-                    self.stats["error.cut_off_record"] += 1
+                    self.stats["dropped.cut_off_record"] += 1
                     log.warning("%s: record at byte %s is cut off (%s bytes missing)", source,
                                 position, record.raw_stream.limit)
                     continue
-                self.stats["pages"] += 1
+                self.stats["out"] += 1
                 yield page
             return None
         except RECORD_ERRORS as error:
-            self.stats["error.corrupt_record"] += 1
+            self.stats["in"] += 1
+            self.stats["dropped.corrupt_record"] += 1
             log.warning("%s: corrupt record at byte %s skipped (%s: %s)", source, position,
                         type(error).__name__, str(error)[:200])
             return self._next_member(stream, position + 1) if seekable else None
@@ -124,21 +127,21 @@ class ArchiveReader:
         if kind == "conversion":
             return self._wet_document(record, segment)
         if kind != "response":
-            self.stats[f"skipped.{kind if kind in SKIPPED_TYPES else 'other_type'}"] += 1
+            self.stats[f"dropped.{kind if kind in SKIPPED_TYPES else 'other_type'}"] += 1
             return None
         if headers.get_header("WARC-Truncated"):
-            self.stats["skipped.truncated"] += 1
+            self.stats["dropped.truncated"] += 1
             return None
         http = record.http_headers
         if http is None:
-            self.stats["skipped.not_http"] += 1
+            self.stats["dropped.not_http"] += 1
             return None
         if http.get_statuscode() != "200":
-            self.stats["skipped.status_not_200"] += 1
+            self.stats["dropped.status_not_200"] += 1
             return None
         content_type = http.get_header("Content-Type")
         if not is_html(content_type):
-            self.stats["skipped.not_html"] += 1
+            self.stats["dropped.not_html"] += 1
             return None
         url = headers.get_header("WARC-Target-URI") or ""
         return {

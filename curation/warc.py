@@ -19,11 +19,15 @@ from urllib.parse import urlsplit
 from warcio.archiveiterator import ArchiveIterator
 from warcio.exceptions import ArchiveLoadFailed
 
+from curation.commoncrawl import open_http
+
 log = logging.getLogger(__name__)
 
 GZIP_MEMBER_MAGIC = b"\x1f\x8b\x08"
 SKIPPED_TYPES = {"request", "metadata", "warcinfo", "revisit", "resource", "continuation"}
-RECORD_ERRORS = (ArchiveLoadFailed, zlib.error, EOFError, OSError, ValueError)
+# Errors of the data itself. I/O and network errors are not among them: they fail the whole
+# input, so that a resumed run reads it again instead of keeping a silently shortened copy.
+RECORD_ERRORS = (ArchiveLoadFailed, zlib.error, EOFError, ValueError)
 
 
 def cc_segment(source: str) -> str:
@@ -38,10 +42,13 @@ def source_domain(url: str) -> str:
 
 
 def open_source(source: str) -> BinaryIO:
-    """A binary stream of a local path or an http(s)/s3/… URL, never read whole into memory."""
+    """A binary stream of a local path, an http(s) URL (retried with backoff) or any fsspec URL
+    such as s3://, never read whole into memory."""
     if "://" not in source or source.startswith("file://"):
         return open(source.removeprefix("file://"), "rb")
-    import fsspec  # remote sources only; fsspec streams http(s) and s3 (with s3fs) in blocks
+    if source.startswith(("http://", "https://")):
+        return open_http(source)
+    import fsspec  # s3:// (through s3fs) and other object stores
 
     return fsspec.open(source, "rb").open()
 

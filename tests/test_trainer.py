@@ -1,0 +1,269 @@
+"""The torch LLaMA trainer on shards made here from real text (botchan.en.txt): a SentencePiece BPE
+model trained in a temporary directory, documents written with tokenizer.shards.ShardWriter."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+import torch
+import torch.nn.functional as F
+
+from tokenizer.shards import ShardError, ShardReader, ShardWriter, tokenizer_hash
+from trainer.data import TrainLoader, open_shards, val_batches
+from trainer.model import PRESETS, FeedForward, ModelConfig, RMSNorm, Transformer, apply_rope, preset, rope_table
+from trainer.sample import generate, next_token
+from trainer.train import TrainConfig, load_checkpoint, lr_at, model_from_checkpoint, train
+
+VOCAB = 512
+TINY = dict(vocab_size=VOCAB, max_seq_len=64)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a shared CPU, OpenMP threads that wait on each other slow tiny models by 10×."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def corpus(shared_data, tmp_path_factory):
+    """(tokenizer model path, shard directory): 2 train shards and 1 validation shard of botchan passages."""
+    root = tmp_path_factory.mktemp("trainer")
+    text = (shared_data / "text" / "botchan.en.txt").read_text(encoding="utf-8")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    paragraphs = ["\n".join(lines[i:i + 20]) for i in range(0, len(lines), 20)]  # 20-line documents
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(paragraphs), model_prefix=str(root / "tok"), vocab_size=VOCAB,
+        model_type="bpe", split_digits=True, byte_fallback=True, normalization_rule_name="identity",
+        num_threads=1, minloglevel=2)
+    model_path = root / "tok.model"
+    sp = spm.SentencePieceProcessor(model_file=str(model_path))
+    sha = tokenizer_hash(model_path)
+    shards = root / "shards"
+    shards.mkdir()
+    n_val = len(paragraphs) // 10
+    parts = {"train-00000": paragraphs[:len(paragraphs) // 2],
+             "train-00001": paragraphs[len(paragraphs) // 2:-n_val], "val-00000": paragraphs[-n_val:]}
+    for name, docs in parts.items():
+        with ShardWriter(shards / name, sp.vocab_size(), sha) as writer:
+            for doc in docs:
+                writer.add_document([sp.bos_id()] + sp.encode(doc))
+    return model_path, shards
+
+
+def tiny_run(corpus, out_dir, **overrides) -> TrainConfig:
+    settings = dict(preset="tiny", data_dir=str(corpus[1]), out_dir=str(out_dir), seq_len=64, batch_size=8,
+                    max_steps=8, eval_interval=0, eval_batches=2, ckpt_interval=100, log_interval=1000, lr=3e-3)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+# --- model ---
+
+def test_rmsnorm_matches_formula():
+    torch.manual_seed(0)
+    norm = RMSNorm(16, eps=1e-6)
+    norm.weight.data = torch.randn(16)
+    x = torch.randn(3, 5, 16)
+    expected = x / torch.sqrt((x ** 2).mean(-1, keepdim=True) + 1e-6) * norm.weight
+    torch.testing.assert_close(norm(x), expected)
+    # Computed in float32 even for bf16 input; only the result is rounded.
+    torch.testing.assert_close(norm(x.bfloat16()).float(), (expected.bfloat16()).float(), atol=0.05, rtol=0.02)
+
+
+def test_swiglu_matches_formula_and_hidden_size():
+    torch.manual_seed(0)
+    ff = FeedForward(8, 24)
+    x = torch.randn(4, 8)
+    a, b = x @ ff.w1.weight.T, x @ ff.w3.weight.T
+    expected = (a * (1 / (1 + torch.exp(-a))) * b) @ ff.w2.weight.T
+    torch.testing.assert_close(ff(x), expected)
+    assert PRESETS["7B"].ffn_hidden == 11008  # Meta's 7B: multiple_of(256, 2/3 · 4 · 4096)
+    assert PRESETS["13B"].ffn_hidden == 13824
+
+
+def test_rope_matches_meta_complex_form_and_scores_depend_on_relative_position():
+    torch.manual_seed(0)
+    head_dim, seq = 16, 40
+    cos, sin = rope_table(head_dim, seq, 10000.0)
+    x = torch.randn(1, seq, 2, head_dim)
+    # Meta's reference: consecutive pairs as complex numbers times e^{i·pos·θ_j}.
+    freqs = torch.polar(torch.ones_like(cos), torch.atan2(sin, cos))
+    meta = torch.view_as_real(torch.view_as_complex(x.reshape(1, seq, 2, -1, 2)) * freqs[None, :, None]).flatten(3)
+    torch.testing.assert_close(apply_rope(x, cos, sin), meta, atol=1e-5, rtol=1e-5)
+
+    q, k = torch.randn(head_dim), torch.randn(head_dim)
+
+    def score(m, n):
+        same_q = q.expand(1, seq, 1, head_dim)
+        same_k = k.expand(1, seq, 1, head_dim)
+        return apply_rope(same_q, cos, sin)[0, m, 0] @ apply_rope(same_k, cos, sin)[0, n, 0]
+
+    for m, n in [(5, 2), (9, 9), (3, 7)]:
+        for shift in (1, 11, 30):
+            torch.testing.assert_close(score(m, n), score(m + shift, n + shift), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(score(5, 2), score(5, 3), atol=1e-3)  # and it does depend on the offset
+
+
+def test_future_tokens_do_not_change_past_logits():
+    torch.manual_seed(0)
+    model = Transformer(preset("tiny", **TINY)).eval()
+    tokens = torch.randint(0, VOCAB, (2, 32))
+    changed = tokens.clone()
+    changed[:, 20:] = torch.randint(0, VOCAB, (2, 12))
+    with torch.no_grad():
+        a, b = model(tokens), model(changed)
+    torch.testing.assert_close(a[:, :20], b[:, :20])
+    assert not torch.allclose(a[:, 20:], b[:, 20:])
+
+
+@pytest.mark.parametrize("name,billions", [("7B", 6.74), ("13B", 13.02)])
+def test_paper_presets_have_paper_parameter_counts(name, billions):
+    with torch.device("meta"):
+        model = Transformer(PRESETS[name])
+    assert model.output.weight.is_meta
+    assert abs(model.num_params() / 1e9 - billions) / billions < 0.005
+
+
+def test_grouped_query_attention_shrinks_kv_and_runs():
+    cfg = preset("tiny", n_kv_heads=2, **TINY)
+    model = Transformer(cfg)
+    assert model.layers[0].attention.wk.weight.shape == (2 * cfg.head_dim, cfg.dim)
+    logits, loss = model(torch.randint(0, VOCAB, (2, 16)), torch.randint(0, VOCAB, (2, 16)))
+    assert logits.shape == (2, 16, VOCAB) and math.isfinite(loss.item())
+
+
+def test_overfits_one_batch():
+    torch.manual_seed(0)
+    model = Transformer(preset("tiny", **TINY))
+    x = torch.randint(0, VOCAB, (4, 32))
+    y = torch.randint(0, VOCAB, (4, 32))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(80):
+        _, loss = model(x, y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert loss.item() < 0.5  # from ln(512) ≈ 6.2: random targets are memorised
+
+
+# --- data ---
+
+def test_loader_windows_come_from_the_shards_and_resume_exactly(corpus):
+    _, shards = corpus
+    loader = TrainLoader(shards, seq_len=64, batch_size=4, seed=7)
+    stream = np.concatenate([np.asarray(r.tokens) for r in open_shards(shards, "train")])
+    x, y = loader.next_batch()
+    assert x.shape == y.shape == (4, 64) and torch.equal(x[:, 1:], y[:, :-1])
+    row = x[0].numpy()
+    assert any(np.array_equal(stream[i:i + 64], row) for i in np.flatnonzero(stream == row[0]))
+
+    state = loader.state_dict()
+    expected = [loader.next_batch() for _ in range(3)]
+    resumed = TrainLoader(shards, seq_len=64, batch_size=4, seed=7)
+    resumed.load_state_dict(state)
+    for (ex, ey), (rx, ry) in zip(expected, (resumed.next_batch() for _ in range(3))):
+        assert torch.equal(ex, rx) and torch.equal(ey, ry)
+    other_seed = TrainLoader(shards, seq_len=64, batch_size=4, seed=8)
+    assert not torch.equal(other_seed.next_batch()[0], TrainLoader(shards, 64, 4, seed=7).next_batch()[0])
+
+
+def test_epoch_visits_every_window_once_and_ranks_split_batches(corpus):
+    _, shards = corpus
+    loader = TrainLoader(shards, seq_len=64, batch_size=2, seed=1)
+    n = len(loader.windows)
+    seen = {tuple(row.tolist()) for _ in range(n // 2) for row in loader.next_batch()[0]}
+    assert len(seen) == (n // 2) * 2 and loader.epoch == 0
+    loader.next_batch()
+    if n % 2 == 0:
+        assert loader.epoch == 1
+    rank0 = TrainLoader(shards, 64, 2, seed=1, rank=0, world_size=2).next_batch()[0]
+    rank1 = TrainLoader(shards, 64, 2, seed=1, rank=1, world_size=2).next_batch()[0]
+    whole = TrainLoader(shards, 64, 4, seed=1).next_batch()[0]
+    assert torch.equal(torch.cat([rank0, rank1]), whole)
+
+
+def test_val_batches_are_fixed_and_mixed_tokenizers_are_refused(corpus, tmp_path):
+    model_path, shards = corpus
+    first = list(val_batches(shards, 64, 4, max_batches=3))
+    assert len(first) == 3 and all(torch.equal(a[0], b[0]) for a, b in zip(first, val_batches(shards, 64, 4, 3)))
+    assert ShardReader(shards / "val-00000").tokens[0] == spm.SentencePieceProcessor(model_file=str(model_path)).bos_id()
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for name, sha in [("train-00000", tokenizer_hash(model_path)), ("train-00001", bytes(32))]:
+        with ShardWriter(mixed / name, VOCAB, sha) as writer:
+            writer.add_document(np.arange(200) % VOCAB)
+    with pytest.raises(ShardError, match="tokenizer or vocabulary differs"):
+        open_shards(mixed, "train")
+    with pytest.raises(FileNotFoundError, match="make shards"):
+        open_shards(tmp_path, "val")
+
+
+# --- training ---
+
+def test_schedule_warms_up_then_decays_to_ten_percent():
+    lrs = [lr_at(s, 1.0, 10, 100, 0.1) for s in range(101)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert lrs[100] == pytest.approx(0.1)
+
+
+def test_resume_gives_the_same_losses_as_an_uninterrupted_run(corpus, tmp_path):
+    straight = train(tiny_run(corpus, tmp_path / "straight", grad_accum=2))["losses"]
+    first = train(tiny_run(corpus, tmp_path / "resumed", grad_accum=2, stop_at=4))["losses"]
+    rest = train(tiny_run(corpus, tmp_path / "resumed", grad_accum=2))["losses"]
+    assert len(first) == 4 and len(rest) == 4
+    assert first + rest == straight  # bit for bit: same data, same optimizer state, same RNG
+
+    ckpt = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")  # weights_only=True
+    assert ckpt["step"] == 8 and ckpt["data"]["position"] == 8 * 2 * 8
+    assert ckpt["tokenizer_sha256"] == tokenizer_hash(corpus[0]).hex()
+
+
+def test_training_on_real_shards_lowers_validation_loss_and_samples(corpus, tmp_path):
+    out = tmp_path / "run"
+    result = train(tiny_run(corpus, out, max_steps=60, eval_interval=30, eval_batches=4))
+    (step0, initial), *_, (last_step, final) = result["val_losses"]
+    assert step0 == 0 and last_step == 60
+    assert initial == pytest.approx(math.log(VOCAB), abs=0.3)  # untrained: near uniform
+    assert final < initial - 1.0
+    # Below the unigram cross-entropy of the validation tokens: the model uses context, not just frequencies.
+    train_tokens = np.concatenate([np.asarray(r.tokens) for r in open_shards(corpus[1], "train")])
+    val_tokens = np.concatenate([np.asarray(r.tokens) for r in open_shards(corpus[1], "val")])
+    unigram = (np.bincount(train_tokens, minlength=VOCAB) + 1) / (len(train_tokens) + VOCAB)
+    assert final < -np.log(unigram[val_tokens]).mean()
+    assert (out / "loss.png").stat().st_size > 10_000
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert len(steps) == 60 and all({"lr", "grad_norm", "tokens_per_s"} <= set(r) for r in steps)
+
+    model = model_from_checkpoint(load_checkpoint(result["checkpoint"]))
+    sp = spm.SentencePieceProcessor(model_file=str(corpus[0]))
+    prompt = [sp.bos_id()] + sp.encode("I said to him")
+    cached = generate(model, prompt, 20)
+    assert cached == generate(model, prompt, 20, use_cache=False)  # the KV cache changes nothing
+    assert len(cached) == len(prompt) + 20 and isinstance(sp.decode(cached[1:]), str)
+
+
+def test_sampling_filters():
+    logits = torch.tensor([[4.0, 3.0, 2.0, -1.0, -2.0]])
+    g = torch.Generator().manual_seed(0)
+    assert next_token(logits, 0.0, None, None).item() == 0
+    assert {next_token(logits, 1.0, 2, None, g).item() for _ in range(200)} == {0, 1}
+    # softmax ≈ [.66, .24, .09, …]: top_p 0.8 keeps the first two, 0.5 only the first.
+    assert {next_token(logits, 1.0, None, 0.8, g).item() for _ in range(200)} == {0, 1}
+    assert {next_token(logits, 1.0, None, 0.5, g).item() for _ in range(50)} == {0}
+    assert len({next_token(logits, 5.0, None, None, g).item() for _ in range(300)}) == 5
+
+
+def test_cli_says_to_make_shards_when_missing(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "trainer.train", f"data_dir={tmp_path / 'none'}"],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "make shards" in result.stderr

@@ -1,0 +1,216 @@
+"""LLaMA-1 (Touvron et al. 2023) in one file, with the names of Meta's reference code.
+
+Pre-norm RMSNorm, SwiGLU feed-forward, rotary position embeddings (interleaved pairs, as Meta's
+`apply_rotary_emb`, done with real arithmetic so it also runs where complex tensors do not), causal
+attention through `scaled_dot_product_attention`, no biases, untied embeddings.
+
+`python -m trainer.model --preset 7B` prints a preset's config and parameter count, built on the
+`meta` device so that no memory is allocated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    dim: int = 4096  # model width d
+    n_layers: int = 32  # transformer blocks
+    n_heads: int = 32  # query heads; head_dim = dim // n_heads
+    n_kv_heads: int | None = None  # key/value heads for grouped-query attention; None = n_heads (LLaMA-1)
+    vocab_size: int = 32000  # tokenizer vocabulary (LLaMA's SentencePiece has 32000)
+    multiple_of: int = 256  # SwiGLU hidden size is rounded up to a multiple of this
+    norm_eps: float = 1e-6  # RMSNorm epsilon
+    rope_theta: float = 10000.0  # RoPE base
+    max_seq_len: int = 2048  # longest context; sizes the RoPE table and the KV cache
+    lr: float = 3e-4  # peak learning rate the paper used for this size
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def ffn_hidden(self) -> int:
+        # Meta: 2/3 of 4d keeps SwiGLU's three matrices at the FLOPs of a 4d two-matrix MLP.
+        hidden = int(2 * 4 * self.dim / 3)
+        return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+
+
+# The paper's sizes (Table 2) and small ones that train on a CPU in minutes.
+PRESETS: dict[str, ModelConfig] = {
+    "7B": ModelConfig(dim=4096, n_layers=32, n_heads=32, lr=3e-4),
+    "13B": ModelConfig(dim=5120, n_layers=40, n_heads=40, lr=3e-4),
+    "33B": ModelConfig(dim=6656, n_layers=60, n_heads=52, lr=1.5e-4),
+    "65B": ModelConfig(dim=8192, n_layers=80, n_heads=64, lr=1.5e-4),
+    "1B": ModelConfig(dim=2048, n_layers=22, n_heads=16, lr=4e-4),  # a GPU-sized preset for MFU checks
+    "small": ModelConfig(dim=256, n_layers=6, n_heads=8, multiple_of=64, max_seq_len=256, lr=1e-3),
+    "tiny": ModelConfig(dim=128, n_layers=4, n_heads=4, multiple_of=32, max_seq_len=128, lr=2e-3),
+}
+
+
+def preset(name: str, **overrides) -> ModelConfig:
+    return replace(PRESETS[name], **overrides)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # float32 for the mean of squares: bf16 loses too much precision there.
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+def rope_table(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of position·θ^(-2i/d), shape (max_seq_len, head_dim // 2)."""
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    angles = torch.outer(torch.arange(max_seq_len).float(), freqs)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs (x0, x1), (x2, x3), … of x (batch, seq, heads, head_dim), Meta's layout."""
+    pairs = x.float().reshape(*x.shape[:-1], -1, 2)
+    x0, x1 = pairs[..., 0], pairs[..., 1]
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    return rotated.flatten(-2).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.n_kv_heads = cfg.n_kv_heads or cfg.n_heads
+        self.head_dim = cfg.head_dim
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * self.head_dim, cfg.dim, bias=False)
+
+    def forward(self, x, cos, sin, cache: tuple[torch.Tensor, torch.Tensor] | None = None, start_pos: int = 0):
+        bsz, seqlen, _ = x.shape
+        q = self.wq(x).view(bsz, seqlen, self.n_heads, self.head_dim)
+        k = self.wk(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
+        v = self.wv(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            # Write this step's keys/values in place, attend over everything written so far.
+            cache_k, cache_v = cache
+            cache_k[:bsz, start_pos:start_pos + seqlen] = k
+            cache_v[:bsz, start_pos:start_pos + seqlen] = v
+            k, v = cache_k[:bsz, :start_pos + seqlen], cache_v[:bsz, :start_pos + seqlen]
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (batch, heads, seq, head_dim)
+        if self.n_kv_heads != self.n_heads:
+            repeats = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
+        if start_pos == 0:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            # Decoding: query i sits at start_pos + i and sees keys up to and including itself.
+            mask = torch.ones(seqlen, k.shape[2], dtype=torch.bool, device=x.device).tril(start_pos)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attention = Attention(cfg)
+        self.feed_forward = FeedForward(cfg.dim, cfg.ffn_hidden)
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+
+    def forward(self, x, cos, sin, cache=None, start_pos: int = 0):
+        h = x + self.attention(self.attention_norm(x), cos, sin, cache, start_pos)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        cos, sin = rope_table(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        # Not saved in checkpoints: recomputed from the config.
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # GPT-2 style N(0, 0.02): Meta did not publish LLaMA's initialisation.
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None,
+                caches: list | None = None, start_pos: int = 0):
+        """Logits (batch, seq, vocab); with `targets`, also the mean cross-entropy."""
+        seqlen = tokens.shape[1]
+        cos = self.rope_cos[start_pos:start_pos + seqlen]
+        sin = self.rope_sin[start_pos:start_pos + seqlen]
+        h = self.tok_embeddings(tokens)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cos, sin, caches[i] if caches is not None else None, start_pos)
+        logits = self.output(self.norm(h)).float()
+        if targets is None:
+            return logits
+        return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None, dtype=None) -> list:
+        cfg = self.cfg
+        shape = (batch_size, max_len or cfg.max_seq_len, cfg.n_kv_heads or cfg.n_heads, cfg.head_dim)
+        dtype = dtype or self.output.weight.dtype
+        device = self.output.weight.device
+        return [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+                for _ in self.layers]
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token: 6N for the matrices plus attention's 12·layers·dim·seq (PaLM, appendix B)."""
+        matrices = self.num_params() - self.tok_embeddings.weight.numel()
+        return 6 * matrices + 12 * self.cfg.n_layers * self.cfg.dim * seq_len
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="7B", choices=sorted(PRESETS))
+    args = parser.parse_args()
+    with torch.device("meta"):
+        model = Transformer(PRESETS[args.preset])
+    for key, value in asdict(model.cfg).items():
+        print(f"{key:12s} {value}")
+    print(f"{'ffn_hidden':12s} {model.cfg.ffn_hidden}")
+    n = model.num_params()
+    print(f"parameters   {n:,} ({n / 1e9:.2f}B)")
+
+
+if __name__ == "__main__":
+    main()

@@ -59,3 +59,15 @@ curate:
 BENCHES = $(filter-out bench/common.py bench/__init__.py,$(wildcard bench/*.py))
 bench:
 	for b in $(BENCHES); do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# --- trainer ---
+# `make pretrain` trains the tiny CPU preset on the shards of `make shards` for a few minutes.
+# PRETRAIN_CONFIG picks another JSON config; ARGS passes key=value overrides (e.g. max_steps=1000).
+.PHONY: pretrain
+PRETRAIN_CONFIG ?= trainer/configs/tiny.json
+PRETRAIN_DATA ?= runs/local/shards
+pretrain:
+	@if ! ls $(PRETRAIN_DATA)/train-*.idx >/dev/null 2>&1; then \
+		echo "no token shards in $(PRETRAIN_DATA): run \`make shards\` first"; exit 2; fi
+	$(PY) -m trainer.train --config $(PRETRAIN_CONFIG) data_dir=$(PRETRAIN_DATA) $(ARGS)
+# --- trainer ---

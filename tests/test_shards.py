@@ -1,0 +1,131 @@
+"""The token-shard format: round trip, atomic publication, and every refusal the reader promises.
+
+Tokens here are the UTF-8 bytes of real text (a byte-level vocabulary), so no tokenizer is needed;
+the tokenizer hash is that of a real file, which is all the format records."""
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tokenizer.shards import HEADER, ShardError, ShardReader, ShardWriter, shard_exists, tokenizer_hash
+
+
+@pytest.fixture(scope="module")
+def documents(shared_data):
+    text = (shared_data / "text" / "wagahaiwa_nekodearu.ja.txt").read_text(encoding="utf-8")
+    return [np.frombuffer(line.encode("utf-8"), dtype=np.uint8).astype(np.int64)
+            for line in text.split("\n")[:400]]
+
+
+@pytest.fixture(scope="module")
+def sha(shared_data):
+    return tokenizer_hash(shared_data / "text" / "botchan.en.txt")
+
+
+def write(prefix: Path, documents, sha, vocab_size=256) -> Path:
+    with ShardWriter(prefix, vocab_size, sha) as writer:
+        for doc in documents:
+            writer.add_document(doc)
+    return prefix
+
+
+@pytest.mark.parametrize("vocab_size,dtype", [(256, "<u2"), (65536, "<u2"), (65537, "<u4")])
+def test_round_trip(tmp_path, documents, sha, vocab_size, dtype):
+    prefix = write(tmp_path / "train-00000", documents, sha, vocab_size)
+    reader = ShardReader(prefix, expected_tokenizer_sha256=sha, expected_vocab_size=vocab_size)
+    assert reader.dtype == np.dtype(dtype) and len(reader) == len(documents)
+    assert (prefix.with_suffix(".bin").stat().st_size ==
+            sum(map(len, documents)) * np.dtype(dtype).itemsize)
+    assert all(np.array_equal(reader.document(i), doc) for i, doc in enumerate(documents))
+    assert reader.header()["num_tokens"] == sum(map(len, documents))
+
+
+def test_nothing_is_published_until_close_and_abort_leaves_nothing(tmp_path, documents, sha):
+    prefix = tmp_path / "train-00000"
+    writer = ShardWriter(prefix, 256, sha)
+    writer.add_document(documents[0])
+    assert not shard_exists(prefix)
+    writer.close()
+    assert shard_exists(prefix)
+    with pytest.raises(RuntimeError):
+        with ShardWriter(tmp_path / "train-00001", 256, sha) as writer:
+            writer.add_document(documents[0])
+            raise RuntimeError("killed")
+    assert not shard_exists(tmp_path / "train-00001") and sorted(p.name for p in tmp_path.iterdir()) == [
+        "train-00000.bin", "train-00000.idx"]
+
+
+def test_writer_refuses_ids_outside_the_vocabulary(tmp_path, sha):
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        with ShardWriter(tmp_path / "x", 100, sha) as writer:
+            writer.add_document(np.array([1, 2, 300]))
+
+
+def test_truncated_bin_is_refused(tmp_path, documents, sha):
+    prefix = write(tmp_path / "s", documents, sha)
+    bin_path = prefix.with_suffix(".bin")
+    bin_path.write_bytes(bin_path.read_bytes()[:-2])
+    with pytest.raises(ShardError, match=r"s\.bin: .*truncated or corrupt"):
+        ShardReader(prefix)
+
+
+def test_truncated_idx_is_refused(tmp_path, documents, sha):
+    prefix = write(tmp_path / "s", documents, sha)
+    idx_path = prefix.with_suffix(".idx")
+    data = idx_path.read_bytes()
+    idx_path.write_bytes(data[:-8])
+    with pytest.raises(ShardError, match=r"s\.idx: .*expected .* for 400 documents"):
+        ShardReader(prefix)
+    idx_path.write_bytes(data[:20])
+    with pytest.raises(ShardError, match="truncated header"):
+        ShardReader(prefix)
+
+
+def test_other_tokenizer_and_vocabulary_are_refused(tmp_path, documents, sha, shared_data):
+    prefix = write(tmp_path / "s", documents, sha)
+    other = tokenizer_hash(shared_data / "text" / "wagahaiwa_nekodearu.ja.txt")
+    with pytest.raises(ShardError, match="made with another tokenizer"):
+        ShardReader(prefix, expected_tokenizer_sha256=other)
+    with pytest.raises(ShardError, match="vocabulary size 256, expected 32000"):
+        ShardReader(prefix, expected_vocab_size=32000)
+
+
+def rewrite_header(prefix: Path, **changes) -> None:
+    idx_path = prefix.with_suffix(".idx")
+    data = idx_path.read_bytes()
+    names = ("magic", "version", "itemsize", "vocab_size", "sha", "num_docs", "num_tokens")
+    fields = dict(zip(names, HEADER.unpack(data[:HEADER.size])))
+    fields.update(changes)
+    idx_path.write_bytes(HEADER.pack(*(fields[n] for n in names)) + data[HEADER.size:])
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"magic": b"NOTSHARD"}, "not a token shard index"),
+    ({"version": 2}, "format version 2"),
+    ({"itemsize": 4}, "4-byte tokens do not match a vocabulary of 256"),
+    ({"vocab_size": 70000}, "2-byte tokens do not match a vocabulary of 70000"),
+])
+def test_corrupt_header_is_refused(tmp_path, documents, sha, changes, message):
+    prefix = write(tmp_path / "s", documents, sha)
+    rewrite_header(prefix, **changes)
+    with pytest.raises(ShardError, match=message):
+        ShardReader(prefix)
+
+
+def test_corrupt_offsets_are_refused(tmp_path, documents, sha):
+    prefix = write(tmp_path / "s", documents, sha)
+    idx_path = prefix.with_suffix(".idx")
+    data = bytearray(idx_path.read_bytes())
+    struct.pack_into("<Q", data, HEADER.size + 8 * 5, 10**9)  # offset of document 5 beyond the end
+    idx_path.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match="not a monotone cover"):
+        ShardReader(prefix)
+
+
+def test_missing_file_is_named(tmp_path, documents, sha):
+    prefix = write(tmp_path / "s", documents, sha)
+    prefix.with_suffix(".bin").unlink()
+    with pytest.raises(ShardError, match=r"s\.bin: missing"):
+        ShardReader(prefix)

@@ -1,0 +1,197 @@
+"""Train the SentencePiece BPE tokenizer on curated Parquet: `python -m tokenizer.train`.
+
+Sampling is two streaming passes over the `raw_content` column: the first counts characters per
+(language, bucket) group, the second keeps a document when a seeded hash of its text falls under the
+group's rate. The sample therefore depends only on the input and the seed, never on file order or
+on memory, and the mix between groups is a share of a character budget.
+
+The trainer settings are LLaMA's: BPE, digits split one per piece, byte fallback (any UTF-8 encodes,
+so decoding gives the text back), identity normalization and whitespace kept as is. The special ids
+are fixed (unk 0, bos 1, eos 2, pad 3) and recorded in the manifest beside the model."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import sentencepiece as spm
+
+from tokenizer.shards import tokenizer_hash
+
+SPECIAL_IDS = {"unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": 3}
+UNKNOWN = "unknown"  # the group of a document without a language or bucket column
+BATCH_ROWS = 1024
+
+
+def open_dataset(path: str | os.PathLike) -> ds.Dataset:
+    """Any Parquet file or directory, Hive partitions (language=xx/bucket=yy) read as columns."""
+    return ds.dataset(str(path), format="parquet", partitioning="hive")
+
+
+def iter_documents(dataset: ds.Dataset):
+    """Yields (language, bucket, text) for every non-empty `raw_content`, streaming by batch."""
+    names = set(dataset.schema.names)
+    if "raw_content" not in names:
+        raise ValueError(f"input has no raw_content column (columns: {sorted(names)})")
+    columns = [c for c in ("raw_content", "language", "bucket") if c in names]
+    for batch in dataset.to_batches(columns=columns, batch_size=BATCH_ROWS):
+        data = batch.to_pydict()
+        n = batch.num_rows
+        langs = data.get("language", [None] * n)
+        buckets = data.get("bucket", [None] * n)
+        for text, lang, bucket in zip(data["raw_content"], langs, buckets):
+            if text:
+                yield str(lang or UNKNOWN), str(bucket or UNKNOWN), text
+
+
+def doc_fraction(text: str, seed: int) -> float:
+    """A stable number in [0, 1) for a document: the same text and seed always give the same one."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8, key=str(seed).encode()).digest()
+    return int.from_bytes(digest, "little") / 2**64
+
+
+def parse_mix(spec: str | None) -> dict[str, float]:
+    """`en=0.6,ja=0.2,zh/head=0.2` → weights by language or language/bucket (normalised later)."""
+    if not spec:
+        return {}
+    mix = {}
+    for item in spec.split(","):
+        key, _, weight = item.partition("=")
+        if not weight:
+            raise ValueError(f"mix item {item!r} is not KEY=WEIGHT (KEY: language or language/bucket)")
+        mix[key.strip()] = float(weight)
+    return mix
+
+
+def group_budgets(chars: dict[tuple[str, str], int], mix: dict[str, float], max_chars: int) -> dict[tuple[str, str], int]:
+    """Characters to take per group. Without a mix, groups keep their natural proportions; with
+    one, each named language (or language/bucket) gets its share, split among its buckets by size."""
+    total = sum(chars.values())
+    if not mix:
+        return {g: round(n * min(1.0, max_chars / total)) if total else 0 for g, n in chars.items()}
+    weight_total = sum(mix.values())
+    budgets = {}
+    for key, weight in mix.items():
+        lang, _, bucket = key.partition("/")
+        members = {g: n for g, n in chars.items() if g[0] == lang and (not bucket or g[1] == bucket)}
+        size = sum(members.values())
+        for g, n in members.items():
+            budgets[g] = budgets.get(g, 0) + round(max_chars * weight / weight_total * n / size)
+    return budgets
+
+
+def write_sample(input_path, sample_file, seed: int, max_chars: int, mix: dict[str, float]) -> dict:
+    """Writes the sampled documents line by line (SentencePiece trains on lines); returns counts."""
+    dataset = open_dataset(input_path)
+    chars = Counter()
+    for lang, bucket, text in iter_documents(dataset):
+        chars[(lang, bucket)] += len(text)
+    if not chars:
+        raise ValueError(f"{input_path}: no documents with a non-empty raw_content")
+    budgets = group_budgets(chars, mix, max_chars)
+    rates = {g: min(1.0, budgets.get(g, 0) / n) for g, n in chars.items()}
+    docs, kept_chars, sentences = Counter(), Counter(), 0
+    with open(sample_file, "w", encoding="utf-8") as out:
+        for lang, bucket, text in iter_documents(dataset):
+            if doc_fraction(text, seed) >= rates[(lang, bucket)]:
+                continue
+            docs[(lang, bucket)] += 1
+            kept_chars[(lang, bucket)] += len(text)
+            for line in text.split("\n"):
+                if line.strip():
+                    out.write(line + "\n")
+                    sentences += 1
+    if not sentences:
+        raise ValueError(f"{input_path}: the sample is empty (mix {mix or 'natural'}, budget {max_chars} chars)")
+    return {"documents": sum(docs.values()), "characters": sum(kept_chars.values()), "sentences": sentences,
+            "groups": {f"{l}/{b}": {"input_characters": chars[(l, b)], "documents": docs[(l, b)],
+                                    "characters": kept_chars[(l, b)]} for l, b in sorted(chars)}}
+
+
+def trainer_options(sample_file: str, model_prefix: str, vocab_size: int,
+                    character_coverage: float, threads: int) -> dict:
+    return dict(input=sample_file, model_prefix=model_prefix, model_type="bpe", vocab_size=vocab_size,
+                split_digits=True, byte_fallback=True, normalization_rule_name="identity",
+                remove_extra_whitespaces=False, add_dummy_prefix=True, allow_whitespace_only_pieces=True,
+                split_by_unicode_script=True, character_coverage=character_coverage,
+                max_sentence_length=1 << 15, shuffle_input_sentence=True,
+                num_threads=threads, minloglevel=2, **SPECIAL_IDS)
+
+
+# SentencePiece's BPE trainer fills any vocabulary size, merging pieces seen once or twice when the
+# sample is small: such a vocabulary memorises the sample rather than the language. We allow at most
+# one piece per this many sampled characters.
+CHARS_PER_PIECE = 100
+
+
+def fitted_vocab_size(requested: int, sample_chars: int) -> int:
+    """The requested size, or a smaller one (with a message) when the sample cannot support it."""
+    limit = max(sample_chars // CHARS_PER_PIECE, 1)
+    if requested <= limit:
+        return requested
+    print(f"tokenizer: a sample of {sample_chars:,} characters supports at most {limit:,} pieces "
+          f"({CHARS_PER_PIECE} characters a piece); training {limit:,} instead of {requested:,}",
+          file=sys.stderr)
+    return limit
+
+
+def train(input_path, output_dir, vocab_size: int = 32000, seed: int = 0, max_chars: int = 200_000_000,
+          mix: dict[str, float] | None = None, character_coverage: float = 0.9995,
+          threads: int | None = None) -> dict:
+    """Samples, trains and publishes `tokenizer.model` + `manifest.json` in output_dir; returns the manifest."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    threads = threads or os.cpu_count() or 1
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".train-") as tmp:
+        sample_file = os.path.join(tmp, "sample.txt")
+        sample = write_sample(input_path, sample_file, seed, max_chars, mix or {})
+        trained_size = fitted_vocab_size(vocab_size, sample["characters"])
+        options = trainer_options(sample_file, os.path.join(tmp, "tokenizer"), trained_size,
+                                  character_coverage, threads)
+        spm.set_random_generator_seed(seed)  # sentence shuffling draws from it: same seed, same model
+        spm.SentencePieceTrainer.train(**options)
+        # Publish the model by rename so that a reader never sees half of one.
+        os.replace(os.path.join(tmp, "tokenizer.model"), output_dir / "tokenizer.model")
+    model_path = output_dir / "tokenizer.model"
+    manifest = {
+        "model": "tokenizer.model", "sha256": tokenizer_hash(model_path).hex(),
+        "model_type": "bpe", "vocab_size": trained_size, "requested_vocab_size": vocab_size,
+        **SPECIAL_IDS, "input": str(input_path), "seed": seed, "max_chars": max_chars, "mix": mix or {},
+        "sample": sample,
+        "settings": {k: v for k, v in options.items() if k not in ("input", "model_prefix", "minloglevel")},
+        "sentencepiece_version": spm.__version__, "seconds": round(time.perf_counter() - started, 2),
+    }
+    tmp_manifest = output_dir / "manifest.json.tmp"
+    tmp_manifest.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp_manifest, output_dir / "manifest.json")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input", required=True, help="curated Parquet file or directory (needs raw_content)")
+    parser.add_argument("--output", required=True, help="directory for tokenizer.model and manifest.json")
+    parser.add_argument("--vocab-size", type=int, default=32000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-chars", type=int, default=200_000_000, help="character budget of the sample")
+    parser.add_argument("--mix", help="shares by language or language/bucket, e.g. en=0.7,ja/head=0.3")
+    parser.add_argument("--character-coverage", type=float, default=0.9995)
+    parser.add_argument("--threads", type=int, default=None, help="training threads (default: all cores)")
+    args = parser.parse_args(argv)
+    manifest = train(args.input, args.output, args.vocab_size, args.seed, args.max_chars,
+                     parse_mix(args.mix), args.character_coverage, args.threads)
+    print(json.dumps({k: manifest[k] for k in ("sha256", "vocab_size", "requested_vocab_size")}
+                     | {"documents": manifest["sample"]["documents"], "characters": manifest["sample"]["characters"]}))
+
+
+if __name__ == "__main__":
+    main()

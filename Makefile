@@ -9,7 +9,7 @@ APT_PACKAGES := openjdk-17-jdk-headless cmake build-essential zlib1g-dev libbz2-
 	libboost-program-options-dev libboost-system-dev libboost-thread-dev libboost-test-dev \
 	libeigen3-dev chromium
 
-.PHONY: setup apt test curate bench
+.PHONY: setup apt test curate package bench
 setup: apt $(VENV)/.installed $(VENV)/bin/lmplz
 
 # Debian packages: install only what `dpkg -s` says is missing; `apt-get update` once, first.
@@ -55,6 +55,18 @@ curate:
 	$(PY) -m jobs.curate --output $(OUTPUT) $(if $(SEGMENTS),input.segments=$(SEGMENTS)) \
 		$(if $(FORMAT),input.format=$(FORMAT)) $(if $(CC_BASE_URL),input.base_url=$(CC_BASE_URL)) $(ARGS) \
 		$(if $(SNAPSHOT),input.snapshot=$(SNAPSHOT),--input $(INPUT))
+
+# What spark-submit needs on a cluster: the code for --py-files, the models for --archives
+# (unpacked as ./models on every executor; no shared filesystem assumed). See README.
+package:
+	rm -rf dist && mkdir -p dist/models
+	$(PY) -c "import pathlib, zipfile; z = zipfile.ZipFile('dist/ccurate.zip', 'w', zipfile.ZIP_DEFLATED); \
+		[z.write(p) for d in ('curation', 'jobs', 'tokenizer') for p in sorted(pathlib.Path(d).rglob('*')) \
+		 if p.is_file() and '__pycache__' not in p.parts]"
+	cp "$$($(PY) -c 'from curation.langid import default_model_path; print(default_model_path())')" dist/models/
+	if [ -d models ]; then cp -r models/. dist/models/; fi
+	tar czf dist/models.tar.gz -C dist/models .
+	@echo "dist/ccurate.zip (--py-files) and dist/models.tar.gz (--archives dist/models.tar.gz#models)"
 
 BENCHES = $(filter-out bench/common.py bench/__init__.py,$(wildcard bench/*.py))
 bench:

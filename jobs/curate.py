@@ -16,21 +16,24 @@ the counts per stage and reason; DIR/config.json the effective settings and libr
 
 from __future__ import annotations
 
+import os
+import sys
+
+if __package__ in (None, ""):  # `spark-submit jobs/curate.py` runs this file as a script: before any
+    # other import, put the repository root on the path instead of jobs/ (its tokenize.py would
+    # shadow the standard library's).
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 import argparse
 import glob
 import hashlib
 import json
 import logging
-import os
 import shutil
-import sys
 import time
 import uuid
 from importlib.metadata import version
 from pathlib import Path
-
-if __package__ in (None, ""):  # `spark-submit jobs/curate.py` runs this file as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pyarrow as pa
 import pyarrow.parquet as pq

@@ -1,0 +1,85 @@
+"""`spark-submit` of the curate job to a Spark standalone master + worker on 127.0.0.1, with the
+code from `make package` as --py-files and the models as --archives (executors see no checkout)."""
+
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pyspark
+import pytest
+
+from .conftest import REPO_ROOT
+
+BIN = REPO_ROOT / ".venv" / "bin"
+SPARK_HOME = Path(pyspark.__file__).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition, timeout=120, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if condition():
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def standalone_cluster(tmp_path_factory):
+    work = tmp_path_factory.mktemp("cluster")
+    # Executors must import the project from --py-files only, never from this checkout.
+    env = {key: value for key, value in os.environ.items() if key not in {"PYTHONPATH", "PYSPARK_PYTHON"}}
+    env.update(SPARK_HOME=str(SPARK_HOME), SPARK_LOCAL_IP="127.0.0.1", SPARK_WORKER_DIR=str(work / "worker"), SPARK_LOG_DIR=str(work))
+    port, master_ui, worker_ui = free_port(), free_port(), free_port()
+    master = subprocess.Popen([SPARK_HOME / "bin" / "spark-class", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                               "--port", str(port), "--webui-port", str(master_ui)], cwd=work, env=env,
+                              stdout=open(work / "master.log", "w"), stderr=subprocess.STDOUT)
+    worker = subprocess.Popen([SPARK_HOME / "bin" / "spark-class", "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
+                               "--cores", "2", "--memory", "2g", "--webui-port", str(worker_ui),
+                               f"spark://127.0.0.1:{port}"], cwd=work, env=env,
+                              stdout=open(work / "worker.log", "w"), stderr=subprocess.STDOUT)
+    try:
+        def worker_registered():
+            with urllib.request.urlopen(f"http://127.0.0.1:{master_ui}/json/", timeout=5) as answer:
+                return json.load(answer).get("aliveworkers", 0) >= 1
+        wait_for(worker_registered, what="the worker to register with the master")
+        yield f"spark://127.0.0.1:{port}", env, work
+    finally:
+        for process in (worker, master):
+            process.terminate()
+            process.wait(timeout=60)
+
+
+def test_spark_submit_to_standalone_cluster_with_packaged_code_and_models(standalone_cluster, shared_data, tmp_path):
+    master, env, work = standalone_cluster
+    subprocess.run(["make", "-s", "package"], cwd=REPO_ROOT, check=True, capture_output=True)
+    inputs = [str(shared_data / "warc/CC-MAIN-2020-34-excerpt.warc.gz"),
+              str(shared_data / "wet/CC-MAIN-2019-30-697-docs.warc.wet.gz")]
+    submit = subprocess.run(
+        [SPARK_HOME / "bin" / "spark-submit", "--master", master, "--executor-memory", "1g",
+         "--conf", f"spark.pyspark.python={BIN / 'python'}",
+         "--py-files", str(REPO_ROOT / "dist/ccurate.zip"),
+         "--archives", f"{REPO_ROOT / 'dist/models.tar.gz'}#models",
+         str(REPO_ROOT / "jobs/curate.py"), "--output", str(tmp_path / "run"),
+         "langid.model=models/lid.176.ftz", "--input", *inputs],
+        cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+    assert "curated 524 documents from 2/2 segments" in submit.stdout
+    table = pq.read_table(tmp_path / "run" / "curated").to_pandas()
+    assert len(table) == 524 and (table.language == "en").sum() == 211
+    # The executors ran the packaged code: their Python workers imported it from the zip.
+    assert list((work / "worker").rglob("ccurate.zip"))

@@ -9,7 +9,7 @@ APT_PACKAGES := openjdk-17-jdk-headless cmake build-essential zlib1g-dev libbz2-
 	libboost-program-options-dev libboost-system-dev libboost-thread-dev libboost-test-dev \
 	libeigen3-dev chromium
 
-.PHONY: setup apt test curate package bench
+.PHONY: setup apt test curate report package bench
 setup: apt $(VENV)/.installed $(VENV)/bin/lmplz
 
 # Debian packages: install only what `dpkg -s` says is missing; `apt-get update` once, first.
@@ -55,6 +55,10 @@ curate:
 	$(PY) -m jobs.curate --output $(OUTPUT) $(if $(SEGMENTS),input.segments=$(SEGMENTS)) \
 		$(if $(FORMAT),input.format=$(FORMAT)) $(if $(CC_BASE_URL),input.base_url=$(CC_BASE_URL)) $(ARGS) \
 		$(if $(SNAPSHOT),input.snapshot=$(SNAPSHOT),--input $(INPUT))
+
+# report.html of a run directory (also written at the end of every run).
+report:
+	$(PY) -m curation.report $(OUTPUT)
 
 # What spark-submit needs on a cluster: the code for --py-files, the models for --archives
 # (unpacked as ./models on every executor; no shared filesystem assumed). See README.

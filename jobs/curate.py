@@ -45,6 +45,7 @@ from curation.commoncrawl import list_paths, select_segments, snapshot_name
 from curation.extract import ExtractStage
 from curation.langid import LanguageIdStage
 from curation.pipeline import merge_stats, nest_counters, run_stages, stage_stats
+from curation.report import write_report
 from curation.warc import ArchiveReader, cc_segment
 from jobs.config import CONFIG_DIR, load_config
 from jobs.spark import spark_session
@@ -220,6 +221,7 @@ def run(spark: SparkSession, config: dict, run_dir: str | Path) -> dict:
               "documents_out": stats.get("stages", {}).get("langid", {}).get("out", 0),
               "seconds": round(time.time() - started, 2)}
     write_json(run_dir / "stats.json", result)
+    result["report"] = str(write_report(run_dir))
     return result
 
 
@@ -231,7 +233,7 @@ def remove_leftovers(run_dir: Path) -> None:
 
 def write_json(path: Path, value) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True))
+    tmp.write_text(json.dumps(value, indent=2))  # insertion order: stages in pipeline order
     tmp.replace(path)
 
 
@@ -271,7 +273,8 @@ def print_summary(stats: dict, output: Path) -> None:
     for name, stage in stats.get("stages", {}).items():
         dropped = ", ".join(f"{reason} {n}" for reason, n in sorted(stage.get("dropped", {}).items()))
         print(f"  {name:<10} in {stage.get('in', 0):>8}  out {stage.get('out', 0):>8}  {dropped}")
-    print(f"  output:   {stats['output']}\n  stats:    {output / 'stats.json'}\n  manifest: {output / 'manifest.json'}")
+    print(f"  output:   {stats['output']}\n  stats:    {output / 'stats.json'}\n  manifest: {output / 'manifest.json'}"
+          f"\n  report:   {stats['report']}")
     for failure in stats["failed_segments"]:
         print(f"  FAILED {failure['source']}: {failure['error']}")
 

@@ -1,6 +1,8 @@
 """The curate job through Spark local mode, end to end, output read back as Parquet."""
 
 import json
+import re
+import subprocess
 
 import pyarrow.parquet as pq
 
@@ -33,3 +35,22 @@ def test_curate_job_writes_parquet_by_language_and_stats(spark, shared_data, tmp
     # Run again: both segments are skipped, and the result is the same.
     again = curate.run(spark, config, tmp_path / "run")
     assert again["segments_resumed"] == 2 and again["documents_out"] == stats["documents_out"]
+
+
+def test_report_opens_in_headless_chromium_with_its_plots(spark, shared_data, tmp_path):
+    config = load_config(CONFIG_DIR / "curate.yaml",
+                         [f"input.paths={json.dumps([str(shared_data / 'warc/web-pages-00000.warc.gz')])}"])
+    stats = curate.run(spark, config, tmp_path / "run")
+    report = tmp_path / "run" / "report.html"
+    assert stats["report"] == str(report)
+    chromium = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=5000"]
+    dom = subprocess.run([*chromium, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120)
+    images = re.search(r'data-images-loaded="(\d+)/(\d+)"', dom.stdout)
+    assert images, dom.stderr[-2000:]
+    assert images[1] == images[2] and int(images[2]) >= 3  # funnel, languages, throughput at least
+    shot = tmp_path / "report.png"
+    subprocess.run([*chromium, "--window-size=1000,1600", f"--screenshot={shot}", report.as_uri()],
+                   capture_output=True, timeout=120)
+    assert shot.stat().st_size > 20_000  # a rendered page with plots, not a blank one

@@ -1,0 +1,169 @@
+"""The run report: DIR/report.html with PNG plots, readable in any browser without this project.
+
+    python -m curation.report RUN_DIR
+
+Reads DIR/stats.json and only the score columns of DIR/curated (row group by row group), so it
+stays small whatever the size of the run. Plots what the run has: the funnel with drop reasons,
+documents per language, perplexity per language with the bucket cutoffs, wikiref scores, MinHash
+cluster sizes, throughput per stage."""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow.dataset as ds  # noqa: E402
+
+SCORE_COLUMNS = ["language", "length", "perplexity", "bucket", "wikiref_score", "minhash_cluster_size"]
+MAX_SAMPLES_PER_LANGUAGE = 100_000
+
+
+def read_columns(curated: Path) -> dict:
+    """Counts per language plus a bounded sample of each score, batch by batch."""
+    columns: dict = {"languages": Counter(), "characters": 0, "perplexity": defaultdict(list),
+                     "wikiref_score": [], "cluster_sizes": Counter()}
+    if not curated.exists():
+        return columns
+    dataset = ds.dataset(curated, format="parquet", partitioning="hive")
+    present = [name for name in SCORE_COLUMNS if name in dataset.schema.names]
+    for batch in dataset.to_batches(columns=present):
+        data = batch.to_pydict()
+        languages = [str(lang) for lang in data["language"]]
+        columns["languages"].update(languages)
+        columns["characters"] += sum(data.get("length", []))
+        for lang, ppl in zip(languages, data.get("perplexity", [])):
+            if ppl is not None and len(columns["perplexity"][lang]) < MAX_SAMPLES_PER_LANGUAGE:
+                columns["perplexity"][lang].append(ppl)
+        if "wikiref_score" in data and len(columns["wikiref_score"]) < MAX_SAMPLES_PER_LANGUAGE:
+            columns["wikiref_score"].extend(s for s in data["wikiref_score"] if s is not None)
+        columns["cluster_sizes"].update(s for s in data.get("minhash_cluster_size", []) if s is not None)
+    return columns
+
+
+def save(fig, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path.name
+
+
+def plot_funnel(stages: dict, out: Path) -> str:
+    names = list(stages)
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.bar(["input records"] + names, [stages[names[0]].get("in", 0)] + [stages[n].get("out", 0) for n in names],
+           color="#4c72b0")
+    ax.set_ylabel("documents")
+    ax.set_title("Documents after each stage")
+    return save(fig, out / "funnel.png")
+
+
+def plot_languages(languages: Counter, out: Path) -> str:
+    top = languages.most_common(25)
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.bar([lang for lang, _ in top], [n for _, n in top], color="#55a868")
+    ax.set_ylabel("documents")
+    ax.set_title("Documents per language (top 25)")
+    return save(fig, out / "languages.png")
+
+
+def plot_perplexity(perplexity: dict, cutoffs: dict, out: Path) -> str:
+    langs = sorted(perplexity, key=lambda lang: -len(perplexity[lang]))[:6]
+    fig, axes = plt.subplots(len(langs), 1, figsize=(8, 2.2 * len(langs)), squeeze=False)
+    for ax, lang in zip(axes[:, 0], langs):
+        values = np.asarray(perplexity[lang])
+        ax.hist(values, bins=np.geomspace(max(values.min(), 1), values.max() + 1, 40), color="#8172b2")
+        ax.set_xscale("log")
+        for name, value in cutoffs.get(lang, {}).items():
+            ax.axvline(value, color="#c44e52", linestyle="--")
+            ax.text(value, ax.get_ylim()[1] * 0.9, f" {name}", color="#c44e52")
+        ax.set_title(f"{lang}: perplexity ({len(values)} documents)")
+    return save(fig, out / "perplexity.png")
+
+
+def plot_histogram(values, title: str, xlabel: str, out: Path, name: str, log: bool = False) -> str:
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.hist(values, bins=40, color="#64b5cd", log=log)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    return save(fig, out / name)
+
+
+def plot_throughput(stages: dict, out: Path) -> str:
+    rates = {name: s["in"] / s["seconds"] for name, s in stages.items() if s.get("seconds") and s.get("in")}
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.bar(list(rates), list(rates.values()), color="#ccb974")
+    ax.set_ylabel("documents / s (one core)")
+    ax.set_title("Throughput per stage")
+    return save(fig, out / "throughput.png")
+
+
+def drop_table(stages: dict) -> str:
+    rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{s.get('in', 0)}</td><td>{s.get('out', 0)}</td>"
+                   f"<td>{html.escape(', '.join(f'{r}: {n}' for r, n in sorted(s.get('dropped', {}).items())))}</td></tr>"
+                   for name, s in stages.items())
+    return f"<table><tr><th>stage</th><th>in</th><th>out</th><th>dropped, by reason</th></tr>{rows}</table>"
+
+
+def write_report(run_dir: str | Path, cutoffs: dict | None = None) -> Path:
+    """Writes RUN_DIR/report.html and RUN_DIR/report/*.png; returns the HTML path.
+    `cutoffs`: {language: {"p30": value, "p60": value}} drawn on the perplexity plots."""
+    run_dir = Path(run_dir)
+    stats = json.loads((run_dir / "stats.json").read_text())
+    stages = stats.get("stages", {})
+    out = run_dir / "report"
+    out.mkdir(exist_ok=True)
+    columns = read_columns(run_dir / "curated")
+    plots = [("Funnel", plot_funnel(stages, out))] if stages else []
+    if columns["languages"]:
+        plots.append(("Languages", plot_languages(columns["languages"], out)))
+    if columns["perplexity"]:
+        plots.append(("Perplexity", plot_perplexity(columns["perplexity"], cutoffs or {}, out)))
+    if columns["wikiref_score"]:
+        plots.append(("Wikipedia-reference score", plot_histogram(
+            columns["wikiref_score"], "wikiref_score", "probability of the reference class", out, "wikiref.png")))
+    if columns["cluster_sizes"]:
+        sizes = [size for size, n in columns["cluster_sizes"].items() for _ in range(n)]
+        plots.append(("MinHash clusters", plot_histogram(
+            sizes, "MinHash cluster size per document", "cluster size", out, "clusters.png", log=True)))
+    if stages:
+        plots.append(("Throughput", plot_throughput(stages, out)))
+    failed = "".join(f"<li>{html.escape(f['source'])}: {html.escape(str(f.get('error')))}</li>"
+                     for f in stats.get("failed_segments", []))
+    figures = "".join(f'<h2>{html.escape(title)}</h2><img src="report/{name}" alt="{html.escape(title)}">'
+                      for title, name in plots)
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>Curation report: {html.escape(run_dir.name)}</title>
+<style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}td,th{{padding:2px 8px;text-align:left}}
+img{{max-width:100%}}</style></head>
+<body><h1>Curation report: {html.escape(str(run_dir))}</h1>
+<p>{stats.get('documents_out', 0)} documents, {columns['characters']:,} characters, in {len(columns['languages'])}
+languages, from {stats.get('segments_done', 0)}/{stats.get('inputs', 0)} segments in {stats.get('seconds', 0)} s.</p>
+{drop_table(stages)}
+{f'<h2>Failed segments</h2><ul>{failed}</ul>' if failed else ''}
+{figures}
+<script>window.addEventListener("load", () => {{
+  const images = [...document.images];
+  document.body.dataset.imagesLoaded = images.filter(i => i.complete && i.naturalWidth > 0).length + "/" + images.length;
+}});</script>
+</body></html>"""
+    path = run_dir / "report.html"
+    path.write_text(page)
+    return path
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir")
+    print(write_report(parser.parse_args(argv).run_dir))
+
+
+if __name__ == "__main__":
+    main()

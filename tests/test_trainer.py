@@ -3,6 +3,7 @@ model trained in a temporary directory, documents written with tokenizer.shards.
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -225,6 +226,20 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(corpus, tmp_path):
     ckpt = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")  # weights_only=True
     assert ckpt["step"] == 8 and ckpt["data"]["position"] == 8 * 2 * 8
     assert ckpt["tokenizer_sha256"] == tokenizer_hash(corpus[0]).hex()
+
+
+def test_ddp_under_torchrun_matches_one_process_on_the_global_batch(corpus, tmp_path):
+    """Two CPU ranks (gloo) with 4 windows each take the steps of one process with 8."""
+    single = train(tiny_run(corpus, tmp_path / "single", max_steps=4))["losses"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    "-m", "trainer.train", f"data_dir={corpus[1]}", f"out_dir={tmp_path / 'ddp'}", "preset=tiny",
+                    "seq_len=64", "batch_size=4", "max_steps=4", "eval_interval=0", "eval_batches=2", "lr=0.003"],
+                   check=True, env=env, capture_output=True)
+    rows = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
+    ddp = [r["loss"] for r in rows if "loss" in r]
+    assert ddp == pytest.approx(single, abs=1e-4)
+    assert load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["data"]["position"] == 4 * 8
 
 
 def test_training_on_real_shards_lowers_validation_loss_and_samples(corpus, tmp_path):

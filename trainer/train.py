@@ -163,9 +163,9 @@ def train(cfg: TrainConfig) -> dict:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         loader.load_state_dict(ckpt["data"])
-        torch.set_rng_state(ckpt["rng"]["cpu"])
+        torch.set_rng_state(ckpt["rng"]["cpu"].cpu())
         if device.type == "cuda" and "cuda" in ckpt["rng"]:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), device)
         step = ckpt["step"]
         if master:
             print(f"resumed from {ckpt_path} at step {step}")
@@ -192,7 +192,8 @@ def train(cfg: TrainConfig) -> dict:
                      "model_config": asdict(model_cfg), "train_config": asdict(cfg),
                      "tokenizer_sha256": loader.tokenizer_sha256.hex()}, ckpt_path)
 
-    log = open(out / "log.jsonl", "a") if master else None
+    # A fresh run starts a new log; a resumed one continues it.
+    log = open(out / "log.jsonl", "a" if step else "w") if master else None
     losses, val_losses = [], []
 
     def validate() -> None:
@@ -223,6 +224,9 @@ def train(cfg: TrainConfig) -> dict:
                 _, loss = model(x, y)
             (loss / cfg.grad_accum).backward()
             loss_sum += loss.detach()
+        if ddp:
+            dist.all_reduce(loss_sum)  # log the loss of the whole global batch, not rank 0's share
+            loss_sum /= world
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -266,6 +266,11 @@ def test_training_on_real_shards_lowers_validation_loss_and_samples(corpus, tmp_
     assert cached == generate(model, prompt, 20, use_cache=False)  # the KV cache changes nothing
     assert len(cached) == len(prompt) + 20 and isinstance(sp.decode(cached[1:]), str)
 
+    cli = [sys.executable, "-m", "trainer.sample", "--checkpoint", str(result["checkpoint"]), "--prompt", "I said",
+           "--max-new-tokens", "30", "--temperature", "0.8", "--top-k", "50", "--top-p", "0.95"]
+    sampled = subprocess.run(cli + ["--tokenizer", str(corpus[0])], capture_output=True, text=True, check=True)
+    assert sampled.stdout.startswith("I said") and len(sampled.stdout) > len("I said") + 10
+
 
 def test_sampling_filters():
     logits = torch.tensor([[4.0, 3.0, 2.0, -1.0, -2.0]])

@@ -1,0 +1,293 @@
+"""Wikipedia text readers for training the perplexity models.
+
+Sources, each yielding `Article(title, text)` with plain article text (paragraphs separated by
+newlines):
+
+- a MediaWiki XML dump (`pages-articles.xml[.bz2|.gz]`, a local path or an http(s) URL), streamed
+  page by page, main namespace only, redirects skipped;
+- raw wikitext files (one article per file);
+- WikiText-2/103 token files (`*.tokens`, `*.tokens.txt`: ` = Title = ` headings, `@-@` escapes);
+- SQuAD-format JSON (cmrc2018): one article per distinct `context`;
+- plain text files (one article per file).
+
+Wikitext becomes plain text with mwparserfromhell: templates, `<ref>`s, tables, galleries,
+file/category/interlanguage links and the reference/link sections at the end are removed.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import json
+import re
+import urllib.request
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Iterable, Iterator
+
+import mwparserfromhell
+from mwparserfromhell.nodes import (Argument, Comment, ExternalLink, Heading, HTMLEntity, Tag, Template, Text,
+                                    Wikilink)
+
+DEFAULT_WIKIMEDIA_BASE_URL = "https://dumps.wikimedia.org"
+
+# Namespaces whose links are media or metadata, not running text (en, de, fr, es, zh, and a few more).
+NON_TEXT_LINK_NAMESPACES = {
+    "file", "image", "media", "category", "datei", "bild", "kategorie", "fichier", "catégorie",
+    "archivo", "imagen", "categoría", "immagine", "categoria", "bestand", "categorie", "plik",
+    "kategoria", "файл", "категория", "文件", "檔案", "档案", "图像", "分类", "分類", "ファイル",
+    "カテゴリ", "画像",
+}  # fmt: skip
+INTERLANGUAGE_RE = re.compile(r"^:?[a-z]{2,3}(-[a-z]{2,8})?$")
+
+# Trailing sections that hold references and link lists, not prose.
+DROPPED_SECTIONS = {
+    "references", "notes", "footnotes", "external links", "see also", "further reading",
+    "bibliography", "sources", "citations", "notes and references", "references and notes",
+    "einzelnachweise", "weblinks", "literatur", "siehe auch", "anmerkungen", "quellen",
+    "références", "liens externes", "voir aussi", "notes et références", "referencias",
+    "enlaces externos", "véase también", "参考文献", "外部链接", "外部連結", "参见", "參見", "注释",
+}  # fmt: skip
+DROPPED_TAGS = {"ref", "references", "table", "gallery", "math", "timeline", "imagemap", "score",
+                "syntaxhighlight", "source", "pre", "code", "graph", "mapframe", "templatedata"}
+
+
+@dataclass
+class Article:
+    title: str
+    text: str
+
+
+# --- wikitext → plain text ---------------------------------------------------------------------
+
+
+def _is_non_text_link(link: Wikilink) -> bool:
+    title = str(link.title).strip()
+    if ":" not in title:
+        return False
+    prefix = title.split(":", 1)[0].strip().lower().lstrip(":")
+    return prefix in NON_TEXT_LINK_NAMESPACES or bool(INTERLANGUAGE_RE.match(prefix))
+
+
+def _plain(nodes, out: list[str]) -> None:
+    """Appends the visible text of `nodes` to `out` (one pass, linear in the size of the page)."""
+    for node in nodes:
+        if isinstance(node, Text):
+            out.append(node.value)
+        elif isinstance(node, (Template, Comment, Argument)):
+            continue
+        elif isinstance(node, Wikilink):
+            if not _is_non_text_link(node):
+                _plain((node.text or node.title).nodes, out)
+        elif isinstance(node, ExternalLink):
+            if node.title:  # a bare URL is no prose
+                _plain(node.title.nodes, out)
+        elif isinstance(node, Heading):
+            out.append("\n")
+            _plain(node.title.nodes, out)
+            out.append("\n")
+        elif isinstance(node, Tag):
+            tag = str(node.tag).strip().lower()
+            if tag in DROPPED_TAGS:
+                continue
+            if tag == "br":
+                out.append("\n")
+            elif node.contents is not None and not node.self_closing:
+                _plain(node.contents.nodes, out)
+        elif isinstance(node, HTMLEntity):
+            out.append(node.normalize())
+        else:
+            stripped = node.__strip__(normalize=True, collapse=True, keep_template_params=False)
+            if stripped:
+                out.append(str(stripped))
+
+
+def wikitext_to_text(wikitext: str) -> str:
+    """Plain article text from wikitext: one paragraph per line, headings kept as their own line,
+    templates, refs, tables, media/category links and reference sections removed."""
+    code = mwparserfromhell.parse(wikitext, skip_style_tags=True)
+    # Drop reference/link sections at the top level: from their heading to the next heading of the
+    # same or a higher level.
+    kept, skip_level = [], None
+    for node in code.nodes:
+        if isinstance(node, Heading):
+            if skip_level is not None and node.level <= skip_level:
+                skip_level = None
+            if skip_level is None and node.title.strip_code().strip().lower() in DROPPED_SECTIONS:
+                skip_level = node.level
+        if skip_level is None:
+            kept.append(node)
+    out: list[str] = []
+    _plain(kept, out)
+    text = "".join(out).replace("\'\'\'", "").replace("\'\'", "")
+    lines = []
+    for line in text.split("\n"):
+        line = re.sub(r"[ \t\u00a0]+", " ", line).strip()
+        # Leftovers of removed markup: empty brackets, list markers, table pipes.
+        line = re.sub(r"\(\s*[,;]?\s*\)", "", line).strip()
+        line = line.lstrip("*#:;|!").strip()
+        if line and not line.startswith(("{|", "|}", "|-")) and re.search(r"\w", line):
+            lines.append(line)
+    return "\n".join(lines)
+
+
+# --- readers -------------------------------------------------------------------------------------
+
+
+def open_maybe_compressed(source: str | Path) -> IO[bytes]:
+    """A byte stream over a local file or an http(s) URL; `.bz2` / `.gz` decompressed on the fly."""
+    name = str(source)
+    if name.startswith(("http://", "https://")):
+        raw: IO[bytes] = urllib.request.urlopen(name, timeout=60)  # noqa: S310 (configured base URL)
+    else:
+        raw = open(name, "rb")
+    if name.endswith(".bz2"):
+        return bz2.open(raw, "rb")
+    if name.endswith(".gz"):
+        return gzip.open(raw, "rb")
+    return raw
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def read_xml_dump(source: str | Path, limit: int | None = None, namespaces: tuple[int, ...] = (0,),
+                  plain: bool = True) -> Iterator[Article]:
+    """Pages of a MediaWiki XML export, streamed (memory stays flat on a full dump). Redirects and
+    pages outside `namespaces` are skipped. `plain=False` yields the raw wikitext."""
+    count = 0
+    with open_maybe_compressed(source) as stream:
+        context = ET.iterparse(stream, events=("start", "end"))
+        _, root = next(context)
+        title, ns, redirect, text = "", 0, False, None
+        for event, elem in context:
+            if event != "end":
+                continue
+            tag = _local(elem.tag)
+            if tag == "title":
+                title = elem.text or ""
+            elif tag == "ns":
+                ns = int(elem.text or 0)
+            elif tag == "redirect":
+                redirect = True
+            elif tag == "text":
+                text = elem.text or ""
+            elif tag == "page":
+                if ns in namespaces and not redirect and text and not text.lstrip().lower().startswith("#redirect"):
+                    body = wikitext_to_text(text) if plain else text
+                    if body:
+                        yield Article(title, body)
+                        count += 1
+                        if limit is not None and count >= limit:
+                            return
+                title, ns, redirect, text = "", 0, False, None
+                root.clear()  # free the finished page
+
+
+def read_wikitext_file(path: str | Path) -> Iterator[Article]:
+    """One raw-wikitext article per file (title from the file name); redirects skipped."""
+    path = Path(path)
+    wikitext = path.read_text(encoding="utf-8", errors="replace")
+    if wikitext.lstrip().lower().startswith("#redirect"):
+        return
+    text = wikitext_to_text(wikitext)
+    if text:
+        yield Article(path.stem.replace("-", " ").replace("_", " "), text)
+
+
+_WT_DETOK = [(" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."), (" <unk>", ""), ("<unk> ", ""),
+             (" ,", ","), (" .", "."), (" ;", ";"), (" :", ":"), (" 's", "'s"), (" n't", "n't"),
+             ("( ", "("), (" )", ")"), (" !", "!"), (" ?", "?"), (" %", "%")]
+
+
+def read_wikitext_tokens(path: str | Path) -> Iterator[Article]:
+    """WikiText-2/103 token files: articles start at a level-1 ` = Title = ` line; the tokenization
+    escapes are undone (`@-@` → `-`, `<unk>` removed, spaces before punctuation removed)."""
+    title, lines = None, []
+    for raw in Path(path).read_text(encoding="utf-8").split("\n"):
+        line = raw.strip()
+        if not line:
+            continue
+        tokens = line.split(" ")
+        level = 0
+        while level < len(tokens) // 2 and tokens[level] == "=" and tokens[-1 - level] == "=":
+            level += 1
+        if level:
+            heading = " ".join(tokens[level:len(tokens) - level])
+            if level == 1:
+                if title is not None and lines:
+                    yield Article(title, "\n".join(lines))
+                title, lines = heading, []
+                continue
+            line = heading  # a section heading: keep its words as a line, like wikitext_to_text
+        line = f" {line} "
+        for old, new in _WT_DETOK:
+            line = line.replace(old, new)
+        line = re.sub(r" +", " ", line).strip()
+        if line:
+            lines.append(line)
+    if title is not None and lines:
+        yield Article(title, "\n".join(lines))
+
+
+def read_squad_json(path: str | Path) -> Iterator[Article]:
+    """SQuAD-format JSON (cmrc2018): each distinct paragraph `context` as one article."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    seen = set()
+    for entry in data.get("data", []):
+        for paragraph in entry.get("paragraphs", []):
+            context = paragraph.get("context", "").strip()
+            if context and context not in seen:
+                seen.add(context)
+                yield Article(entry.get("title") or paragraph.get("id", ""), context)
+
+
+def read_plain_text(path: str | Path) -> Iterator[Article]:
+    text = Path(path).read_text(encoding="utf-8", errors="replace").strip()
+    if text:
+        yield Article(Path(path).stem, text)
+
+
+def looks_like_wikitext(text: str) -> bool:
+    return bool(re.search(r"\[\[|\{\{|'''|^==.*==\s*$", text[:20000], re.MULTILINE))
+
+
+def read_articles(source: str | Path, limit: int | None = None) -> Iterator[Article]:
+    """Articles from any supported source, chosen by name (and content for `.txt`); a directory is
+    read file by file in sorted order."""
+    name = str(source)
+    path = Path(name)
+    if not name.startswith(("http://", "https://")) and path.is_dir():
+        articles: Iterable[Article] = (a for p in sorted(path.rglob("*")) if p.is_file()
+                                       for a in read_articles(p))
+    elif re.search(r"\.xml(\.bz2|\.gz)?$", name):
+        articles = read_xml_dump(name)
+    elif re.search(r"\.tokens(\.txt)?$", name):
+        articles = read_wikitext_tokens(path)
+    elif name.endswith(".json"):
+        articles = read_squad_json(path)
+    elif name.endswith((".wiki", ".wikitext", ".mediawiki")):
+        articles = read_wikitext_file(path)
+    else:
+        head = path.read_text(encoding="utf-8", errors="replace")[:20000]
+        articles = read_wikitext_file(path) if looks_like_wikitext(head) else read_plain_text(path)
+    for count, article in enumerate(articles, 1):
+        yield article
+        if limit is not None and count >= limit:
+            return
+
+
+def dump_url(lang: str, base_url: str = DEFAULT_WIKIMEDIA_BASE_URL) -> str:
+    """The language's latest pages-articles dump under a Wikimedia dumps mirror."""
+    return f"{base_url.rstrip('/')}/{lang}wiki/latest/{lang}wiki-latest-pages-articles.xml.bz2"
+
+
+def text_lines(articles: Iterable[Article]) -> Iterator[str]:
+    for article in articles:
+        yield from (line for line in article.text.split("\n") if line.strip())
+
+
+__all__ = ["Article", "wikitext_to_text", "read_xml_dump", "read_wikitext_file", "read_wikitext_tokens",
+           "read_squad_json", "read_plain_text", "read_articles", "dump_url", "open_maybe_compressed", "DEFAULT_WIKIMEDIA_BASE_URL"]

@@ -1,0 +1,270 @@
+"""Train CCNet-style perplexity models for one or more languages from Wikipedia text.
+
+    python -m jobs.train_lm --lang en --input PATH… --output models/lm
+    python -m jobs.train_lm --lang en,de --output models/lm            (dump from Wikimedia, or offline
+                                                                        the text under ../shared/data/wikipedia)
+    make lm LANGS=en,de WIKI="PATH…"
+
+Per language: read Wikipedia articles (XML dump, wikitext, WikiText tokens, SQuAD JSON or plain
+text; see curation/wikipedia.py), normalize each paragraph with CCNet's `normalize`, train a
+SentencePiece unigram model (CCNet: vocabulary 65536, shrunk automatically when the text is too
+small, with a message), encode, train a 5-gram with KenLM's `lmplz`, `build_binary` it. Writes
+`{lang}.sp.model`, `{lang}.arpa.bin` and updates `manifest.json` in the output directory, the
+layout CCNet's published models use, so both load the same way (curation/perplexity.py).
+
+Runs on one machine (no Spark): the work is SentencePiece and KenLM, both single-process tools.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.error
+from pathlib import Path
+from typing import Iterable, Iterator
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import sentencepiece as spm
+from tqdm import tqdm
+
+from curation import wikipedia
+from curation.normalize import normalize
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_WIKIPEDIA = (REPO_ROOT / ".." / "shared" / "data" / "wikipedia").resolve()
+DEFAULT_VOCAB = 65536
+DEFAULT_ORDER = 5
+DEFAULT_ARTICLES = 1_000_000  # CCNet trained on the first 1M articles of each language
+CJK_LANGS = {"zh", "ja", "ko", "yue", "wuu"}
+
+
+def find_kenlm_binary(name: str) -> str:
+    """lmplz / build_binary: next to the running Python (the venv `make setup` fills), else PATH."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        raise FileNotFoundError(f"KenLM's {name} not found next to {sys.executable} nor on PATH: run `make setup`")
+    return found
+
+
+def offline_sources(lang: str, root: Path = SHARED_WIKIPEDIA) -> list[Path]:
+    """The language's text under ../shared/data/wikipedia: root/{lang}/* plus, for raw wikitext
+    articles of mixed languages in root/wikitext/, those `select_language` keeps."""
+    sources = sorted(p for p in (root / lang).glob("*") if p.is_file()) if (root / lang).is_dir() else []
+    if (root / "wikitext").is_dir():
+        sources.append(root / "wikitext")
+    return sources
+
+
+def select_language(articles: Iterable[wikipedia.Article], lang: str) -> Iterator[wikipedia.Article]:
+    """Keeps the articles fastText lid.176 assigns to `lang` (for mixed-language folders)."""
+    from curation.langid import LanguageIdentifier
+
+    identifier = LanguageIdentifier()
+    for article in articles:
+        (predicted, _score), = identifier.predict([article.text[:5000]])
+        if predicted == lang:
+            yield article
+
+
+def iter_articles(lang: str, inputs: list[str], limit: int, base_url: str,
+                  filter_language: bool) -> tuple[Iterator[wikipedia.Article], list[str]]:
+    """Articles for `lang` and the list of sources they come from."""
+    if inputs:
+        sources = inputs
+    else:
+        url = wikipedia.dump_url(lang, base_url)
+        try:
+            stream = wikipedia.open_maybe_compressed(url)
+            stream.close()
+            sources = [url]
+        except (urllib.error.URLError, OSError) as err:
+            sources = [str(p) for p in offline_sources(lang)]
+            if not sources:
+                raise SystemExit(f"{lang}: cannot reach {url} ({err}) and no text under {SHARED_WIKIPEDIA}; "
+                                 f"pass --input PATH… (make lm WIKI=PATH…): an XML dump, wikitext, or text files")
+            print(f"{lang}: {url} unreachable ({err}); using {', '.join(sources)}", file=sys.stderr)
+            filter_language = True
+
+    def articles() -> Iterator[wikipedia.Article]:
+        count = 0
+        for source in sources:
+            found = wikipedia.read_articles(source)
+            if filter_language and not source.startswith("http") and Path(source).is_dir():
+                found = select_language(found, lang)
+            for article in found:
+                yield article
+                count += 1
+                if count >= limit:
+                    return
+
+    return articles(), sources
+
+
+def write_normalized(articles: Iterable[wikipedia.Article], path: Path, exclude: set[str]) -> dict:
+    """One normalized paragraph per line; returns counts and the SHA-256 of what was written."""
+    digest = hashlib.sha256()
+    n_articles = n_lines = n_chars = 0
+    with open(path, "w", encoding="utf-8") as out:
+        for article in tqdm(articles, desc=f"articles → {path.name}", unit=" articles", mininterval=2):
+            if article.title in exclude:
+                continue
+            n_articles += 1
+            for line in article.text.split("\n"):
+                line = normalize(line)
+                if not line:
+                    continue
+                data = (line + "\n").encode("utf-8")
+                digest.update(data)
+                out.write(line + "\n")
+                n_lines += 1
+                n_chars += len(line)
+    return {"articles": n_articles, "lines": n_lines, "chars": n_chars, "sha256": digest.hexdigest()}
+
+
+def train_sentencepiece(text_file: Path, prefix: Path, lang: str, vocab_size: int, threads: int,
+                        max_sentences: int) -> int:
+    """Unigram SentencePiece (CCNet's choice). When the text cannot fill `vocab_size`, SentencePiece
+    says the largest size it can; train again with that and say so. Returns the vocabulary size."""
+    args = dict(input=str(text_file), model_prefix=str(prefix), model_type="unigram",
+                character_coverage=0.9995 if lang in CJK_LANGS else 1.0, num_threads=threads,
+                input_sentence_size=max_sentences, shuffle_input_sentence=True,
+                train_extremely_large_corpus=False, minloglevel=2)
+    size = vocab_size
+    for _ in range(3):
+        try:
+            spm.SentencePieceTrainer.train(vocab_size=size, **args)
+            return size
+        except RuntimeError as err:
+            match = re.search(r"value <= (\d+)", str(err))
+            if not match:
+                raise
+            smaller = int(match.group(1))
+            print(f"{lang}: the text is too small for a {size}-piece vocabulary; using {smaller}", file=sys.stderr)
+            size = smaller
+    raise RuntimeError(f"{lang}: SentencePiece training failed")
+
+
+def encode_file(sp_model: Path, text_file: Path, out_file: Path) -> int:
+    sp = spm.SentencePieceProcessor(model_file=str(sp_model))
+    pieces = 0
+    with open(text_file, encoding="utf-8") as src, open(out_file, "w", encoding="utf-8") as out:
+        batch: list[str] = []
+
+        def flush() -> None:
+            nonlocal pieces
+            for encoded in sp.encode(batch, out_type=str):
+                pieces += len(encoded)
+                out.write(" ".join(encoded) + "\n")
+            batch.clear()
+
+        for line in tqdm(src, desc="sentencepiece encode", unit=" lines", mininterval=2):
+            batch.append(line.rstrip("\n"))
+            if len(batch) >= 4096:
+                flush()
+        flush()
+    return pieces
+
+
+def train_kenlm(encoded: Path, arpa: Path, binary: Path, order: int, memory: str, tmpdir: Path) -> None:
+    lmplz = [find_kenlm_binary("lmplz"), "-o", str(order), "-S", memory, "-T", str(tmpdir),
+             "--discount_fallback"]
+    print(" ".join(lmplz), f"< {encoded} > {arpa}", file=sys.stderr)
+    with open(encoded, "rb") as src, open(arpa, "wb") as out:
+        subprocess.run(lmplz, stdin=src, stdout=out, check=True)
+    build = [find_kenlm_binary("build_binary"), "-S", memory, "-T", str(tmpdir), str(arpa), str(binary)]
+    print(" ".join(build), file=sys.stderr)
+    subprocess.run(build, check=True, stdout=subprocess.DEVNULL)
+
+
+def update_manifest(output: Path, lang: str, entry: dict) -> None:
+    path = output / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.exists() else {}
+    manifest.setdefault("languages", {})[lang] = entry
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def train_language(lang: str, inputs: list[str], output: Path, *, vocab_size: int = DEFAULT_VOCAB,
+                   order: int = DEFAULT_ORDER, articles: int = DEFAULT_ARTICLES,
+                   base_url: str = wikipedia.DEFAULT_WIKIMEDIA_BASE_URL, memory: str = "20%",
+                   threads: int = 1, max_sentences: int = 2_000_000, exclude_titles: Iterable[str] = (),
+                   filter_language: bool = False, keep_arpa: bool = False) -> dict:
+    """Trains `{lang}.sp.model` + `{lang}.arpa.bin` in `output`; returns the manifest entry."""
+    output.mkdir(parents=True, exist_ok=True)
+    started = dt.datetime.now(dt.timezone.utc)
+    found, sources = iter_articles(lang, list(inputs), articles, base_url, filter_language)
+    with tempfile.TemporaryDirectory(prefix=f"lm-{lang}-", dir=output) as tmp:
+        tmp = Path(tmp)
+        text_file = tmp / f"{lang}.txt"
+        counts = write_normalized(found, text_file, set(exclude_titles))
+        if counts["lines"] == 0:
+            raise SystemExit(f"{lang}: no text found in {', '.join(sources)}")
+        used_vocab = train_sentencepiece(text_file, tmp / lang, lang, vocab_size, threads, max_sentences)
+        encoded = tmp / f"{lang}.sp.txt"
+        n_pieces = encode_file(tmp / f"{lang}.model", text_file, encoded)
+        arpa = tmp / f"{lang}.arpa"
+        train_kenlm(encoded, arpa, tmp / f"{lang}.arpa.bin", order, memory, tmp)
+        # Publish: the models are replaced together, the manifest last.
+        os.replace(tmp / f"{lang}.model", output / f"{lang}.sp.model")
+        os.replace(tmp / f"{lang}.arpa.bin", output / f"{lang}.arpa.bin")
+        if keep_arpa:
+            os.replace(arpa, output / f"{lang}.arpa")
+    entry = {
+        "sp_model": f"{lang}.sp.model", "lm": f"{lang}.arpa.bin", "order": order,
+        "vocab_size": used_vocab, "requested_vocab_size": vocab_size, "model_type": "unigram",
+        "sources": sources, "articles": counts["articles"], "lines": counts["lines"],
+        "chars": counts["chars"], "pieces": n_pieces, "data_sha256": counts["sha256"],
+        "sizes": {"sp_model": (output / f"{lang}.sp.model").stat().st_size,
+                  "lm": (output / f"{lang}.arpa.bin").stat().st_size},
+        "created": started.isoformat(timespec="seconds"),
+        "seconds": round((dt.datetime.now(dt.timezone.utc) - started).total_seconds(), 1),
+    }
+    update_manifest(output, lang, entry)
+    print(f"{lang}: {counts['articles']} articles, {counts['lines']} lines, vocab {used_vocab}, "
+          f"{n_pieces} pieces → {output / (lang + '.arpa.bin')}", file=sys.stderr)
+    return entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lang", required=True, help="language code(s), comma-separated: en,de")
+    parser.add_argument("--input", nargs="*", default=[],
+                        help="Wikipedia sources (dump .xml.bz2 path/URL, wikitext, .tokens, SQuAD .json, "
+                             "text, folders); without it the latest dump from --base-url")
+    parser.add_argument("--output", default="models/lm", type=Path)
+    parser.add_argument("--vocab", type=int, default=DEFAULT_VOCAB)
+    parser.add_argument("--order", type=int, default=DEFAULT_ORDER)
+    parser.add_argument("--articles", type=int, default=DEFAULT_ARTICLES, help="at most this many articles")
+    parser.add_argument("--base-url", default=os.environ.get("WIKIMEDIA_BASE_URL", wikipedia.DEFAULT_WIKIMEDIA_BASE_URL))
+    parser.add_argument("--memory", default="20%", help="lmplz/build_binary -S (e.g. 20%%, 1G)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--filter-language", action="store_true",
+                        help="keep only articles of folders that fastText assigns to the language")
+    parser.add_argument("--keep-arpa", action="store_true")
+    args = parser.parse_args(argv)
+    langs = [lang.strip() for lang in args.lang.split(",") if lang.strip()]
+    if len(langs) > 1 and args.input:
+        parser.error("--input applies to one language; run once per language or omit --input")
+    for lang in langs:
+        train_language(lang, args.input, args.output, vocab_size=args.vocab, order=args.order,
+                       articles=args.articles, base_url=args.base_url, memory=args.memory,
+                       threads=args.threads, filter_language=args.filter_language, keep_arpa=args.keep_arpa)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""KenLM perplexity: real models trained here from the shared Wikipedia text (en, de, zh), scored
+with the CCNet formula; ordering held-out Wikipedia < web boilerplate, shuffled words."""
+
+from __future__ import annotations
+
+import glob
+import json
+import random
+import shutil
+import statistics
+from pathlib import Path
+
+import kenlm
+import pytest
+import sentencepiece as spm
+
+from curation import perplexity as ppl
+from curation.normalize import normalize
+from curation.perplexity import PerplexityStage, bucket, load_cutoffs, read_cutoffs, write_cutoffs
+from curation.pipeline import run_stages
+from curation.wikipedia import read_articles
+from jobs.train_lm import train_language
+
+DE_ARTICLES = ["BBDO", "Bazooka", "HMS-Irresistible", "Keilwelle", "Liste-der-argentinischen-Botschafter-in-Chile",
+               "Maurische-Netzwuhle", "Mozilla-Firefox", "Sara-C.-Bisel", "Wendy-Mogel"]
+NOT_EN = {*DE_ARTICLES, "Mark-Behr", "africaans", "statoil", "redirect"}
+EN_HELD_OUT = ["Bodmin", "Goryeo-ware", "Chemical-biology", "Harry-McPherson", "Jerry-Mumphrey",
+               "The-Atlas-(newspaper)", "Elizabeth-Gilbert", "Damphu-drum"]
+DE_HELD_OUT = ["Keilwelle"]
+
+
+def wikitext_files(shared: Path, names) -> list[str]:
+    return [str(shared / "wikipedia" / "wikitext" / f"{name}.txt") for name in names]
+
+
+@pytest.fixture(scope="session")
+def lm_dir(shared_data, tmp_path_factory) -> Path:
+    """en, de and zh models trained on the shared Wikipedia text (small vocabularies: fast)."""
+    out = tmp_path_factory.mktemp("lm")
+    wiki = shared_data / "wikipedia"
+    all_wikitext = sorted(Path(p).stem for p in glob.glob(str(wiki / "wikitext" / "*.txt")))
+    en_train = [n for n in all_wikitext if n not in NOT_EN and n not in EN_HELD_OUT]
+    train_language("en", [str(wiki / "en" / "wikitext2-valid.tokens.txt"), str(wiki / "en" / "wikitext2-test.tokens.txt"),
+                          str(wiki / "en" / "enwiki-pages-articles-sample.xml.bz2"), *wikitext_files(shared_data, en_train)],
+                   out, vocab_size=6000, memory="64M")
+    # de: CCNet's default vocabulary, which 8 articles cannot fill: shrunk automatically.
+    train_language("de", wikitext_files(shared_data, [n for n in DE_ARTICLES if n not in DE_HELD_OUT]), out,
+                   memory="64M")
+    train_language("zh", [str(wiki / "zh" / "cmrc2018_dev.json")], out, vocab_size=6000, memory="64M")
+    return out
+
+
+def held_out_en(shared_data) -> list[str]:
+    return [a.text for name in EN_HELD_OUT for a in read_articles(wikitext_files(shared_data, [name])[0])]
+
+
+def shuffled_words(text: str, seed: int = 0) -> str:
+    words = text.split()
+    random.Random(seed).shuffle(words)
+    return " ".join(words)
+
+
+def web_boilerplate(shared_data, lang: str) -> list[str]:
+    """Menus and link lists of the shared real web pages (nav/header/footer/list links)."""
+    from resiliparse.parse.html import HTMLTree
+
+    from curation.extract import decode_html
+    from curation.langid import LanguageIdentifier
+    from curation.warc import ArchiveReader
+
+    reader, identifier, docs = ArchiveReader(), LanguageIdentifier(), []
+    for path in sorted(glob.glob(str(shared_data / "warc" / "web-pages-*.warc.gz"))):
+        for page in reader.read(path):
+            tree = HTMLTree.parse(decode_html(page["html"], page["http_charset"]))
+            if tree.body is None:
+                continue
+            links = [" ".join(a.text.split()) for a in tree.body.query_selector_all("nav a, header a, footer a, ul li a")]
+            links = [link for link in links if link and len(link) < 60]
+            if len(links) >= 20:
+                text = "\n".join(links)
+                if identifier.predict([text])[0][0] == lang:
+                    docs.append(text)
+    return docs
+
+
+def test_models_and_manifest(lm_dir, capfd):
+    manifest = json.loads((lm_dir / "manifest.json").read_text())["languages"]
+    for lang in ("en", "de", "zh"):
+        assert (lm_dir / f"{lang}.sp.model").stat().st_size > 0
+        assert (lm_dir / f"{lang}.arpa.bin").stat().st_size > 0
+        entry = manifest[lang]
+        assert entry["order"] == 5 and entry["model_type"] == "unigram"
+        assert entry["lines"] > 0 and entry["pieces"] > entry["lines"] and len(entry["data_sha256"]) == 64
+        assert entry["sizes"]["lm"] == (lm_dir / f"{lang}.arpa.bin").stat().st_size
+        assert spm.SentencePieceProcessor(model_file=str(lm_dir / f"{lang}.sp.model")).get_piece_size() == entry["vocab_size"]
+    assert manifest["en"]["vocab_size"] == 6000
+    assert manifest["de"]["requested_vocab_size"] == 65536 and manifest["de"]["vocab_size"] < 65536
+    assert manifest["en"]["articles"] > 150  # WikiText-2 (122) + dump (2) + wikitext articles
+
+
+def test_english_ordering(lm_dir, shared_data):
+    """Held-out Wikipedia < web boilerplate and < the same articles with shuffled words."""
+    model = ppl.load_model(lm_dir, "en")
+    wiki = held_out_en(shared_data)
+    boiler = web_boilerplate(shared_data, "en")
+    assert len(wiki) == len(EN_HELD_OUT) and len(boiler) >= 5
+    wiki_pp = model.perplexities(wiki)
+    boiler_pp = model.perplexities(boiler)
+    shuffled_pp = model.perplexities([shuffled_words(t) for t in wiki])
+    print(f"\nen held-out wikipedia {sorted(wiki_pp)}\nen boilerplate {sorted(boiler_pp)}\n"
+          f"en shuffled {sorted(shuffled_pp)}")
+    # Margins: the medians are 2x apart, every held-out article is under the median boilerplate
+    # page, and each article is 1.5x under its own shuffled words.
+    assert statistics.median(wiki_pp) * 2 < statistics.median(boiler_pp)
+    assert max(wiki_pp) < statistics.median(boiler_pp)
+    for clean, shuffled in zip(wiki_pp, shuffled_pp):
+        assert clean * 1.5 < shuffled, (clean, shuffled)
+
+
+def test_german_and_chinese_models_score_sensibly(lm_dir, shared_data):
+    de = ppl.load_model(lm_dir, "de")
+    held = [a.text for a in read_articles(wikitext_files(shared_data, DE_HELD_OUT)[0])]
+    clean, shuffled = de.perplexities([held[0], shuffled_words(held[0])])
+    english = statistics.median(de.perplexities(held_out_en(shared_data)))
+    # 8 articles make a weak model: shuffling costs it less than in English, other languages more.
+    assert clean < shuffled and clean * 1.3 < english
+
+    zh = ppl.load_model(lm_dir, "zh")
+    passages = [a.text for a in read_articles(shared_data / "wikipedia" / "zh" / "cmrc2018_trial.json")][:20]
+    assert len(passages) == 20
+    chars_shuffled = ["".join(random.Random(i).sample(p, len(p))) for i, p in enumerate(passages)]
+    zh_pp, zh_shuffled = zh.perplexities(passages), zh.perplexities(chars_shuffled)
+    print(f"\nde held-out {clean} shuffled {shuffled} english {english}; zh passages median {statistics.median(zh_pp)} shuffled {statistics.median(zh_shuffled)}")
+    assert statistics.median(zh_pp) * 2 < statistics.median(zh_shuffled)
+
+
+def test_ccnet_formula_matches_bare_loop(lm_dir, shared_data):
+    """Document perplexity = cc_net's: normalize (one line), pieces, KenLM log10 with <s> </s>,
+    length = pieces + 1, rounded to 1 decimal; per_line sums over lines."""
+    text = held_out_en(shared_data)[0]
+    sp = spm.SentencePieceProcessor(model_file=str(lm_dir / "en.sp.model"))
+    lm = kenlm.Model(str(lm_dir / "en.arpa.bin"))
+    pieces = sp.encode(normalize(text), out_type=str)
+    expected = round(10 ** (-lm.score(" ".join(pieces)) / (len(pieces) + 1)), 1)
+    model = ppl.load_model(lm_dir, "en")
+    assert model.perplexity(text) == expected == model.perplexities([text])[0]
+
+    lines = [normalize(line) for line in text.split("\n") if normalize(line)]
+    total, length = 0.0, 0
+    for line in lines:
+        p = sp.encode(line, out_type=str)
+        total += lm.score(" ".join(p))
+        length += len(p) + 1
+    per_line = model.perplexity(text, per_line=True)
+    assert per_line == round(10 ** (-total / length), 1) and per_line != expected
+
+
+def test_ccnet_cutoffs_table(shared_data, tmp_path):
+    cutoffs = read_cutoffs(shared_data / "ccnet" / "cutoff.csv")
+    assert len(cutoffs) == 48 and all(len(v) == 100 for v in cutoffs.values())
+    en = cutoffs["en"]
+    assert en == sorted(en)
+    assert bucket(en[30] - 0.1, en) == "head"
+    assert bucket(en[30], en) == "middle" and bucket(en[60] - 0.1, en) == "middle"
+    assert bucket(en[60], en) == "tail"
+    assert bucket(10.0, None) == "all" and bucket(-1.0, en) == "all"
+    write_cutoffs(tmp_path / "cutoff.csv", cutoffs)
+    assert read_cutoffs(tmp_path / "cutoff.csv") == cutoffs
+
+
+def test_stage_adds_perplexity_and_bucket(lm_dir, shared_data, tmp_path):
+    """The stage on a models dir laid out like CCNet's release (names and cutoff.csv)."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("en.sp.model", "en.arpa.bin", "de.sp.model", "de.arpa.bin"):
+        (models / name).symlink_to(lm_dir / name)
+    shutil.copy(shared_data / "ccnet" / "cutoff.csv", models / "cutoff.csv")
+    wiki = held_out_en(shared_data)
+    docs = [{"raw_content": wiki[0], "language": "en"},
+            {"raw_content": shuffled_words(wiki[1]), "language": "en"},
+            {"raw_content": "Keilwellen übertragen große Drehmomente.", "language": "de"},
+            {"raw_content": "xyz", "language": "xx"},
+            {"raw_content": "no language field"}]
+    stage = PerplexityStage(models)
+    out = list(run_stages([dict(d) for d in docs], [stage]))
+    assert [d["raw_content"] for d in out] == [d["raw_content"] for d in docs]
+    assert all(isinstance(d["perplexity"], float) for d in out)
+    assert out[0]["perplexity"] == ppl.load_model(models, "en").perplexity(wiki[0])
+    assert out[0]["perplexity"] < out[1]["perplexity"]
+    en = load_cutoffs(models)["en"]
+    for doc in out[:3]:
+        assert doc["perplexity"] > 0 and doc["bucket"] == bucket(doc["perplexity"], load_cutoffs(models)[doc["language"]])
+    assert out[1]["bucket"] == "tail" and out[1]["perplexity"] >= en[60]
+    assert [d["bucket"] for d in out[3:]] == ["all", "all"] and out[3]["perplexity"] == -1.0
+    assert stage.stats["in"] == stage.stats["out"] == 5 and stage.stats["no_model"] == 2
+
+    per_line = list(PerplexityStage(models, per_line=True)([{"raw_content": wiki[0], "language": "en"}]))
+    assert per_line[0]["perplexity"] == ppl.load_model(models, "en").perplexity(wiki[0], per_line=True)
+
+    # Without cutoffs beside the models, every scored document is in `all`.
+    ppl.clear_cache()
+    out = list(PerplexityStage(lm_dir)([{"raw_content": wiki[0], "language": "en"}]))
+    assert out[0]["bucket"] == "all" and out[0]["perplexity"] > 0
+
+
+def test_models_load_once_per_process(lm_dir):
+    assert ppl.load_model(lm_dir, "en") is ppl.load_model(str(lm_dir), "en")
+    assert ppl.load_model(lm_dir, "xx") is None
+    assert ppl.available_languages(lm_dir) == ["de", "en", "zh"]

@@ -1,0 +1,258 @@
+"""MinHash near-duplicate detection over word n-gram shingles (no Spark here).
+
+Signatures are bit-identical to `datasketch.MinHash(num_perm, seed)` (its default scheme
+`affine32`: `sha1_hash32` of each shingle, MurmurHash3 32-bit finalizer, then `a*h + b mod 2^32`
+per permutation, minimum over shingles), fed with the UTF-8 bytes of each shingle. They are computed
+vectorised: one SHA-1 per distinct shingle (hashlib has no batch API), the rest as numpy over all
+shingles of a batch of documents (`np.minimum.reduceat` per document).
+
+Shingles: the text is normalized like CCNet's line dedup (lowercase, digits → 0, unicode
+punctuation and control characters removed, whitespace runs collapsed), split on whitespace, and
+every `ngram` consecutive words joined by one space make a shingle; a text shorter than `ngram`
+words is one shingle; an empty text has none (and never collides with anything).
+
+LSH: `num_perm` values cut into `bands` bands of `rows` rows (from datasketch's `_optimal_param`
+for the threshold unless given); documents with one equal band share a bucket; each member of a
+bucket is linked to the bucket's smallest id (a star, so a bucket of n documents gives n-1 edges,
+never n²), if their signatures agree on at least `threshold` of their values (verification, on by
+default: without it, LSH's soft S-curve chains 0.7-similar pages into clusters); clusters are the
+connected components (`local_clusters` here, `jobs.dedup` in Spark).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from curation.normalize import normalize_for_dedup
+from curation.pipeline import Stage
+
+MAX_HASH32 = np.uint32(0xFFFFFFFF)
+# MurmurHash3 fmix32 constants (datasketch's _FMIX_CONSTANTS[32]).
+_FMIX32 = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35), np.uint32(16))
+
+
+def optimal_bands_rows(threshold: float, num_perm: int, weights: tuple[float, float] = (0.5, 0.5)) -> tuple[int, int]:
+    """(bands, rows) minimizing the weighted false positive + false negative probability, exactly as
+    `datasketch.MinHashLSH` chooses them (its own `_optimal_param` when available)."""
+    try:
+        from datasketch.lsh import _optimal_param
+    except ImportError:  # pragma: no cover - same integral computation, without datasketch
+        _optimal_param = _optimal_param_fallback
+    return tuple(int(x) for x in _optimal_param(threshold, num_perm, weights[0], weights[1]))
+
+
+def _optimal_param_fallback(threshold, num_perm, fp_weight, fn_weight):
+    def integrate(f, a, b, n=1000):
+        step = (b - a) / n
+        return sum(f(a + (i + 0.5) * step) for i in range(n)) * step
+
+    best, opt = float("inf"), (0, 0)
+    for b in range(1, num_perm + 1):
+        for r in range(1, num_perm // b + 1):
+            fp = integrate(lambda s: 1 - (1 - s ** r) ** b, 0.0, threshold)
+            fn = integrate(lambda s: 1 - (1 - (1 - s ** r) ** b), threshold, 1.0)
+            if fp * fp_weight + fn * fn_weight < best:
+                best, opt = fp * fp_weight + fn * fn_weight, (b, r)
+    return opt
+
+
+def permutations(num_perm: int = 128, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch's affine32 permutation parameters (a odd, b) for this seed."""
+    gen = np.random.RandomState(seed)
+    a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return a, b
+
+
+def shingle_words(text: str) -> list[str]:
+    """Normalized words of a text (whitespace collapsed first so lines never glue together)."""
+    return normalize_for_dedup(" ".join(text.split())).split()
+
+
+def shingles(text: str, ngram: int = 5) -> set[str]:
+    """The set of word `ngram`-grams of the normalized text."""
+    words = shingle_words(text)
+    if len(words) <= ngram:
+        return {" ".join(words)} if words else set()
+    return set(map(" ".join, zip(*(words[i:] for i in range(ngram)))))
+
+
+def jaccard(a: set, b: set) -> float:
+    if not a and not b:
+        return 1.0
+    return len(a & b) / len(a | b)
+
+
+def sha1_hash32_array(items: Iterable[bytes]) -> np.ndarray:
+    """`datasketch.hashfunc.sha1_hash32` of every item, as one uint32 array: the 20-byte digests are
+    concatenated and their first little-endian word read by numpy (no struct/int per item)."""
+    digests = b"".join([hashlib.sha1(item).digest() for item in items])
+    return np.frombuffer(digests, dtype="<u4")[::5].astype(np.uint32)
+
+
+def _fmix32(hv: np.ndarray) -> np.ndarray:
+    s1, m1, s2, m2, s3 = _FMIX32
+    hv = hv ^ (hv >> s1)
+    hv = hv * m1
+    hv = hv ^ (hv >> s2)
+    hv = hv * m2
+    return hv ^ (hv >> s3)
+
+
+class MinHasher:
+    """Batch MinHash signatures equal to datasketch.MinHash(num_perm, seed).update_batch(...)."""
+
+    def __init__(self, num_perm: int = 128, seed: int = 1, ngram: int = 5, chunk_shingles: int = 8192):
+        self.num_perm, self.seed, self.ngram = num_perm, seed, ngram
+        self.a, self.b = permutations(num_perm, seed)
+        self.chunk_shingles = chunk_shingles
+
+    def signatures_from_shingles(self, docs: Sequence[Iterable[bytes]]) -> np.ndarray:
+        """(len(docs), num_perm) uint32 signatures for documents given as iterables of shingle bytes
+        (duplicates allowed: MinHash is a set function)."""
+        counts, hashed = [], []
+        for items in docs:
+            hv = sha1_hash32_array(items)
+            counts.append(len(hv))
+            hashed.append(hv)
+        return self.signatures_from_hashes(hashed, counts)
+
+    def signatures_from_hashes(self, hashed: list[np.ndarray], counts: list[int]) -> np.ndarray:
+        out = np.full((len(hashed), self.num_perm), MAX_HASH32, dtype=np.uint32)
+        if not hashed:
+            return out
+        a, b = self.a, self.b
+        # Walk the documents in chunks of about `chunk_shingles` hash values (keeps the
+        # (shingles × num_perm) matrix in cache); empty documents keep the all-max signature.
+        start = 0
+        while start < len(hashed):
+            stop, total = start, 0
+            while stop < len(hashed) and (total == 0 or total + counts[stop] <= self.chunk_shingles):
+                total += counts[stop]
+                stop += 1
+            idx = [i for i in range(start, stop) if counts[i]]
+            if idx:
+                hv = _fmix32(np.concatenate([hashed[i] for i in idx]))
+                phv = np.multiply.outer(hv, a)
+                phv += b
+                offsets = np.cumsum([0] + [counts[i] for i in idx[:-1]])
+                out[idx] = np.minimum.reduceat(phv, offsets, axis=0)
+            start = stop
+        return out
+
+    def signatures(self, texts: Sequence[str]) -> np.ndarray:
+        """Signatures of raw texts (normalization and shingling included)."""
+        return self.signatures_from_shingles(
+            [[s.encode("utf-8") for s in shingles(t, self.ngram)] for t in texts])
+
+
+def band_keys(signature: np.ndarray, bands: int, rows: int) -> list[bytes]:
+    """The `bands` LSH bucket keys of one signature: the bytes of each band's `rows` values."""
+    sig = np.ascontiguousarray(signature[: bands * rows], dtype="<u4")
+    return [sig[i * rows:(i + 1) * rows].tobytes() for i in range(bands)]
+
+
+@dataclass
+class MinHashParams:
+    ngram: int = 5
+    num_perm: int = 128
+    seed: int = 1
+    threshold: float = 0.8
+    bands: int | None = None
+    rows: int | None = None
+
+    def resolved(self) -> "MinHashParams":
+        if self.bands is None or self.rows is None:
+            bands, rows = optimal_bands_rows(self.threshold, self.num_perm)
+            return MinHashParams(self.ngram, self.num_perm, self.seed, self.threshold,
+                                 self.bands or bands, self.rows or rows)
+        if self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands × rows = {self.bands * self.rows} > num_perm = {self.num_perm}")
+        return self
+
+
+def document_signatures(texts: Sequence[str], params: MinHashParams,
+                        hasher: MinHasher | None = None) -> tuple[np.ndarray, list[bool]]:
+    """Signatures of texts, and whether each text has shingles at all."""
+    p = params.resolved()
+    hasher = hasher or MinHasher(p.num_perm, p.seed, p.ngram)
+    sets = [shingles(t, p.ngram) for t in texts]
+    sigs = hasher.signatures_from_shingles([[s.encode("utf-8") for s in ss] for ss in sets])
+    return sigs, [bool(ss) for ss in sets]
+
+
+def similar(sig_a: np.ndarray, sig_b: np.ndarray, threshold: float) -> bool:
+    """Candidate verification: estimated Jaccard (share of equal MinHash values) ≥ threshold."""
+    return int(np.count_nonzero(sig_a == sig_b)) / len(sig_a) >= threshold
+
+
+def local_clusters(texts: Sequence[str], params: MinHashParams | None = None,
+                   ids: Sequence[int] | None = None, verify: bool = True) -> list[int]:
+    """Single-process reference, same semantics as jobs.dedup.minhash_dedup: documents sharing an
+    LSH bucket are linked to the bucket's smallest id (when `verify`, only if their signatures
+    estimate Jaccard ≥ threshold); clusters are the connected components. Returns each text's
+    cluster as the smallest id in it (ids default to positions)."""
+    params = (params or MinHashParams()).resolved()
+    ids = list(range(len(texts))) if ids is None else list(ids)
+    parent = list(range(len(texts)))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    sigs, has_shingles = document_signatures(texts, params)
+    buckets: dict[tuple[int, bytes], list[int]] = {}
+    for i, sig in enumerate(sigs):
+        if has_shingles[i]:
+            for band, key in enumerate(band_keys(sig, params.bands, params.rows)):
+                buckets.setdefault((band, key), []).append(i)
+    for members in buckets.values():
+        root = min(members, key=lambda i: ids[i])
+        for i in members:
+            if i != root and (not verify or similar(sigs[i], sigs[root], params.threshold)):
+                ra, rb = find(root), find(i)
+                if ra != rb:
+                    if ids[ra] < ids[rb]:
+                        parent[rb] = ra
+                    else:
+                        parent[ra] = rb
+    return [ids[find(i)] for i in range(len(texts))]
+
+
+def keep_order_key(doc: dict, use_perplexity: bool) -> tuple:
+    """Which document of a cluster is kept: the smallest key (lowest perplexity when chosen and known,
+    then url, then content)."""
+    ppl = doc.get("perplexity") if use_perplexity else None
+    return (ppl is None, ppl if ppl is not None else 0.0, doc.get("url") or "", doc.get("raw_content") or "")
+
+
+class MinHashDedupStage(Stage):
+    """Single-process MinHash dedup over a whole list of documents (the reference the Spark job is
+    tested against): adds `minhash_cluster` (index of the cluster's first document in input order)
+    and `minhash_cluster_size`, keeps one document per cluster."""
+
+    name = "minhash_dedup"
+
+    def __init__(self, params: MinHashParams | None = None, use_perplexity: bool = True,
+                 verify: bool = True, id_field: str | None = None):
+        super().__init__()
+        self.params = (params or MinHashParams()).resolved()
+        self.use_perplexity, self.verify, self.id_field = use_perplexity, verify, id_field
+
+    def process(self, docs: Iterable[dict]) -> Iterator[dict]:
+        docs = list(docs)
+        ids = [d[self.id_field] for d in docs] if self.id_field else None
+        clusters = local_clusters([d.get("raw_content") or "" for d in docs], self.params, ids, self.verify)
+        members: dict[int, list[int]] = {}
+        for i, c in enumerate(clusters):
+            members.setdefault(c, []).append(i)
+        for c, idx in members.items():
+            best = min(idx, key=lambda i: keep_order_key(docs[i], self.use_perplexity))
+            self.drop("near_duplicate", len(idx) - 1)
+            yield {**docs[best], "minhash_cluster": c, "minhash_cluster_size": len(idx)}

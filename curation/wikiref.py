@@ -240,9 +240,13 @@ def article_passages(wikitext: str, min_chars: int = 300, max_chars: int = 3000)
 
 # --- the classifier -----------------------------------------------------------------------------
 
+PUNCT_RE = re.compile(r"([^\w\s])")
+
+
 def fasttext_line(text: str) -> str:
-    """What the classifier sees of a document, in training and in scoring: one lowercased line."""
-    return " ".join(text.lower().split())
+    """What the classifier sees of a document, in training and in scoring: one lowercased line,
+    punctuation split off words (so `city.` and `city` are one word, and `( born` is a feature)."""
+    return " ".join(PUNCT_RE.sub(r" \1 ", text.lower()).split())
 
 
 @functools.lru_cache(maxsize=4)

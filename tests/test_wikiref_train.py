@@ -1,0 +1,108 @@
+"""Training the wikiref classifier on the real shared data (real fastText), and the scoring stage."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from curation.extract import ExtractStage
+from curation.pipeline import run_stages
+from curation.warc import ArchiveReader
+from curation.wikiref import WikirefStage, article_passages, load_model, reference_probabilities
+from jobs.train_wikiref import TooFewPositives, roc_auc, train
+
+REPO = Path(__file__).resolve().parent.parent
+HELD_OUT_ARTICLES = ("Bodmin", "Chemical-biology", "Elizabeth-Gilbert", "Goryeo-ware", "Bazooka",
+                     "HMS-Irresistible", "Mozilla-Firefox", "Charlie-Milstead")
+SPAM = "CC-MAIN-2020-34-excerpt.warc.gz"
+
+
+def training_inputs(shared_data):
+    wikitext = sorted((shared_data / "wikipedia" / "wikitext").glob("*.txt"))
+    train_articles = [str(p) for p in wikitext if p.stem not in HELD_OUT_ARTICLES]
+    # The spam excerpt is kept out of training: it is what the model is checked against.
+    pages = [str(p) for p in sorted((shared_data / "warc").glob("*.warc.gz")) if p.name != SPAM]
+    pages += [str(p) for p in sorted((shared_data / "wet").glob("*.wet.gz"))]
+    return train_articles, pages
+
+
+@pytest.fixture(scope="module")
+def trained(shared_data, tmp_path_factory):
+    articles, pages = training_inputs(shared_data)
+    output = tmp_path_factory.mktemp("wikiref")
+    manifest = train(articles, pages, output, allow_fallback=True, settings={"seed": 1},
+                     log=lambda m: None)
+    return output, manifest
+
+
+def test_manifest_records_positives_and_metrics(trained):
+    output, manifest = trained
+    assert (output / "wikiref.bin").stat().st_size > 0
+    on_disk = json.loads((output / "manifest.json").read_text())
+    assert on_disk == manifest
+    positives = manifest["positives"]
+    assert positives["found_at_cited_urls"] == 0  # none of the shared pages is at a cited URL
+    assert positives["used"] == ["wikipedia_fallback"] and positives["wikipedia_fallback"]
+    assert positives["by_source"]["wikipedia_fallback"] > 300
+    split = manifest["split"]
+    assert split["held_out"]["positive"] > 30 and split["held_out"]["negative"] > 30
+    held_out = manifest["held_out_metrics"]
+    assert held_out["roc_auc"] > 0.85, held_out
+    assert held_out["at_0.5"]["precision"] > 0.8 and held_out["at_0.25"]["recall"] > 0.75, held_out
+    assert manifest["hyperparameters"]["wordNgrams"] == 2
+    assert manifest["cited_url_keys"] > 1000
+
+
+def test_ranks_unseen_wikipedia_text_above_cc_spam(trained, shared_data):
+    output, _ = trained
+    model = load_model(str(output / "wikiref.bin"))
+    wiki = [p for name in HELD_OUT_ARTICLES
+            for p in article_passages((shared_data / "wikipedia" / "wikitext" / f"{name}.txt").read_text())]
+    # The spam pages as the pipeline sees them (CCNet's 300-character floor drops 5 of the 16).
+    spam = [d["raw_content"] for d in run_stages(ArchiveReader().read(str(shared_data / "warc" / SPAM)),
+                                                 [ExtractStage()])]
+    assert len(wiki) > 50 and len(spam) == 11
+    wiki_scores, spam_scores = reference_probabilities(model, wiki), reference_probabilities(model, spam)
+    labels = np.array([1] * len(wiki) + [0] * len(spam))
+    auc = roc_auc(labels, np.array(wiki_scores + spam_scores))
+    print("wiki", sorted(round(x, 2) for x in wiki_scores), "spam", sorted(round(x, 2) for x in spam_scores))
+    assert auc > 0.9, auc
+    assert np.median(wiki_scores) > 2 * np.median(spam_scores)
+    assert sum(s >= 0.25 for s in spam_scores) <= 2
+
+
+def test_stage_scores_every_document_and_never_drops(trained, shared_data):
+    output, _ = trained
+    docs = list(run_stages(ArchiveReader().read(str(shared_data / "warc" / SPAM)), [ExtractStage(min_length=0)]))
+    docs.append({"url": "wiki", "raw_content": article_passages(
+        (shared_data / "wikipedia" / "wikitext" / "Bodmin.txt").read_text())[1]})
+    docs.append({"url": "empty", "raw_content": ""})
+    stage = WikirefStage(output / "wikiref.bin", threshold=0.25, batch_size=7)
+    out = list(stage(iter(docs)))
+    assert len(out) == len(docs) and stage.stats["in"] == stage.stats["out"] == len(docs)
+    assert all(0.0 <= d["wikiref_score"] <= 1.0 for d in out)
+    assert all(d["wikiref_keep"] == (d["wikiref_score"] >= 0.25) for d in out)
+    assert out[-2]["wikiref_keep"] and out[-2]["wikiref_score"] > 0.5
+    assert stage.stats["below_threshold"] == sum(not d["wikiref_keep"] for d in out)
+    # The model is loaded once per process and path.
+    assert WikirefStage(output / "wikiref.bin").model is stage.model
+
+
+def test_too_few_positives_stops_with_a_count(shared_data, tmp_path):
+    articles, _ = training_inputs(shared_data)
+    pages = [str(shared_data / "warc" / "web-pages-00000.warc.gz")]
+    with pytest.raises(TooFewPositives, match="only 0 pages at cited URLs"):
+        train(articles[:3], pages, tmp_path / "m", log=lambda m: None)
+    assert not (tmp_path / "m" / "wikiref.bin").exists()
+    result = subprocess.run([sys.executable, "-m", "jobs.train_wikiref", "--wikipedia", *articles[:3],
+                             "--pages", *pages, "--output", str(tmp_path / "m")],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 3 and "--allow-wikipedia-fallback" in result.stderr
+
+
+def test_roc_auc_with_ties():
+    assert roc_auc(np.array([1, 0, 1, 0]), np.array([0.9, 0.1, 0.8, 0.2])) == 1.0
+    assert roc_auc(np.array([1, 0]), np.array([0.5, 0.5])) == 0.5

@@ -1,4 +1,5 @@
-"""The curation job: CommonCrawl WARC/WET → text → language ID → Parquet by language.
+"""The curation job: CommonCrawl WARC/WET → text → line dedup → language ID → KenLM perplexity
+→ Wikipedia-reference score → MinHash near-duplicate removal → Parquet by language and bucket.
 
     python -m jobs.curate --output DIR input.snapshot=2020-05 input.segments=2     (local mode)
     python -m jobs.curate --output DIR --input FILE_OR_URL…
@@ -10,7 +11,8 @@ The run directory is resumable. Phase 1 reads and extracts each input (one Spark
 streaming) into DIR/segments/ID.parquet, published atomically with its stats (ID.json, written
 last, marks it done); a re-run skips done segments and redoes failed or missing ones. Phase 2
 reads every done segment and runs the run-wide stages, then replaces DIR/curated/ atomically
-(language=xx/*.parquet, zstd). DIR/manifest.json lists the segments and their state, DIR/stats.json
+(language=xx/bucket=yy/*.parquet, zstd). A stage whose model is not there (no `make lm`, no
+`make classifier`) is left out with a note, and its columns stay empty (bucket `all`). DIR/manifest.json lists the segments and their state, DIR/stats.json
 the counts per stage and reason; DIR/config.json the effective settings and library versions.
 """
 
@@ -36,18 +38,24 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pyspark import AccumulatorParam
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from curation.commoncrawl import list_paths, select_segments, snapshot_name
 from curation.extract import ExtractStage
 from curation.langid import LanguageIdStage
+from curation.perplexity import PerplexityStage, available_languages
+from curation.wikiref import WikirefStage
 from curation.pipeline import merge_stats, nest_counters, run_stages, stage_stats
 from curation.report import write_report
 from curation.warc import ArchiveReader, cc_segment
 from jobs.config import CONFIG_DIR, load_config
+from jobs.dedup import ID as DOC_ID
+from jobs.dedup import line_dedup, minhash_dedup
 from jobs.spark import spark_session
 
 log = logging.getLogger("curate")
@@ -63,6 +71,10 @@ CURATED_SCHEMA = T.StructType([
       for f in EXTRACTED_SCHEMA),
     T.StructField("language", T.StringType()),
     T.StructField("language_score", T.DoubleType()),
+    T.StructField("perplexity", T.DoubleType()),
+    T.StructField("bucket", T.StringType()),
+    T.StructField("wikiref_score", T.DoubleType()),
+    T.StructField("wikiref_keep", T.BooleanType()),
 ])
 ROW_GROUP_DOCS = 1000
 LIBRARIES = ["pyspark", "fasttext", "warcio", "resiliparse", "pyarrow", "numpy"]
@@ -136,34 +148,78 @@ def is_done(segments_dir: Path, source: str) -> bool:
 
 # ---- phase 2: run-wide stages over every done segment ------------------------------------------
 
-def annotate(rows, stats, config: dict):
+def model_stages(config: dict) -> dict[str, bool]:
+    """Which model-backed stages run: those whose models exist. A path that the user set and that
+    does not exist is an error; a missing default only leaves the stage out, with a note."""
+    defaults = load_config(CONFIG_DIR / "curate.yaml")
+    found = {"perplexity": bool(Path(config["perplexity"]["models"]).is_dir()
+                                and available_languages(config["perplexity"]["models"])),
+             "wikiref": Path(config["wikiref"]["model"]).is_file()}
+    hints = {"perplexity": ("perplexity.models", "make lm"), "wikiref": ("wikiref.model", "make classifier")}
+    for stage, present in found.items():
+        key, target = hints[stage]
+        section, name = key.split(".")
+        if not present and config[section][name] != defaults[section][name]:
+            raise FileNotFoundError(f"{key}={config[section][name]}: no model there (train one with `{target}`)")
+        if not present:
+            print(f"note: no {stage} model at {config[section][name]}: stage skipped (`{target}` trains one)")
+    return found
+
+
+def annotate(rows, stats, config: dict, enabled: dict[str, bool]):
     """Row-wise stages of phase 2, streamed per partition; counters go to the accumulator."""
     stages = [LanguageIdStage(config["langid"]["model"], config["langid"]["threshold"])]
+    if enabled["perplexity"]:
+        stages.append(PerplexityStage(config["perplexity"]["models"], config["perplexity"]["per_line"]))
+    if enabled["wikiref"]:
+        stages.append(WikirefStage(config["wikiref"]["model"], config["wikiref"]["threshold"]))
     names = [f.name for f in CURATED_SCHEMA.fields]
+    below_wikiref = 0
     for doc in run_stages((row.asDict() for row in rows), stages):
-        yield tuple(doc.get(name) for name in names)
-    stats.add({"stages": stage_stats(stages)})
+        if config["wikiref"]["drop"] and doc.get("wikiref_keep") is False:
+            below_wikiref += 1
+            continue
+        doc.setdefault("bucket", "all")
+        yield tuple(doc.get(name) for name in names) + (doc[DOC_ID],)
+    task_stats = stage_stats(stages)
+    if below_wikiref:
+        task_stats["wikiref"]["dropped"]["below_threshold"] = below_wikiref
+    stats.add({"stages": task_stats})
 
 
 def write_curated(spark: SparkSession, run_dir: Path, done_files: list[str], config: dict) -> dict:
-    stats = spark.sparkContext.accumulator({}, StatsAccumulator())
+    accumulated = spark.sparkContext.accumulator({}, StatsAccumulator())
+    enabled = model_stages(config)
+    stats: dict = {"stages": {}}
     curated, tmp = run_dir / "curated", run_dir / f"curated.tmp-{uuid.uuid4().hex}"
-    if done_files:
-        extracted = spark.read.schema(T.StructType([f for f in CURATED_SCHEMA.fields
-                                                    if f.name in EXTRACTED_SCHEMA.names])).parquet(*done_files)
-        rows = extracted.rdd.mapPartitions(lambda part: annotate(part, stats, config))
-        frame = spark.createDataFrame(rows, CURATED_SCHEMA)
+    extracted_schema = T.StructType([f for f in CURATED_SCHEMA.fields if f.name in EXTRACTED_SCHEMA.names])
+    documents = spark.read.schema(extracted_schema).parquet(*done_files) if done_files else \
+        spark.createDataFrame([], extracted_schema)
+    if config["line_dedup"]["enabled"]:
+        documents, stats["stages"]["line_dedup"] = line_dedup(documents, min_length=config["extract"]["min_length"])
     else:
-        frame = spark.createDataFrame([], CURATED_SCHEMA)
-    (frame.write.mode("overwrite").option("compression", "zstd")
-     .partitionBy("language").parquet(str(tmp)))
+        documents = documents.withColumn(DOC_ID, F.xxhash64("url", "raw_content"))
+    columns = [*(f.name for f in extracted_schema.fields), DOC_ID]
+    rows = documents.select(*columns).rdd.mapPartitions(lambda part: annotate(part, accumulated, config, enabled))
+    frame = spark.createDataFrame(rows, T.StructType([*CURATED_SCHEMA.fields, T.StructField(DOC_ID, T.LongType())]))
+    scored: dict = {}
+    if config["minhash"]["enabled"]:
+        frame = frame.persist()  # the row-wise stages run once, not once per MinHash pass
+        minhash = config["minhash"]
+        frame, scored = minhash_dedup(frame, minhash["ngram"], minhash["num_perm"], minhash["threshold"],
+                                      keep=minhash["keep"])
+    (frame.drop(DOC_ID).write.mode("overwrite").option("compression", "zstd")
+     .partitionBy("language", "bucket").parquet(str(tmp)))
     # Replace the previous result whole: readers see the old or the new output, never a mix.
     old = run_dir / f"curated.old-{uuid.uuid4().hex}"
     if curated.exists():
         curated.rename(old)
     tmp.rename(curated)
     shutil.rmtree(old, ignore_errors=True)
-    return stats.value
+    merge_stats(stats, accumulated.value)
+    if scored:
+        stats["stages"]["minhash"] = scored
+    return stats
 
 
 # ---- the run -----------------------------------------------------------------------------------
@@ -218,7 +274,7 @@ def run(spark: SparkSession, config: dict, run_dir: str | Path) -> dict:
     failed = [seg for seg in manifest["segments"] if seg["state"] == "failed"]
     result = {**stats, "inputs": len(inputs), "segments_done": len(done), "segments_resumed": len(inputs) - len(todo),
               "failed_segments": failed, "output": str(run_dir / "curated"),
-              "documents_out": stats.get("stages", {}).get("langid", {}).get("out", 0),
+              "documents_out": ds.dataset(run_dir / "curated", format="parquet").count_rows(),
               "seconds": round(time.time() - started, 2)}
     write_json(run_dir / "stats.json", result)
     result["report"] = str(write_report(run_dir))

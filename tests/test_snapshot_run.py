@@ -39,7 +39,7 @@ def make_curate(mirror_url, output, *args, wait=True):
 
 def documents(run_dir):
     table = pq.read_table(run_dir / "curated").to_pandas()
-    return sorted(zip(table.url, table.raw_content, table.language.astype(str)))
+    return sorted(zip(table.url, table.raw_content, table.language.astype(str), table.minhash_cluster))
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_snapshot_end_to_end_with_503s_and_a_missing_segment(reference_run):
     assert stats["stages"]["read"]["out"] == 16 + 99 + 37
     docs = documents(run_dir)
     assert len(docs) == stats["documents_out"] > 100
-    assert {lang for _, _, lang in docs} >= {"en", "de", "zh", "ru"}
+    assert {lang for _, _, lang, _ in docs} >= {"en", "de", "zh", "ru"}
     config = json.loads((run_dir / "config.json").read_text())
     assert config["config"]["input"]["snapshot"] == "2020-05" and len(config["inputs"]) == 6
     assert "pyspark" in config["libraries"]

@@ -87,6 +87,23 @@ pretrain:
 		echo "no token shards in $(PRETRAIN_DATA): run \`make shards\` first"; exit 2; fi
 	$(PY) -m trainer.train --config $(PRETRAIN_CONFIG) data_dir=$(PRETRAIN_DATA) $(ARGS)
 # --- trainer ---
+
+# --- perplexity ---
+# `make lm LANGS=en,de WIKI="PATH…"`: SentencePiece + KenLM 5-gram per language into LM_DIR. WIKI
+# holds dumps/wikitext/text (LANG=PATH to give a path to one language only); without it, the latest
+# Wikimedia dump (WIKIMEDIA_BASE_URL), or offline the text under $(SHARED)/wikipedia.
+# `make cutoffs INPUT=…`: percentiles p0..p99 of perplexity over a sample → LM_DIR/cutoff.csv.
+LANGS ?= en
+WIKI ?=
+LM_DIR ?= models/lm
+LM_ARGS ?=
+CUTOFF_ARGS ?=
+.PHONY: lm cutoffs
+lm:
+	$(PY) -m jobs.train_lm --lang $(LANGS) --output $(LM_DIR) $(if $(WIKI),--input $(WIKI)) $(LM_ARGS)
+cutoffs:
+	$(PY) -m jobs.cutoffs --models $(LM_DIR) --output $(LM_DIR)/cutoff.csv --input $(INPUT) $(CUTOFF_ARGS)
+# --- perplexity ---
 # --- wikiref ---
 # `make classifier` trains the Wikipedia-reference classifier (fastText) into models/wikiref/:
 # positives are pages at URLs cited by WIKI_INPUT found in WIKIREF_PAGES (and, with CC_INDEX set, via

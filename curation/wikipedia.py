@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import html
 import json
 import re
 import urllib.request
@@ -51,6 +52,10 @@ DROPPED_SECTIONS = {
 }  # fmt: skip
 DROPPED_TAGS = {"ref", "references", "table", "gallery", "math", "timeline", "imagemap", "score",
                 "syntaxhighlight", "source", "pre", "code", "graph", "mapframe", "templatedata"}
+
+
+_REF_RE = re.compile(r"<ref\b[^>/]*/>|<ref\b[^>]*>.*?</ref\s*>", re.DOTALL | re.IGNORECASE)
+_URL_RE = re.compile(r"\b(?:https?|ftp)://\S+")
 
 
 @dataclass
@@ -106,6 +111,10 @@ def _plain(nodes, out: list[str]) -> None:
 def wikitext_to_text(wikitext: str) -> str:
     """Plain article text from wikitext: one paragraph per line, headings kept as their own line,
     templates, refs, tables, media/category links and reference sections removed."""
+    if "&lt;ref" in wikitext or "&lt;/" in wikitext:  # XML-escaped wikitext, copied out of a dump
+        wikitext = html.unescape(wikitext)
+    # <ref>s first, by pattern: an unbalanced construct elsewhere can make the parser keep them as text.
+    wikitext = _REF_RE.sub("", wikitext)
     code = mwparserfromhell.parse(wikitext, skip_style_tags=True)
     # Drop reference/link sections at the top level: from their heading to the next heading of the
     # same or a higher level.
@@ -123,7 +132,7 @@ def wikitext_to_text(wikitext: str) -> str:
     text = "".join(out).replace("\'\'\'", "").replace("\'\'", "")
     lines = []
     for line in text.split("\n"):
-        line = re.sub(r"[ \t\u00a0]+", " ", line).strip()
+        line = re.sub(r"[ \t\u00a0]+", " ", _URL_RE.sub("", line)).strip()
         # Leftovers of removed markup: empty brackets, list markers, table pipes.
         line = re.sub(r"\(\s*[,;]?\s*\)", "", line).strip()
         line = line.lstrip("*#:;|!").strip()
@@ -197,9 +206,9 @@ def read_wikitext_file(path: str | Path) -> Iterator[Article]:
         yield Article(path.stem.replace("-", " ").replace("_", " "), text)
 
 
-_WT_DETOK = [(" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."), (" <unk>", ""), ("<unk> ", ""),
-             (" ,", ","), (" .", "."), (" ;", ";"), (" :", ":"), (" 's", "'s"), (" n't", "n't"),
-             ("( ", "("), (" )", ")"), (" !", "!"), (" ?", "?"), (" %", "%")]
+_WT_ESCAPE = re.compile(r" @(\S)@ ")           # " @-@ " → "-", " @,@ " → ","
+_WT_SPACE_BEFORE = re.compile(r" ([,.;:!?%)\]]|'s\b|n't\b)")
+_WT_SPACE_AFTER = re.compile(r"([(\[]) ")
 
 
 def read_wikitext_tokens(path: str | Path) -> Iterator[Article]:
@@ -222,10 +231,8 @@ def read_wikitext_tokens(path: str | Path) -> Iterator[Article]:
                 title, lines = heading, []
                 continue
             line = heading  # a section heading: keep its words as a line, like wikitext_to_text
-        line = f" {line} "
-        for old, new in _WT_DETOK:
-            line = line.replace(old, new)
-        line = re.sub(r" +", " ", line).strip()
+        line = _WT_ESCAPE.sub(r"\1", line).replace("<unk>", "")
+        line = _WT_SPACE_AFTER.sub(r"\1", _WT_SPACE_BEFORE.sub(r"\1", re.sub(r" +", " ", line))).strip()
         if line:
             lines.append(line)
     if title is not None and lines:

@@ -60,8 +60,8 @@ def find_kenlm_binary(name: str) -> str:
 
 
 def offline_sources(lang: str, root: Path = SHARED_WIKIPEDIA) -> list[Path]:
-    """The language's text under ../shared/data/wikipedia: root/{lang}/* plus, for raw wikitext
-    articles of mixed languages in root/wikitext/, those `select_language` keeps."""
+    """The language's text under ../shared/data/wikipedia: root/{lang}/* and the mixed-language raw
+    wikitext articles of root/wikitext/ (the caller keeps those language ID assigns to `lang`)."""
     sources = sorted(p for p in (root / lang).glob("*") if p.is_file()) if (root / lang).is_dir() else []
     if (root / "wikitext").is_dir():
         sources.append(root / "wikitext")
@@ -102,7 +102,7 @@ def iter_articles(lang: str, inputs: list[str], limit: int, base_url: str,
         count = 0
         for source in sources:
             found = wikipedia.read_articles(source)
-            if filter_language and not source.startswith("http") and Path(source).is_dir():
+            if filter_language and not source.startswith(("http://", "https://")):
                 found = select_language(found, lang)
             for article in found:
                 yield article
@@ -243,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lang", required=True, help="language code(s), comma-separated: en,de")
     parser.add_argument("--input", nargs="*", default=[],
-                        help="Wikipedia sources (dump .xml.bz2 path/URL, wikitext, .tokens, SQuAD .json, "
-                             "text, folders); without it the latest dump from --base-url")
+                        help="Wikipedia sources (dump .xml.bz2 path/URL, wikitext, .tokens, SQuAD .json, text, "
+                             "folders); LANG=PATH for one language only; without it the latest dump from --base-url")
     parser.add_argument("--output", default="models/lm", type=Path)
     parser.add_argument("--vocab", type=int, default=DEFAULT_VOCAB)
     parser.add_argument("--order", type=int, default=DEFAULT_ORDER)
@@ -253,17 +253,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", default="20%", help="lmplz/build_binary -S (e.g. 20%%, 1G)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--filter-language", action="store_true",
-                        help="keep only articles of folders that fastText assigns to the language")
+                        help="keep only the local articles fastText lid.176 assigns to the language")
     parser.add_argument("--keep-arpa", action="store_true")
     args = parser.parse_args(argv)
     langs = [lang.strip() for lang in args.lang.split(",") if lang.strip()]
-    if len(langs) > 1 and args.input:
-        parser.error("--input applies to one language; run once per language or omit --input")
+    routed = route_inputs(args.input, langs)
     for lang in langs:
-        train_language(lang, args.input, args.output, vocab_size=args.vocab, order=args.order,
+        inputs, shared = routed[lang]
+        if args.input and not inputs:
+            print(f"{lang}: no input given for it; skipped", file=sys.stderr)
+            continue
+        # Paths given to several languages at once are split between them by language ID.
+        train_language(lang, inputs, args.output, vocab_size=args.vocab, order=args.order,
                        articles=args.articles, base_url=args.base_url, memory=args.memory,
-                       threads=args.threads, filter_language=args.filter_language, keep_arpa=args.keep_arpa)
+                       threads=args.threads, filter_language=args.filter_language or shared,
+                       keep_arpa=args.keep_arpa)
     return 0
+
+
+def route_inputs(inputs: list[str], langs: list[str]) -> dict[str, tuple[list[str], bool]]:
+    """`LANG=PATH` goes to that language only; a bare PATH goes to every language (then filtered by
+    language ID when there are several). Returns {lang: (paths, filtered)}."""
+    routed: dict[str, tuple[list[str], bool]] = {}
+    for lang in langs:
+        own = [item.split("=", 1)[1] for item in inputs if re.match(rf"^{re.escape(lang)}=", item)]
+        bare = [item for item in inputs if not re.match(r"^[a-z]{2,3}(_[a-z]+)?=", item)]
+        routed[lang] = (own + bare, bool(bare) and len(langs) > 1)
+    return routed
 
 
 if __name__ == "__main__":

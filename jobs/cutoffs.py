@@ -1,0 +1,123 @@
+"""Perplexity bucket cutoffs for the models in a directory, CCNet style.
+
+    python -m jobs.cutoffs --models models/lm --input FILE… [--sample 10000] [--output models/lm/cutoff.csv]
+    make cutoffs INPUT="…"
+
+Reads documents (WARC/WET files or URLs: read → extract → language ID, as the curate job does; or
+JSONL(.gz) / Parquet with `raw_content` and `language`, e.g. a curate run's output), scores up to
+`--sample` documents per language that has a model, and writes percentiles p0..p99 of perplexity
+per language to `cutoff.csv` beside the models (CCNet's format: rows 0-99, one column per
+language). Columns of other languages already in the file are kept, so cutoffs for CCNet's
+published models can sit beside ours. Recompute them whenever the models are retrained.
+
+One process: a sample of a snapshot is enough for percentiles (CCNet used a sample too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gzip
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable, Iterator
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+from tqdm import tqdm
+
+from curation.perplexity import CUTOFF_FILE, available_languages, load_model, read_cutoffs, write_cutoffs
+
+
+def read_documents(sources: Iterable[str], lid_model: str | None = None) -> Iterator[dict]:
+    """Documents with `raw_content` and `language` from WARC/WET, JSONL(.gz) or Parquet sources."""
+    archives = []
+    for source in sources:
+        name = str(source)
+        if name.endswith((".jsonl", ".jsonl.gz", ".json.gz")):
+            opener = gzip.open if name.endswith(".gz") else open
+            with opener(name, "rt", encoding="utf-8") as f:
+                for line in f:
+                    if line.strip():
+                        yield json.loads(line)
+        elif name.endswith(".parquet") or Path(name).is_dir():
+            import pyarrow.dataset as ds
+
+            dataset = ds.dataset(name, format="parquet", partitioning="hive")
+            for batch in dataset.to_batches(columns=["raw_content", "language"]):
+                yield from batch.to_pylist()
+        else:
+            archives.append(name)
+    if archives:
+        from curation.extract import ExtractStage
+        from curation.langid import LanguageIdStage
+        from curation.pipeline import run_stages
+        from curation.warc import ArchiveReader
+
+        reader = ArchiveReader()
+        pages = (page for archive in archives for page in reader.read(archive))
+        yield from run_stages(pages, [ExtractStage(), LanguageIdStage(lid_model)])
+
+
+def compute_cutoffs(models_dir: str | Path, docs: Iterable[dict], sample: int = 10_000, per_line: bool = False,
+                    min_docs: int = 100) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """({lang: [p0..p99]}, {lang: documents scored}) for the languages with a model."""
+    langs = set(available_languages(models_dir))
+    values: dict[str, list[float]] = defaultdict(list)
+    for doc in tqdm(docs, desc="scoring", unit=" docs", mininterval=2):
+        lang = doc.get("language")
+        if lang in langs and len(values[lang]) < sample and doc.get("raw_content"):
+            values[lang].append(load_model(models_dir, lang).perplexity(doc["raw_content"], per_line=per_line))
+        if langs and all(len(values.get(lang, ())) >= sample for lang in langs):
+            break
+    cutoffs, counts = {}, {}
+    for lang, scores in sorted(values.items()):
+        counts[lang] = len(scores)
+        if len(scores) < min_docs:
+            print(f"{lang}: only {len(scores)} documents (< {min_docs}); no cutoffs", file=sys.stderr)
+            continue
+        cutoffs[lang] = [round(float(v), 1) for v in np.percentile(np.array(scores), np.arange(100))]
+    return cutoffs, counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="models/lm", type=Path)
+    parser.add_argument("--input", nargs="+", required=True, help="WARC/WET files or URLs, JSONL(.gz), Parquet")
+    parser.add_argument("--output", type=Path, help=f"default: MODELS/{CUTOFF_FILE}")
+    parser.add_argument("--sample", type=int, default=10_000, help="documents per language")
+    parser.add_argument("--min-docs", type=int, default=100, help="fewer documents: no cutoffs for the language")
+    parser.add_argument("--per-line", action="store_true")
+    parser.add_argument("--lid-model")
+    args = parser.parse_args(argv)
+    if not available_languages(args.models):
+        parser.error(f"no models in {args.models}: run `make lm` first")
+    output = args.output or args.models / CUTOFF_FILE
+    cutoffs, counts = compute_cutoffs(args.models, read_documents(args.input, args.lid_model), args.sample,
+                                      args.per_line, args.min_docs)
+    if not cutoffs:
+        print(f"no language had {args.min_docs} documents; {output} unchanged", file=sys.stderr)
+        return 1
+    merged = {**(read_cutoffs(output) if output.exists() else {}), **cutoffs}
+    write_cutoffs(output, merged)
+    manifest_path = args.models / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    for lang in cutoffs:
+        manifest.setdefault("cutoffs", {})[lang] = {
+            "documents": counts[lang], "inputs": [str(i) for i in args.input], "per_line": args.per_line,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "p30": cutoffs[lang][30], "p60": cutoffs[lang][60]}
+    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    for lang in cutoffs:
+        print(f"{lang}: {counts[lang]} documents, head < {cutoffs[lang][30]} ≤ middle < {cutoffs[lang][60]} ≤ tail",
+              file=sys.stderr)
+    print(f"wrote {output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,14 +5,15 @@ split (validation when below `val_fraction`), the next 32 bits its shard (modulo
 count), and inside a shard documents are ordered by key. Nothing depends on file order, partitioning
 or timing, so the same input, tokenizer and settings give byte-identical shards.
 
-The shard counts come from the token totals of the first run and are kept in `plan.json`; a rerun
-reads the plan, skips the shards already published (a shard is published by rename, `.idx` last) and
-encodes only the documents of the others. Each shard has a small `NAME.json` sidecar with its counts
+The shard counts are estimated on the first run (characters per split × tokens per character of a
+seeded sample) and kept in `plan.json`; a rerun reads the plan, skips the shards already published
+(a shard is published by rename, `.idx` last) and encodes only the documents of the others. Each shard has a small `NAME.json` sidecar with its counts
 by language and bucket, published before the shard, from which `stats.json` is summed."""
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from pyspark import SparkFiles, StorageLevel
+from pyspark import SparkFiles
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -32,6 +33,7 @@ from tokenizer.shards import ShardWriter, shard_exists, token_dtype, tokenizer_h
 
 SPLITS = ("train", "val")
 UNKNOWN = "unknown"  # language or bucket of input without those columns
+SAMPLE_CHARS = 4_000_000  # characters the driver encodes to estimate tokens per character
 
 
 def shard_name(split: str, shard: int) -> str:
@@ -68,7 +70,7 @@ def encoder(model_file: str, vocab_size: int, add_bos: bool, add_eos: bool):
             # One thread: Spark already runs one task per core.
             ids = sp.encode(texts, add_bos=add_bos, add_eos=add_eos, num_threads=1)
             counts = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-            flat = np.fromiter((t for doc in ids for t in doc), dtype=dtype, count=int(counts.sum()))
+            flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(counts.sum()))
             offsets = np.zeros(len(ids) + 1, dtype=np.int32)
             np.cumsum(counts * dtype.itemsize, out=offsets[1:])
             tokens = pa.BinaryArray.from_buffers(pa.binary(), len(ids),
@@ -158,14 +160,28 @@ def load_plan(output_dir: Path, settings: dict) -> dict | None:
     return plan
 
 
-def make_plan(encoded: DataFrame, settings: dict, shard_tokens: int) -> dict:
-    """Shard counts per split from the token totals: ceil(tokens / shard_tokens)."""
-    totals = {row["split"]: (row["docs"], row["tokens"]) for row in
-              encoded.groupBy("split").agg(F.count("*").alias("docs"), F.sum("num_tokens").alias("tokens")).collect()}
-    return {"settings": settings,
-            "docs": {s: totals.get(s, (0, 0))[0] for s in SPLITS},
-            "tokens": {s: totals.get(s, (0, 0))[1] for s in SPLITS},
-            "shards": {s: math.ceil(totals.get(s, (0, 0))[1] / shard_tokens) for s in SPLITS}}
+def make_plan(docs: DataFrame, model: Path, add_bos: bool, add_eos: bool, settings: dict, shard_tokens: int) -> dict:
+    """Shard counts per split, ceil(estimated tokens / shard_tokens). Counting the tokens exactly would
+    take a second encoding pass (or caching every encoded document, dearer still); instead the driver
+    encodes a seeded sample of about SAMPLE_CHARS characters, the whole input when it is smaller, and
+    scales its tokens per character by the characters of each split."""
+    import sentencepiece as spm
+
+    totals = {row["split"]: (row["docs"], row["chars"]) for row in docs.groupBy("split").agg(
+        F.count("*").alias("docs"), F.sum(F.length("raw_content")).alias("chars")).collect()}
+    total_chars = sum(chars for _, chars in totals.values())
+    fraction = min(1.0, SAMPLE_CHARS / max(total_chars, 1))
+    sample = [r["raw_content"] for r in docs.where(F.col("shard_bits") < int(fraction * 2**32)).select("raw_content").collect()]
+    if not sample:  # a few very long documents, none of them drawn
+        sample = [r["raw_content"] for r in docs.orderBy("key").limit(16).select("raw_content").collect()]
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    ids = sp.encode(sample, add_bos=add_bos, add_eos=add_eos, num_threads=os.cpu_count() or 1)
+    tokens_per_char = sum(map(len, ids)) / max(sum(map(len, sample)), 1)
+    estimate = {s: round(totals.get(s, (0, 0))[1] * tokens_per_char) for s in SPLITS}
+    return {"settings": settings, "docs": {s: totals.get(s, (0, 0))[0] for s in SPLITS},
+            "chars": {s: totals.get(s, (0, 0))[1] for s in SPLITS},
+            "sample_chars": sum(map(len, sample)), "tokens_per_char": tokens_per_char, "estimated_tokens": estimate,
+            "shards": {s: math.ceil(estimate[s] / shard_tokens) if totals.get(s, (0, 0))[0] else 0 for s in SPLITS}}
 
 
 def summarize(output_dir: Path, plan: dict, written: list[str], seconds: float) -> dict:
@@ -224,11 +240,8 @@ def run(spark: SparkSession, input_path: str, tokenizer: str | os.PathLike, outp
     encode = encoder(shipped, vocab_size, add_bos, add_eos)
 
     plan = load_plan(output_dir, settings)
-    cached = None
     if plan is None:
-        # First run: encode everything once, count, and reuse the encoded rows for writing.
-        cached = docs.mapInArrow(encode, encoded_schema(docs)).persist(StorageLevel.MEMORY_AND_DISK)
-        plan = make_plan(cached, settings, shard_tokens)
+        plan = make_plan(docs, model, add_bos, add_eos, settings, shard_tokens)
         tmp_plan = output_dir / "plan.json.tmp"
         tmp_plan.write_text(json.dumps(plan, indent=2) + "\n")
         os.replace(tmp_plan, output_dir / "plan.json")
@@ -236,24 +249,19 @@ def run(spark: SparkSession, input_path: str, tokenizer: str | os.PathLike, outp
                if not shard_exists(output_dir / shard_name(split, shard))]
     written = []
     if pending:
+        # Only the documents of shards still missing are encoded (all of them on a first run).
         pending_names = F.array(*[F.lit(shard_name(s, n)) for s, n in pending])
-        name = F.format_string("%s-%05d", F.col("split"), F.col("shard"))
-        if cached is not None:
-            todo = with_shard(cached, plan).where(F.array_contains(pending_names, name))
-        else:
-            # A rerun encodes only the documents of the shards still missing.
-            todo = with_shard(docs, plan).where(F.array_contains(pending_names, name))
-            todo = todo.mapInArrow(encode, encoded_schema(todo))
+        todo = with_shard(docs, plan).where(
+            F.array_contains(pending_names, F.format_string("%s-%05d", F.col("split"), F.col("shard"))))
         written = [row["name"] for row in
-                   todo.repartition(len(pending), "split", "shard")
+                   todo.mapInArrow(encode, encoded_schema(todo))
+                   .repartition(len(pending), "split", "shard")
                    .sortWithinPartitions("split", "shard", "key")
                    .mapInArrow(shard_writer(str(output_dir), vocab_size, sha256), "name string").collect()]
         for split, shard in pending:
             if shard_name(split, shard) not in written:
                 write_empty_shard(output_dir, shard_name(split, shard), vocab_size, sha256)
                 written.append(shard_name(split, shard))
-    if cached is not None:
-        cached.unpersist()
     return summarize(output_dir, plan, written, time.perf_counter() - started)
 
 

@@ -11,13 +11,15 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 import torch
-import torch.nn.functional as F
 
 from tokenizer.shards import ShardError, ShardReader, ShardWriter, tokenizer_hash
 from trainer.data import TrainLoader, open_shards, val_batches
-from trainer.model import PRESETS, FeedForward, ModelConfig, RMSNorm, Transformer, apply_rope, preset, rope_table
+from trainer.model import main as model_main
+from trainer.model import PRESETS, FeedForward, RMSNorm, Transformer, apply_rope, preset, rope_table
 from trainer.sample import generate, next_token
+from trainer.sample import main as sample_main
 from trainer.train import TrainConfig, load_checkpoint, lr_at, model_from_checkpoint, train
+from trainer.train import main as train_main
 
 VOCAB = 512
 TINY = dict(vocab_size=VOCAB, max_seq_len=64)
@@ -132,6 +134,12 @@ def test_paper_presets_have_paper_parameter_counts(name, billions):
     assert abs(model.num_params() / 1e9 - billions) / billions < 0.005
 
 
+def test_model_cli_prints_config_and_count(capsys):
+    model_main(["--preset", "13B"])
+    out = capsys.readouterr().out
+    assert "dim          5120" in out and "ffn_hidden   13824" in out and "(13.02B)" in out
+
+
 def test_grouped_query_attention_shrinks_kv_and_runs():
     cfg = preset("tiny", n_kv_heads=2, **TINY)
     model = Transformer(cfg)
@@ -242,7 +250,7 @@ def test_ddp_under_torchrun_matches_one_process_on_the_global_batch(corpus, tmp_
     assert load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["data"]["position"] == 4 * 8
 
 
-def test_training_on_real_shards_lowers_validation_loss_and_samples(corpus, tmp_path):
+def test_training_on_real_shards_lowers_validation_loss_and_samples(corpus, tmp_path, capsys):
     out = tmp_path / "run"
     result = train(tiny_run(corpus, out, max_steps=60, eval_interval=30, eval_batches=4))
     (step0, initial), *_, (last_step, final) = result["val_losses"]
@@ -266,10 +274,11 @@ def test_training_on_real_shards_lowers_validation_loss_and_samples(corpus, tmp_
     assert cached == generate(model, prompt, 20, use_cache=False)  # the KV cache changes nothing
     assert len(cached) == len(prompt) + 20 and isinstance(sp.decode(cached[1:]), str)
 
-    cli = [sys.executable, "-m", "trainer.sample", "--checkpoint", str(result["checkpoint"]), "--prompt", "I said",
-           "--max-new-tokens", "30", "--temperature", "0.8", "--top-k", "50", "--top-p", "0.95"]
-    sampled = subprocess.run(cli + ["--tokenizer", str(corpus[0])], capture_output=True, text=True, check=True)
-    assert sampled.stdout.startswith("I said") and len(sampled.stdout) > len("I said") + 10
+    capsys.readouterr()
+    sample_main(["--checkpoint", str(result["checkpoint"]), "--tokenizer", str(corpus[0]), "--prompt", "I said",
+                 "--max-new-tokens", "30", "--temperature", "0.8", "--top-k", "50", "--top-p", "0.95"])
+    sampled = capsys.readouterr().out
+    assert sampled.startswith("I said") and len(sampled) > len("I said") + 10
 
 
 def test_sampling_filters():
@@ -284,6 +293,7 @@ def test_sampling_filters():
 
 
 def test_cli_says_to_make_shards_when_missing(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "trainer.train", f"data_dir={tmp_path / 'none'}"],
-                            capture_output=True, text=True)
-    assert result.returncode != 0 and "make shards" in result.stderr
+    with pytest.raises(SystemExit, match="make shards"):
+        train_main([f"data_dir={tmp_path / 'none'}"])
+    with pytest.raises(SystemExit):
+        train_main(["no_such_setting=1"])

@@ -11,7 +11,6 @@ attention through `scaled_dot_product_attention`, no biases, untied embeddings.
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -199,10 +198,10 @@ class Transformer(nn.Module):
         return 6 * matrices + 12 * self.cfg.n_layers * self.cfg.dim * seq_len
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="7B", choices=sorted(PRESETS))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with torch.device("meta"):
         model = Transformer(PRESETS[args.preset])
     for key, value in asdict(model.cfg).items():

@@ -61,7 +61,7 @@ def generate(model: Transformer, prompt: list[int], max_new_tokens: int, tempera
     return tokens
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="runs/local/pretrain/checkpoint.pt")
     parser.add_argument("--tokenizer", default="models/tokenizer/tokenizer.model")
@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--top-p", type=float)
     parser.add_argument("--num-samples", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     ckpt = load_checkpoint(args.checkpoint)
     if tokenizer_hash(args.tokenizer).hex() != ckpt["tokenizer_sha256"]:

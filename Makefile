@@ -121,3 +121,17 @@ classifier:
 		$(if $(CC_DATA),--cc-data $(CC_DATA)) $(if $(filter 1 yes true,$(WIKIREF_FALLBACK)),--allow-wikipedia-fallback) \
 		$(ARGS) || { rc=$$?; [ $$rc = 3 ] && echo "make classifier WIKIREF_FALLBACK=1 uses Wikipedia text as positives"; exit $$rc; }
 # --- wikiref ---
+# --- tokenizer ---
+# `make tokenizer` trains the SentencePiece BPE model on curated Parquet; `make shards` encodes that
+# Parquet into token shards (rerunning resumes: published shards are skipped). Extra flags: TOKENIZER_ARGS, SHARDS_ARGS.
+CURATED ?= runs/local/curated
+TOKENIZER_DIR ?= models/tokenizer
+VOCAB_SIZE ?= 32000
+SHARDS_DIR ?= runs/local/shards
+.PHONY: tokenizer shards
+tokenizer:
+	$(PY) -m tokenizer.train --input $(CURATED) --output $(TOKENIZER_DIR) --vocab-size $(VOCAB_SIZE) $(TOKENIZER_ARGS)
+shards:
+	@test -f $(TOKENIZER_DIR)/tokenizer.model || { echo "no $(TOKENIZER_DIR)/tokenizer.model: run \`make tokenizer\` first"; exit 2; }
+	$(PY) -m jobs.tokenize --input $(CURATED) --tokenizer $(TOKENIZER_DIR) --output $(SHARDS_DIR) $(SHARDS_ARGS)
+# --- tokenizer ---

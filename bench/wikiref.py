@@ -1,0 +1,71 @@
+"""Wikiref scoring throughput: our WikirefStage (text preparation, batched predict, score and keep
+columns, counters) vs a bare fastText `predict` loop over the same texts already prepared (the
+bare loop gets the classifier's input line for free, so the ratio charges us for preparing it).
+
+Input: the documents of the real 697-document WET file that pass the 300-character floor, and the
+Wikipedia article passages of the shared wikitext, repeated 5 times. The model is the one of
+`make classifier` (models/wikiref/wikiref.bin), or one trained here into a temporary folder."""
+
+import sys
+import tempfile
+from pathlib import Path
+
+# The repository root replaces the script's folder on the path: bench/ holds a `tokenize.py` that
+# would shadow the standard library's.
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from bench.common import REPO_ROOT, SHARED_DATA, report, timed
+from curation.extract import ExtractStage
+from curation.pipeline import run_stages
+from curation.warc import ArchiveReader
+from curation.wikiref import BATCH_SIZE, WikirefStage, article_passages, fasttext_line, load_model
+
+REPEAT = 5
+
+
+def model_path() -> Path:
+    path = REPO_ROOT / "models" / "wikiref" / "wikiref.bin"
+    if path.exists():
+        return path
+    from jobs.train_wikiref import train
+
+    output = Path(tempfile.mkdtemp(prefix="wikiref-bench-"))
+    train(sorted(map(str, (SHARED_DATA / "wikipedia" / "wikitext").glob("*.txt"))),
+          sorted(map(str, (SHARED_DATA / "warc").glob("*.warc.gz"))) + sorted(map(str, (SHARED_DATA / "wet").glob("*.wet.gz"))),
+          output, allow_fallback=True, log=lambda m: None)
+    return output / "wikiref.bin"
+
+
+def main() -> None:
+    wet = SHARED_DATA / "wet" / "CC-MAIN-2019-30-697-docs.warc.wet.gz"
+    texts = [d["raw_content"] for d in run_stages(ArchiveReader().read(str(wet)), [ExtractStage()])]
+    texts += [p for f in sorted((SHARED_DATA / "wikipedia" / "wikitext").glob("*.txt"))
+              for p in article_passages(f.read_text())]
+    texts *= REPEAT
+    path = model_path()
+    model = load_model(str(path))
+    prepared = [fasttext_line(t) for t in texts]
+
+    def ours():
+        stage = WikirefStage(path)
+        for _ in stage({"raw_content": t} for t in texts):
+            pass
+
+    def bare():
+        for start in range(0, len(prepared), BATCH_SIZE):
+            model.predict(prepared[start:start + BATCH_SIZE], k=2)
+
+    def bare_unbatched():
+        for line in prepared:
+            model.predict([line], k=2)
+
+    mine, raw, single = timed(ours), timed(bare), timed(bare_unbatched)
+    chars = sum(map(len, texts))
+    print(f"{len(texts)} documents, {chars / 1e6:.1f} M characters, model {path}")
+    report("WikirefStage (prepare + batched predict + columns)", len(texts), "docs", mine, raw,
+           "bare batched fastText predict on prepared lines")
+    report("WikirefStage", len(texts), "docs", mine, single, "bare one-at-a-time fastText predict loop")
+
+
+if __name__ == "__main__":
+    main()

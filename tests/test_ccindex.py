@@ -146,3 +146,24 @@ def test_fetch_pages_counts_misses_and_bounds_concurrency(mirror):
     assert stats.get("not_in_index") == 1
     assert stats.get("fetched", 0) + stats.get("not_html", 0) == 6
     assert {p["url"] for p in pages} <= set(known) and len(pages) == stats["fetched"] >= 1
+
+
+def test_training_takes_positives_from_the_cc_index(mirror, shared_data, tmp_path):
+    """Path b inside `jobs.train_wikiref`: an article citing pages that the (mirrored) index has;
+    the pages are range-fetched, extracted and language-identified, and no fallback is needed."""
+    from jobs.train_wikiref import train
+
+    cited = sorted(u for u, rows in mirror["index"].items()
+                   if rows[0]["status"] == "200" and "web-pages-00000" in rows[0]["filename"])
+    article = tmp_path / "Article.txt"
+    article.write_text("'''Article''' cites.\n" + "".join(
+        f"Fact {i}.<ref>{{{{cite web|url={url}|title=T{i}}}}}</ref>\n" for i, url in enumerate(cited)))
+    output = tmp_path / "model"
+    manifest = train([str(article)], [str(shared_data / "wet" / "CC-MAIN-2019-30-697-docs.warc.wet.gz")], output,
+                     cc_index=mirror["endpoint"], cc_data=mirror["base"], log=lambda m: None,
+                     settings={"min_positives": 20, "retries": 3, "backoff": 0.01})
+    positives = manifest["positives"]
+    assert positives["used"] == ["cc_index"] and not positives["wikipedia_fallback"]
+    assert manifest["cc_index_fetch"]["fetched"] == len(cited) == 50
+    assert positives["by_source"]["cc_index"] >= 20  # after the 300-character floor and language ID
+    assert (output / "wikiref.bin").exists() and manifest["split"]["held_out"]["positive"] > 0

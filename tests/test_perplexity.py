@@ -8,6 +8,7 @@ import json
 import random
 import shutil
 import statistics
+from html.parser import HTMLParser
 from pathlib import Path
 
 import kenlm
@@ -60,10 +61,36 @@ def shuffled_words(text: str, seed: int = 0) -> str:
     return " ".join(words)
 
 
-def web_boilerplate(shared_data, lang: str) -> list[str]:
-    """Menus and link lists of the shared real web pages (nav/header/footer/list links)."""
-    from resiliparse.parse.html import HTMLTree
+class _MenuLinks(HTMLParser):
+    """Texts of the links inside nav/header/footer elements and ul/ol lists (menus, link lists)."""
 
+    CONTAINERS = {"nav", "header", "footer", "ul", "ol"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.depth, self.in_link, self.links, self.current = 0, False, [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.CONTAINERS:
+            self.depth += 1
+        elif tag == "a" and self.depth:
+            self.in_link, self.current = True, []
+
+    def handle_endtag(self, tag):
+        if tag in self.CONTAINERS:
+            self.depth = max(0, self.depth - 1)
+        elif tag == "a" and self.in_link:
+            self.in_link = False
+            self.links.append(" ".join("".join(self.current).split()))
+
+    def handle_data(self, data):
+        if self.in_link:
+            self.current.append(data)
+
+
+def web_boilerplate(shared_data, lang: str) -> list[str]:
+    """Menus and link lists of the shared real web pages, one link text per line, for the pages
+    with at least 20 such links whose link text fastText assigns to `lang`."""
     from curation.extract import decode_html
     from curation.langid import LanguageIdentifier
     from curation.warc import ArchiveReader
@@ -71,11 +98,9 @@ def web_boilerplate(shared_data, lang: str) -> list[str]:
     reader, identifier, docs = ArchiveReader(), LanguageIdentifier(), []
     for path in sorted(glob.glob(str(shared_data / "warc" / "web-pages-*.warc.gz"))):
         for page in reader.read(path):
-            tree = HTMLTree.parse(decode_html(page["html"], page["http_charset"]))
-            if tree.body is None:
-                continue
-            links = [" ".join(a.text.split()) for a in tree.body.query_selector_all("nav a, header a, footer a, ul li a")]
-            links = [link for link in links if link and len(link) < 60]
+            parser = _MenuLinks()
+            parser.feed(decode_html(page["html"], page["http_charset"]))
+            links = [link for link in parser.links if link and len(link) < 60]
             if len(links) >= 20:
                 text = "\n".join(links)
                 if identifier.predict([text])[0][0] == lang:

@@ -3,8 +3,8 @@
 Every `\\n` line is normalized with `normalize_for_dedup` and hashed (SHA-1, first 8 bytes). Over
 the dedup scope, a line hash found in more than one document is a duplicate: it is removed from
 every document, the first one included. A line repeated inside a single document only keeps its
-first copy. Documents left empty, or shorter than the length floor (300 characters, as CCNet drops
-short documents), are dropped. `length`/`nlines` are updated; `original_length`/`original_nlines`
+first copy. Documents shorter than the length floor (300 characters) are dropped before counting
+(CCNet drops them before dedup), and so are documents left empty or under the floor after it. `length`/`nlines` are updated; `original_length`/`original_nlines`
 keep (or, when missing, get) the values before dedup.
 
 The counting across the scope is the engine's job: `LineDedupStage` does it in memory for one
@@ -81,8 +81,13 @@ class LineDedupStage(Stage):
         super().__init__()
         self.min_length = min_length
 
-    def process(self, docs: Iterable[dict]) -> Iterator[dict]:
-        docs = list(docs)
+    def process(self, in_docs: Iterable[dict]) -> Iterator[dict]:
+        docs = []
+        for doc in in_docs:  # CCNet drops short documents before dedup: they count for nothing
+            if len(doc.get("raw_content") or "") < self.min_length:
+                self.drop("too_short")
+            else:
+                docs.append(doc)
         counts: Counter = Counter()
         for doc in docs:
             counts.update(distinct_hashes(doc.get("raw_content") or ""))

@@ -269,13 +269,15 @@ def minhash_clusters(df: DataFrame, ngram: int = 5, num_perm: int = 128, thresho
 
 def minhash_dedup(df: DataFrame, ngram: int = 5, num_perm: int = 128, threshold: float = 0.8,
                   bands: int | None = None, rows: int | None = None, seed: int = 1,
-                  keep: str = "perplexity", verify: bool = True) -> tuple[DataFrame, dict]:
+                  keep: str = "perplexity", verify: bool = True,
+                  drop_duplicates: bool = True) -> tuple[DataFrame, dict]:
     """MinHash LSH near-duplicate removal across `df` (see `minhash_clusters`): keeps one document
     per cluster, with its `minhash_cluster` and `minhash_cluster_size`: the lowest `perplexity`
     when keep="perplexity" and the column exists (nulls last), then the smallest url, then content.
     Returns the kept documents (persisted; `_doc_id` added) and {"in", "out", "dropped":
     {"near_duplicate"}, "clusters" (of size > 1), "cluster_sizes": {size: clusters}, "bands",
-    "rows", "ngram", "num_perm", "threshold", "verify", "cc_iterations", "seconds"}."""
+    "rows", "ngram", "num_perm", "threshold", "verify", "cc_iterations", "seconds"}.
+    With drop_duplicates=False, every document comes back with a boolean `minhash_keep` instead."""
     if keep not in ("perplexity", "id"):
         raise ValueError(f"keep must be 'perplexity' or 'id', not {keep!r}")
     started = time.perf_counter()
@@ -285,9 +287,10 @@ def minhash_dedup(df: DataFrame, ngram: int = 5, num_perm: int = 128, threshold:
         order.append(F.col("perplexity").asc_nulls_last())
     order += [F.col("url").asc_nulls_last(), F.col("raw_content").asc_nulls_last(), F.col(ID)]
     ranked = clustered.withColumn("_rank", F.row_number().over(Window.partitionBy("minhash_cluster").orderBy(*order)))
-    kept = ranked.where(F.col("_rank") == 1).drop("_rank").persist()
+    ranked = ranked.withColumn("minhash_keep", F.col("_rank") == 1).drop("_rank").persist()
+    kept = ranked.where("minhash_keep").drop("minhash_keep") if drop_duplicates else ranked
 
-    sizes = kept.groupBy("minhash_cluster_size").count().collect()
+    sizes = ranked.where("minhash_keep").groupBy("minhash_cluster_size").count().collect()
     cluster_sizes = {int(r["minhash_cluster_size"]): int(r["count"]) for r in sizes}
     docs_in = sum(size * n for size, n in cluster_sizes.items())
     docs_out = sum(cluster_sizes.values())

@@ -1,0 +1,137 @@
+"""CCNet line dedup: hand-made cases, Spark == single process on real WET pages, scopes, the CLI."""
+
+import gzip
+import hashlib
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curation.dedup_lines import LineDedupStage, dedup_document, line_hash
+from curation.normalize import normalize_for_dedup
+
+BOILERPLATE = "Copyright © 2019 Example Corp. All rights reserved."
+
+
+def letters(n: int) -> str:
+    """A number spelled in letters (digits would all normalize to 0)."""
+    return "".join(chr(ord("a") + int(c)) for c in str(n))
+
+
+def page(i: int, extra: list[str] = ()) -> str:
+    body = [f"Page {letters(i)} is about its own subject and says something only it says, sentence "
+            f"{letters(k)}, with a unique token {letters(i)}x{letters(k)} and words enough to pass the floor."
+            for k in range(4)]
+    return "\n".join(["Home | About | Contact", *body, *extra, BOILERPLATE])
+
+
+def docs_of(texts):
+    return [{"url": f"https://site{i}.example/", "raw_content": t} for i, t in enumerate(texts)]
+
+
+def test_line_hash_is_ccnet():
+    line = "  Hello, World 2019 «quoted»  "
+    digest = hashlib.sha1(normalize_for_dedup(line).encode("utf-8")).digest()[:8]
+    assert line_hash(line) == int.from_bytes(digest, "little", signed=True)
+    # Normalization: case, digits, unicode punctuation, surrounding spaces do not matter.
+    assert line_hash("Hello, World 2019 «quoted»") == line_hash("hello, world 1234 quoted ")
+    assert line_hash("Hello, World!") != line_hash("Hello, World")   # ASCII punctuation kept
+    assert line_hash("café") != line_hash("cafe")                    # accents kept
+
+
+def test_boilerplate_removed_everywhere_and_repeats_inside_a_page_kept_once():
+    texts = [page(0), page(1), page(2, extra=["A line repeated twice in this page only.",
+                                              "A line repeated twice in this page only."])]
+    stage = LineDedupStage()
+    out = list(stage(docs_of(texts)))
+    assert len(out) == 3
+    for doc, text in zip(out, texts):
+        lines = doc["raw_content"].split("\n")
+        # Seen on more than one page: removed from every page, the first included.
+        assert BOILERPLATE not in lines and "Home | About | Contact" not in lines
+        assert doc["original_length"] == len(text) and doc["original_nlines"] == len(text.split("\n"))
+        assert doc["length"] == len(doc["raw_content"]) and doc["nlines"] == len(lines)
+    assert out[2]["raw_content"].split("\n").count("A line repeated twice in this page only.") == 1
+    assert out[0]["nlines"] == 4 and out[2]["nlines"] == 5
+    assert stage.stats["lines_removed"] == 2 * 3 + 1
+
+
+def test_normalized_duplicates_and_drops():
+    first = page(0, extra=["Call us: 555-1234!"])
+    second = page(1, extra=["CALL US: 999-0000!"])             # same line once normalized
+    short = "Too short to keep."
+    emptied = "\n".join(["Home | About | Contact", BOILERPLATE] * 20)  # long, but only boilerplate
+    shrunk = "\n".join(["Home | About | Contact", "Short unique line.", BOILERPLATE] * 20)
+    stage = LineDedupStage()
+    out = {d["url"]: d for d in stage(docs_of([first, second, short, emptied, shrunk]))}
+    assert set(out) == {"https://site0.example/", "https://site1.example/"}
+    assert "Call us: 555-1234!" not in out["https://site0.example/"]["raw_content"]
+    assert stage.stats["dropped.too_short"] == 2      # `short` before dedup, `shrunk` after
+    assert stage.stats["dropped.empty"] == 1
+
+
+def test_dedup_document():
+    text = "a\nb\na\n\nc\n"
+    assert dedup_document(text, set()) == ("a\nb\n\nc", 4, 2)
+    assert dedup_document(text, {line_hash("b")}) == ("a\n\nc", 3, 3)
+
+
+def wet_documents(shared_data, limit=150):
+    from warcio.archiveiterator import ArchiveIterator
+
+    docs = []
+    with open(shared_data / "wet" / "CC-MAIN-2019-30-697-docs.warc.wet.gz", "rb") as stream:
+        for record in ArchiveIterator(stream):
+            if record.rec_type == "conversion":
+                docs.append({"url": record.rec_headers.get_header("WARC-Target-URI"),
+                             "raw_content": record.content_stream().read().decode("utf-8", "replace")})
+            if len(docs) == limit:
+                break
+    return docs
+
+
+def test_spark_equals_single_process_on_real_pages(spark, shared_data):
+    from jobs.dedup import line_dedup
+
+    docs = wet_documents(shared_data)
+    for i, d in enumerate(docs):
+        d["cc_segment"] = f"seg{i % 2}"
+    df = spark.createDataFrame(docs).repartition(3)
+
+    kept, stats = line_dedup(df)
+    got = {(r["url"], r["raw_content"], r["length"], r["nlines"], r["original_length"], r["original_nlines"])
+           for r in kept.collect()}
+    stage = LineDedupStage()
+    local = list(stage(docs))
+    assert got == {(d["url"], d["raw_content"], d["length"], d["nlines"], d["original_length"], d["original_nlines"])
+                   for d in local}
+    assert stats["in"] == len(docs) and stats["out"] == len(local) == stage.stats["out"]
+    assert stats["lines_removed"] == stage.stats["lines_removed"] > 0
+    assert stats["dropped"] == {k.removeprefix("dropped."): v for k, v in stage.stats.items() if k.startswith("dropped.")}
+
+    # Scope per segment: counts only within each group (CCNet's groups of files).
+    kept_scoped, scoped = line_dedup(df, scope="cc_segment")
+    local_scoped = []
+    for seg in ("seg0", "seg1"):
+        local_scoped += list(LineDedupStage()(d for d in docs if d["cc_segment"] == seg))
+    assert {(r["url"], r["raw_content"]) for r in kept_scoped.collect()} == \
+        {(d["url"], d["raw_content"]) for d in local_scoped}
+    assert scoped["lines_removed"] <= stats["lines_removed"]
+
+
+def test_cli(spark, shared_data, tmp_path):
+    from jobs.dedup import main
+
+    docs = wet_documents(shared_data, limit=120)
+    copy = dict(docs[5], url=docs[5]["url"] + "?copy")            # an exact copy of a page body
+    pq.write_table(pa.Table.from_pylist(docs + [copy]), tmp_path / "in.parquet")
+    stats = main(["--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "out"),
+                  "--steps", "minhash,lines"][:4] + ["--steps", "minhash"])
+    written = pq.read_table(tmp_path / "out" / "data").to_pylist()
+    assert json.loads((tmp_path / "out" / "stats.json").read_text())["minhash_dedup"]["in"] == len(docs) + 1
+    assert stats["minhash_dedup"]["out"] == len(written) <= len(docs)
+    assert {"minhash_cluster", "minhash_cluster_size", "url", "raw_content"} <= set(written[0])
+    assert "_doc_id" not in written[0]
+    urls = {d["url"] for d in written}
+    assert not {docs[5]["url"], copy["url"]} <= urls

@@ -118,6 +118,8 @@ def extract_segment(source: str, segments_dir: str, config: dict) -> dict:
                     writer.write_table(pa.Table.from_pylist(batch, EXTRACTED_SCHEMA))
                     batch.clear()
             writer.write_table(pa.Table.from_pylist(batch, EXTRACTED_SCHEMA))
+        if reader.stats["dropped.corrupt_record"] and not reader.stats["out"]:
+            raise ValueError("no page could be read: corrupt, or not a WARC/WET file")
         os.replace(tmp, final)
     finally:
         if os.path.exists(tmp):
@@ -187,9 +189,9 @@ def annotate(rows, stats, config: dict, enabled: dict[str, bool]):
     stats.add({"stages": task_stats})
 
 
-def write_curated(spark: SparkSession, run_dir: Path, done_files: list[str], config: dict) -> dict:
+def write_curated(spark: SparkSession, run_dir: Path, done_files: list[str], config: dict,
+                  enabled: dict[str, bool]) -> dict:
     accumulated = spark.sparkContext.accumulator({}, StatsAccumulator())
-    enabled = model_stages(config)
     stats: dict = {"stages": {}}
     curated, tmp = run_dir / "curated", run_dir / f"curated.tmp-{uuid.uuid4().hex}"
     extracted_schema = T.StructType([f for f in CURATED_SCHEMA.fields if f.name in EXTRACTED_SCHEMA.names])
@@ -241,10 +243,11 @@ def resolve_inputs(config: dict) -> list[str]:
     return inputs
 
 
-def run(spark: SparkSession, config: dict, run_dir: str | Path) -> dict:
+def run(spark: SparkSession, config: dict, run_dir: str | Path, enabled: dict[str, bool] | None = None) -> dict:
     """Curates the configured inputs into `run_dir`, resuming what an earlier run left; returns
-    (and writes) the stats."""
+    (and writes) the stats. `enabled`: the result of `model_stages(config)` when already known."""
     started = time.time()
+    enabled = enabled if enabled is not None else model_stages(config)
     run_dir = Path(run_dir)
     segments_dir = run_dir / "segments"
     segments_dir.mkdir(parents=True, exist_ok=True)
@@ -270,7 +273,8 @@ def run(spark: SparkSession, config: dict, run_dir: str | Path) -> dict:
     stats: dict = {}
     for source in done:  # phase-1 counters survive a resume: they are stored per segment
         merge_stats(stats, {"stages": json.loads((segments_dir / f"{segment_id(source)}.json").read_text())["stages"]})
-    merge_stats(stats, write_curated(spark, run_dir, [str(segments_dir / f"{segment_id(s)}.parquet") for s in done], config))
+    done_files = [str(segments_dir / f"{segment_id(s)}.parquet") for s in done]
+    merge_stats(stats, write_curated(spark, run_dir, done_files, config, enabled))
     failed = [seg for seg in manifest["segments"] if seg["state"] == "failed"]
     result = {**stats, "inputs": len(inputs), "segments_done": len(done), "segments_resumed": len(inputs) - len(todo),
               "failed_segments": failed, "output": str(run_dir / "curated"),
@@ -308,14 +312,15 @@ def main(argv=None) -> int:
     overrides = [*args.overrides, *([f"input.paths={json.dumps(args.input)}"] if args.input else [])]
     try:
         config = load_config(args.config, overrides)
-        resolve_inputs(config) if config["input"]["snapshot"] else None  # fail fast on a bad name or URL
+        resolve_inputs(config)  # fail fast on a bad snapshot name, an unreachable URL, no input
+        enabled = model_stages(config)  # … and on a model path that is not there
     except (ValueError, KeyError, FileNotFoundError, ConnectionError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     output = Path(args.output)
     spark = spark_session("ccurate-curate", master=args.master, log_file=output / "logs" / "spark.log")
     try:
-        stats = run(spark, config, output)
+        stats = run(spark, config, output, enabled)
     finally:
         spark.stop()
     print_summary(stats, output)

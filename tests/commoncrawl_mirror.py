@@ -18,9 +18,16 @@ SNAPSHOT = "CC-MAIN-2020-05"
 SEGMENT = "1579250589560.16"
 
 
-def build_mirror(root: Path, files: list[Path], listed_but_missing: list[str] = ()) -> list[str]:
-    """Copies `files` under crawl-data/SNAPSHOT/segments/SEGMENT/warc/ and writes warc.paths.gz."""
+def build_mirror(root: Path, files: list[Path], listed_but_missing: list[str] = (),
+                 corrupt: list[str] = ()) -> list[str]:
+    """Copies `files` under crawl-data/SNAPSHOT/segments/SEGMENT/warc/, adds `corrupt` segments
+    (gzip, but no WARC inside) and writes warc.paths.gz."""
     paths = []
+    for name in corrupt:
+        path = f"crawl-data/{SNAPSHOT}/segments/{SEGMENT}/warc/{name}"
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(gzip.compress(b"<html>this is no WARC file</html>\n" * 100))
+        paths.append(path)
     for source in files:
         path = f"crawl-data/{SNAPSHOT}/segments/{SEGMENT}/warc/{source.name}"
         (root / path).parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,8 @@ FAST_RETRIES = "input.backoff_seconds=0.05"
 @pytest.fixture(scope="module")
 def mirror_root(tmp_path_factory, shared_data):
     root = tmp_path_factory.mktemp("mirror")
-    build_mirror(root, [shared_data / "warc" / name for name in WARCS], listed_but_missing=["gone.warc.gz"])
+    build_mirror(root, [shared_data / "warc" / name for name in WARCS], listed_but_missing=["gone.warc.gz"],
+                 corrupt=["corrupt.warc.gz"])
     return root
 
 
@@ -47,26 +48,28 @@ def reference_run(mirror_root, tmp_path_factory):
     """One uninterrupted run over the whole mirror."""
     run_dir = tmp_path_factory.mktemp("reference") / "run"
     with Mirror(mirror_root) as mirror:
-        assert len(list_paths("2020-05", mirror.url, retries=2, backoff=0.01)) == 6
+        assert len(list_paths("2020-05", mirror.url, retries=2, backoff=0.01)) == 7
         done = make_curate(mirror.url, run_dir)
         assert mirror.requests_seen["/crawl-data/CC-MAIN-2020-05/warc.paths.gz"] >= 2  # 503 first
     return run_dir, done
 
 
-def test_snapshot_end_to_end_with_503s_and_a_missing_segment(reference_run):
+def test_snapshot_end_to_end_with_503s_and_failed_segments_listed(reference_run):
     run_dir, done = reference_run
     assert done.returncode == 0, done.stdout + done.stderr
     assert "FAILED" in done.stdout and "gone.warc.gz" in done.stdout
     manifest = json.loads((run_dir / "manifest.json").read_text())
     states = {seg["source"].rsplit("/", 1)[1]: seg["state"] for seg in manifest["segments"]}
-    assert states == {**{name: "done" for name in WARCS}, "gone.warc.gz": "failed"}
+    assert states == {**{name: "done" for name in WARCS}, "gone.warc.gz": "failed", "corrupt.warc.gz": "failed"}
+    errors = {seg["source"].rsplit("/", 1)[1]: seg["error"] for seg in manifest["segments"]}
+    assert "404" in errors["gone.warc.gz"] and "not a WARC/WET file" in errors["corrupt.warc.gz"]
     stats = json.loads((run_dir / "stats.json").read_text())
     assert stats["stages"]["read"]["out"] == 16 + 99 + 37
     docs = documents(run_dir)
     assert len(docs) == stats["documents_out"] > 100
     assert {lang for _, _, lang, _ in docs} >= {"en", "de", "zh", "ru"}
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["config"]["input"]["snapshot"] == "2020-05" and len(config["inputs"]) == 6
+    assert config["config"]["input"]["snapshot"] == "2020-05" and len(config["inputs"]) == 7
     assert "pyspark" in config["libraries"]
 
 
@@ -82,7 +85,7 @@ def test_killed_run_resumes_to_the_same_documents(mirror_root, reference_run, tm
         run.wait()
         assert not (tmp_path / "run" / "curated").exists(), "the run finished before it could be killed"
         killed_done = len(list(segments.glob("*.json")))
-        assert 3 <= killed_done < 5
+        assert 3 <= killed_done < len(WARCS)
     with Mirror(mirror_root) as mirror:
         resumed = make_curate(mirror.url, tmp_path / "run")
     assert resumed.returncode == 0, resumed.stderr
@@ -92,7 +95,7 @@ def test_killed_run_resumes_to_the_same_documents(mirror_root, reference_run, tm
     assert not list(segments.glob("*.tmp-*"))
 
 
-def test_bad_snapshot_and_unreachable_base_url_give_clear_errors(tmp_path):
+def test_bad_snapshot_unreachable_base_url_missing_model_give_clear_errors(tmp_path):
     with pytest.raises(SnapshotError, match="not a CommonCrawl snapshot"):
         snapshot_name("2020-5x")
     bad = subprocess.run([sys.executable, "-m", "jobs.curate", "--output", str(tmp_path / "x"),
@@ -103,6 +106,11 @@ def test_bad_snapshot_and_unreachable_base_url_give_clear_errors(tmp_path):
                                   "input.retries=1", "input.backoff_seconds=0.01"],
                                  cwd=REPO_ROOT, capture_output=True, text=True)
     assert unreachable.returncode == 2 and "gave up after 2 tries" in unreachable.stderr
+    missing_model = subprocess.run([sys.executable, "-m", "jobs.curate", "--output", str(tmp_path / "w"),
+                                    "perplexity.models=/nonexistent/lm", "--input", __file__],
+                                   cwd=REPO_ROOT, capture_output=True, text=True)
+    assert missing_model.returncode == 2
+    assert "perplexity.models=/nonexistent/lm: no model there (train one with `make lm`)" in missing_model.stderr
     unknown = subprocess.run([sys.executable, "-m", "jobs.curate", "--output", str(tmp_path / "z"),
                               "langid.treshold=0.6"], cwd=REPO_ROOT, capture_output=True, text=True)
     assert unknown.returncode == 2 and "unknown setting" in unknown.stderr

@@ -135,3 +135,13 @@ shards:
 	@test -f $(TOKENIZER_DIR)/tokenizer.model || { echo "no $(TOKENIZER_DIR)/tokenizer.model: run \`make tokenizer\` first"; exit 2; }
 	$(PY) -m jobs.tokenize --input $(CURATED) --tokenizer $(TOKENIZER_DIR) --output $(SHARDS_DIR) $(SHARDS_ARGS)
 # --- tokenizer ---
+
+# --- dedup ---
+# `make dedup DEDUP_INPUT=DIR DEDUP_OUTPUT=DIR`: CCNet line dedup then MinHash near-duplicate removal
+# over any Parquet with url and raw_content; ARGS passes more options (e.g. --threshold 0.85).
+.PHONY: dedup
+dedup:
+	@if [ -z "$(DEDUP_INPUT)" ] || [ -z "$(DEDUP_OUTPUT)" ]; then \
+		echo "usage: make dedup DEDUP_INPUT=DIR DEDUP_OUTPUT=DIR [ARGS=...]"; exit 2; fi
+	$(PY) -m jobs.dedup --input $(DEDUP_INPUT) --output $(DEDUP_OUTPUT) $(ARGS)
+# --- dedup ---

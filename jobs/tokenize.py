@@ -33,7 +33,7 @@ from tokenizer.shards import ShardWriter, shard_exists, token_dtype, tokenizer_h
 
 SPLITS = ("train", "val")
 UNKNOWN = "unknown"  # language or bucket of input without those columns
-SAMPLE_CHARS = 4_000_000  # characters the driver encodes to estimate tokens per character
+SAMPLE_CHARS = 1_000_000  # characters the driver encodes to estimate tokens per character
 
 
 def shard_name(split: str, shard: int) -> str:

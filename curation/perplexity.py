@@ -68,12 +68,14 @@ class LanguageModel:
         return pp(*self.score_lines(lines))
 
     def perplexities(self, texts: list[str], per_line: bool = False) -> list[float]:
-        """Batch form of `perplexity` (one SentencePiece call for the batch)."""
+        """`perplexity` over a list. One SentencePiece call per text: its batch call starts a thread
+        pool per call, which costs more than it gains on a busy executor (measured by bench/perplexity.py)."""
         if per_line:
             return [self.perplexity(text, per_line=True) for text in texts]
-        lm_score = self.lm.score
+        encode, lm_score = self.sp.encode, self.lm.score
         out = []
-        for pieces in self.sp.encode([normalize(text) for text in texts], out_type=str):
+        for text in texts:
+            pieces = encode(normalize(text), out_type=str)
             out.append(pp(lm_score(" ".join(pieces)), len(pieces) + 1))
         return out
 

@@ -4,9 +4,11 @@
 Input: the 115 real HTML pages of ../shared/data/warc (CC excerpt + trafilatura pages), read
 from disk 10 times for our path, and the same HTML bytes 10 times for the bare path."""
 
+import os
 import sys
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+# Run as a script, bench/ would come first on sys.path, where bench/tokenize.py shadows the stdlib's.
+sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from resiliparse.extract.html2text import extract_plain_text
 from resiliparse.parse.html import HTMLTree

@@ -3,9 +3,11 @@
 Input: the 554 documents of the real 697-document WET file that pass the 300-character floor,
 repeated 20 times (≈11k documents, ≈40 M characters)."""
 
+import os
 import sys
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+# Run as a script, bench/ would come first on sys.path, where bench/tokenize.py shadows the stdlib's.
+sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from bench.common import SHARED_DATA, report, timed
 from curation.extract import ExtractStage

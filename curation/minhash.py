@@ -83,6 +83,15 @@ def shingles(text: str, ngram: int = 5) -> set[str]:
     return set(map(" ".join, zip(*(words[i:] for i in range(ngram)))))
 
 
+def shingle_bytes(text: str, ngram: int = 5) -> set[bytes]:
+    """`shingles` as UTF-8 bytes (what is hashed), words encoded once rather than every shingle."""
+    words = shingle_words(text)
+    if len(words) <= ngram:
+        return {" ".join(words).encode("utf-8")} if words else set()
+    encoded = [w.encode("utf-8") for w in words]
+    return set(map(b" ".join, zip(*(encoded[i:] for i in range(ngram)))))
+
+
 def jaccard(a: set, b: set) -> float:
     if not a and not b:
         return 1.0
@@ -153,8 +162,7 @@ class MinHasher:
 
     def signatures(self, texts: Sequence[str]) -> np.ndarray:
         """Signatures of raw texts (normalization and shingling included)."""
-        return self.signatures_from_shingles(
-            [[s.encode("utf-8") for s in shingles(t, self.ngram)] for t in texts])
+        return self.signatures_from_shingles([shingle_bytes(t, self.ngram) for t in texts])
 
 
 def band_keys(signature: np.ndarray, bands: int, rows: int) -> list[bytes]:
@@ -187,9 +195,8 @@ def document_signatures(texts: Sequence[str], params: MinHashParams,
     """Signatures of texts, and whether each text has shingles at all."""
     p = params.resolved()
     hasher = hasher or MinHasher(p.num_perm, p.seed, p.ngram)
-    sets = [shingles(t, p.ngram) for t in texts]
-    sigs = hasher.signatures_from_shingles([[s.encode("utf-8") for s in ss] for ss in sets])
-    return sigs, [bool(ss) for ss in sets]
+    sets = [shingle_bytes(t, p.ngram) for t in texts]
+    return hasher.signatures_from_shingles(sets), [bool(ss) for ss in sets]
 
 
 def similar(sig_a: np.ndarray, sig_b: np.ndarray, threshold: float) -> bool:

@@ -40,7 +40,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from curation.dedup_lines import MIN_LENGTH, dedup_document, distinct_hashes
-from curation.minhash import MinHasher, MinHashParams, band_keys, shingles
+from curation.minhash import MinHasher, MinHashParams, band_keys, shingle_bytes
 
 log = logging.getLogger("dedup")
 
@@ -127,7 +127,7 @@ def line_dedup(df: DataFrame, scope: str | list[str] | None = None,
     long_docs = df.where(~F.col("_short")).select(ID, "raw_content", *scope_cols)
     hash_schema = T.StructType([T.StructField(ID, T.LongType()), T.StructField("_hash", T.LongType()),
                                 *(df.schema[c] for c in scope_cols)])
-    hashes = long_docs.mapInArrow(_line_hashes_fn(scope_cols), hash_schema)
+    hashes = long_docs.mapInArrow(_line_hashes_fn(scope_cols), hash_schema).persist()  # used twice
     duplicated = hashes.groupBy(*scope_cols, "_hash").count().where(F.col("count") > 1).drop("count")
     doc_dups = (hashes.join(duplicated, on=[*scope_cols, "_hash"])
                 .groupBy(ID).agg(F.collect_list("_hash").alias("_dups")))
@@ -150,6 +150,7 @@ def line_dedup(df: DataFrame, scope: str | list[str] | None = None,
             stats["out"] += row["docs"]
         else:
             stats["dropped"][row["_drop_reason"]] = row["docs"]
+    hashes.unpersist()
     stats["seconds"] = time.perf_counter() - started
     kept = result.where(F.col("_drop_reason").isNull()).drop("_short", "_lines_removed", "_drop_reason")
     return kept, stats
@@ -164,8 +165,8 @@ def _band_keys_fn(params: MinHashParams):
         hasher = MinHasher(params.num_perm, params.seed, params.ngram)
         for batch in batches:
             ids = batch.column(ID).to_pylist()
-            sets = [shingles(t or "", params.ngram) for t in batch.column("raw_content").to_pylist()]
-            sigs = hasher.signatures_from_shingles([[s.encode("utf-8") for s in ss] for ss in sets])
+            sets = [shingle_bytes(t or "", params.ngram) for t in batch.column("raw_content").to_pylist()]
+            sigs = hasher.signatures_from_shingles(sets)
             out_ids, out_bands, out_keys, out_sigs = [], [], [], []
             for doc_id, sig, ss in zip(ids, sigs, sets):
                 if not ss:  # no shingles: never a candidate

@@ -77,7 +77,7 @@ def test_dedup_document():
     assert dedup_document(text, {line_hash("b")}) == ("a\n\nc", 3, 3)
 
 
-def wet_documents(shared_data, limit=150):
+def wet_documents(shared_data, limit=120):
     from warcio.archiveiterator import ArchiveIterator
 
     docs = []
@@ -123,11 +123,11 @@ def test_spark_equals_single_process_on_real_pages(spark, shared_data):
 def test_cli(spark, shared_data, tmp_path):
     from jobs.dedup import main
 
-    docs = wet_documents(shared_data, limit=120)
+    docs = wet_documents(shared_data, limit=60)
     copy = dict(docs[5], url=docs[5]["url"] + "?copy")            # an exact copy of a page body
     pq.write_table(pa.Table.from_pylist(docs + [copy]), tmp_path / "in.parquet")
     stats = main(["--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "out"),
-                  "--steps", "minhash,lines"][:4] + ["--steps", "minhash"])
+                  "--steps", "minhash", "--master", "local[2]"])
     written = pq.read_table(tmp_path / "out" / "data").to_pylist()
     assert json.loads((tmp_path / "out" / "stats.json").read_text())["minhash_dedup"]["in"] == len(docs) + 1
     assert stats["minhash_dedup"]["out"] == len(written) <= len(docs)

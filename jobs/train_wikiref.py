@@ -1,7 +1,7 @@
 """Train the Wikipedia-reference classifier (LLaMA's "pages used as references in Wikipedia vs
 randomly sampled pages"): fastText supervised, bag of words with word bigrams.
 
-    python -m jobs.train_wikiref --wikipedia WIKITEXT_OR_DUMP… --pages WARC_OR_WET… \
+    python -m jobs.train_wikiref --wikipedia WIKITEXT_OR_DUMP… (--curated PARQUET_DIR | --pages WARC_OR_WET…) \
         [--references WARC…] [--cc-index URL --cc-data URL] [--allow-wikipedia-fallback] \
         [--output models/wikiref] [KEY=VALUE …]
 
@@ -17,8 +17,9 @@ ID), as many as positives. A held-out split (grouped by article / site, seeded) 
 recall and ROC AUC. Writes `wikiref.bin` and `manifest.json` (which positives, counts, metrics,
 hyperparameters) under `--output`.
 
-Path (a) is a hash join in this process (the shared data is small); on a cluster the same key
-join belongs in Spark.
+Path (a): with `--curated DIR` (the curate job's Parquet) a Spark join of URL keys, and negatives
+sampled from the same snapshot; WARC/WET files given with `--pages` are extracted here and joined
+in this process.
 """
 
 from __future__ import annotations
@@ -45,11 +46,11 @@ from curation.wikiref import (LABEL_PREFIX, NEGATIVE, POSITIVE, article_passages
                               cited_url_keys, fasttext_line, reference_probabilities, url_key)
 
 HYPERPARAMETERS = {
-    "lr": 0.5, "epoch": 10, "wordNgrams": 2, "dim": 32, "minCount": 2, "bucket": 200_000,
+    "lr": 0.5, "epoch": 10, "wordNgrams": 2, "dim": 32, "minCount": 1, "bucket": 200_000,
     "loss": "softmax", "thread": 1, "seed": 0,
 }
 SETTINGS = {"min_positives": 200, "test_fraction": 0.2, "seed": 0, "threshold": 0.25,
-            "max_fetch": 2000, "concurrency": 4, "retries": 5, "backoff": 1.0, "max_chars": 3000}
+            "max_fetch": 2000, "max_negatives": 20000, "concurrency": 4, "retries": 5, "backoff": 1.0, "max_chars": 3000}
 
 
 MIN_WORDS = 10
@@ -80,6 +81,35 @@ def to_documents(pages: list[dict], langid_model: str | None) -> tuple[list[dict
     text = [p for p in pages if "html" not in p]
     docs = list(run_stages(html, stages)) + list(run_stages(text, stages[1:]))
     return docs, stage_stats(stages)
+
+
+def curated_join(spark, curated: str, cited_keys: set[str], seed: int = 0,
+                 negatives_wanted: int | None = None) -> tuple[list[dict], list[dict], int]:
+    """Path a on a curated snapshot (Parquet of `make curate`, already extracted and language-
+    identified): a Spark join of the documents' URL keys with the cited keys. Returns the
+    documents at cited URLs, `negatives_wanted` others sampled at random (all when None; the
+    sample is taken after the join so that cited pages are never negatives), and the size of the
+    negatives pool."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    key = F.udf(lambda url: url_key(url) if url else None, T.StringType())
+    docs = (spark.read.parquet(curated).select("url", "raw_content", "source_domain")
+            .withColumn("url_key", key("url")))
+    cited = spark.createDataFrame([(k, True) for k in sorted(cited_keys)] or [("", False)],
+                                  "url_key string, cited boolean")
+    joined = docs.join(F.broadcast(cited), "url_key", "left").cache()
+    try:
+        positives = [row.asDict() for row in joined.where(F.col("cited")).drop("cited", "url_key").collect()]
+        rest = joined.where(F.col("cited").isNull()).drop("cited", "url_key")
+        pool = rest.count()
+        sample = rest.orderBy(F.rand(seed))
+        if negatives_wanted is not None:
+            sample = sample.limit(negatives_wanted)
+        negatives = [row.asDict() for row in sample.collect()]
+    finally:
+        joined.unpersist()
+    return positives, negatives, pool
 
 
 def group_split(items: list[tuple[str, str]], fraction: float, seed: int) -> tuple[list, list]:
@@ -140,7 +170,7 @@ def parse_overrides(pairs: list[str]) -> tuple[dict, dict]:
 def train(wikipedia: list[str], pages: list[str], output: Path, references: list[str] = (),
           cc_index: str | None = None, cc_data: str | None = None, allow_fallback: bool = False,
           langid_model: str | None = None, hyper: dict | None = None, settings: dict | None = None,
-          log=print) -> dict:
+          log=print, curated: str | None = None, spark=None) -> dict:
     import fasttext
 
     hyper = {**HYPERPARAMETERS, **(hyper or {})}
@@ -159,20 +189,31 @@ def train(wikipedia: list[str], pages: list[str], output: Path, references: list
                 cited.setdefault(key, url)
     log(f"{len(article_texts)} articles cite {len(cited)} distinct URL keys")
 
-    # Pages of the snapshot (negatives pool, and path a).
-    raw = read_pages(pages)
-    page_docs, page_stats = to_documents(raw, langid_model)
     positives: list[tuple[str, str]] = []  # (group, text)
     sources = {"snapshot_join": 0, "cc_index": 0, "reference_warcs": 0, "wikipedia_fallback": 0}
+    rest: list[dict] = []
+    page_stats: dict = {}
 
-    # a. snapshot pages at cited URLs
-    rest = []
-    for doc in page_docs:
-        if url_key(doc["url"]) in cited:
-            positives.append((doc["source_domain"], doc["raw_content"]))
-            sources["snapshot_join"] += 1
-        else:
-            rest.append(doc)
+    # a. snapshot pages at cited URLs: a Spark join on a curated snapshot, or, for WARC/WET files
+    # given with --pages, a hash join here after the pipeline's extraction and language ID.
+    if curated:
+        if spark is None:
+            from jobs.spark import spark_session
+
+            spark = spark_session("train-wikiref", log_file=output / "spark.log")
+        joined, rest, _ = curated_join(spark, curated, set(cited), seed=settings["seed"],
+                                       negatives_wanted=settings["max_negatives"])
+        positives += [(d["source_domain"], d["raw_content"]) for d in joined]
+        sources["snapshot_join"] += len(joined)
+        log(f"curated snapshot {curated}: {len(joined)} documents at cited URLs, {len(rest)} others")
+    if pages:
+        page_docs, page_stats = to_documents(read_pages(pages), langid_model)
+        for doc in page_docs:
+            if url_key(doc["url"]) in cited:
+                positives.append((doc["source_domain"], doc["raw_content"]))
+                sources["snapshot_join"] += 1
+            else:
+                rest.append(doc)
 
     # b. CommonCrawl URL index + range requests
     fetch_stats: dict = {}
@@ -228,7 +269,17 @@ def train(wikipedia: list[str], pages: list[str], output: Path, references: list
             handle.write(f"{LABEL_PREFIX}{label} {text}\n")
         train_file = Path(handle.name)
     try:
-        model = fasttext.train_supervised(input=str(train_file), verbose=0, **hyper)
+        # fastText diverges ("Encountered NaN") now and then at a high learning rate on small
+        # data: halve it and train again; the manifest records the rate that was used.
+        for attempt in range(4):
+            try:
+                model = fasttext.train_supervised(input=str(train_file), verbose=0, **hyper)
+                break
+            except RuntimeError as error:
+                if "NaN" not in str(error) or attempt == 3:
+                    raise
+                log(f"fastText diverged at lr={hyper['lr']}; retrying at lr={hyper['lr'] / 2}")
+                hyper = {**hyper, "lr": hyper["lr"] / 2}
     finally:
         train_file.unlink()
     model_path = output / "wikiref.bin"
@@ -256,10 +307,10 @@ def train(wikipedia: list[str], pages: list[str], output: Path, references: list
                      "mixed: pages at cited URLs plus Wikipedia passages" if sources["wikipedia_fallback"]
                      else "pages at URLs cited by Wikipedia"),
         },
-        "negatives": {"source": "random pages of --pages (same extraction and language ID)",
+        "negatives": {"source": "random pages of the curated snapshot / --pages (same extraction and language ID)",
                       "pool": len(rest)},
         "cc_index_fetch": fetch_stats,
-        "inputs": {"wikipedia": [str(p) for p in wikipedia], "pages": [str(p) for p in pages],
+        "inputs": {"wikipedia": [str(p) for p in wikipedia], "pages": [str(p) for p in pages], "curated": curated,
                    "references": [str(p) for p in references], "cc_index": cc_index, "cc_data": cc_data},
         "cited_url_keys": len(cited),
         "pipeline_stats": page_stats,
@@ -278,7 +329,9 @@ def train(wikipedia: list[str], pages: list[str], output: Path, references: list
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.train_wikiref", description=__doc__.split("\n\n")[0])
     parser.add_argument("--wikipedia", nargs="+", required=True, help="wikitext files and/or XML dumps (.xml[.bz2])")
-    parser.add_argument("--pages", nargs="+", required=True, help="WARC/WET files of the snapshot (negatives, path a)")
+    parser.add_argument("--pages", nargs="*", default=[], help="WARC/WET files of the snapshot (negatives, path a)")
+    parser.add_argument("--curated", help="curated Parquet of the snapshot (`make curate` output): Spark join for "
+                                          "path a, negatives sampled from it")
     parser.add_argument("--references", nargs="*", default=[], help="WARC files of referenced pages (path c)")
     parser.add_argument("--cc-index", help="CDX endpoint, e.g. https://index.commoncrawl.org/CC-MAIN-2020-34-index (path b)")
     parser.add_argument("--cc-data", help="WARC base URL for range requests (default https://data.commoncrawl.org)")
@@ -288,11 +341,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="models/wikiref")
     parser.add_argument("overrides", nargs="*", help=f"KEY=VALUE: {sorted(HYPERPARAMETERS) + sorted(SETTINGS)}")
     args = parser.parse_args(argv)
+    if not args.pages and not args.curated:
+        parser.error("give the snapshot as --curated PARQUET_DIR and/or --pages WARC/WET…")
     hyper, settings = parse_overrides(args.overrides)
     try:
         manifest = train(expand(args.wikipedia), expand(args.pages), Path(args.output), expand(args.references),
                          args.cc_index, args.cc_data, args.allow_wikipedia_fallback, args.langid_model,
-                         hyper, settings, log=lambda m: print(m, file=sys.stderr))
+                         hyper, settings, log=lambda m: print(m, file=sys.stderr), curated=args.curated)
     except TooFewPositives as error:
         print(f"train_wikiref: {error}", file=sys.stderr)
         return 3

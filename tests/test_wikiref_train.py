@@ -106,3 +106,41 @@ def test_too_few_positives_stops_with_a_count(shared_data, tmp_path):
 def test_roc_auc_with_ties():
     assert roc_auc(np.array([1, 0, 1, 0]), np.array([0.9, 0.1, 0.8, 0.2])) == 1.0
     assert roc_auc(np.array([1, 0]), np.array([0.5, 0.5])) == 0.5
+
+
+def test_spark_join_on_a_curated_snapshot(spark, shared_data, tmp_path):
+    """Path a: a curated Parquet snapshot (partitioned like the curate job's output) joined with
+    the cited URL keys in Spark; cited pages become positives and are never sampled as negatives."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs.train_wikiref import curated_join
+
+    docs = []
+    for name in ("web-pages-00000.warc.gz", "web-pages-00001.warc.gz"):
+        docs += list(run_stages(ArchiveReader().read(str(shared_data / "warc" / name)), [ExtractStage()]))
+    table = pa.Table.from_pylist([{"url": d["url"], "raw_content": d["raw_content"],
+                                   "source_domain": d["source_domain"], "language": "xx"} for d in docs])
+    curated = tmp_path / "curated"
+    pq.write_to_dataset(table, str(curated), partition_cols=["language"])
+    cited_urls = [d["url"] for d in docs[:40]]
+    # Cited as written in articles: other scheme, www., trailing slash, tracking parameter.
+    article = tmp_path / "Article.txt"
+    article.write_text("".join(
+        f"Fact.<ref>{{{{cite web|url={u.replace('https://', 'http://')}{'&' if '?' in u else '?'}utm_source=wp|title=T}}}}</ref>\n"
+        for u in cited_urls))
+    from curation.wikiref import cited_url_keys, url_key
+
+    keys = set(cited_url_keys(article.read_text()))
+    assert keys == {url_key(u) for u in cited_urls}
+
+    positives, negatives, pool = curated_join(spark, str(curated), keys, seed=3, negatives_wanted=30)
+    assert {d["url"] for d in positives} == set(cited_urls)
+    assert pool == len(docs) - len(cited_urls) >= 40 and len(negatives) == 30
+    assert not {d["url"] for d in negatives} & set(cited_urls)
+
+    manifest = train([str(article)], [], tmp_path / "model", curated=str(curated), spark=spark,
+                     settings={"min_positives": 30}, log=lambda m: None)
+    assert manifest["positives"]["used"] == ["snapshot_join"]
+    assert manifest["positives"]["by_source"]["snapshot_join"] == 40
+    assert manifest["split"]["train"]["negative"] + manifest["split"]["held_out"]["negative"] == 40

@@ -129,7 +129,9 @@ def line_dedup(df: DataFrame, scope: str | list[str] | None = None,
                                 *(df.schema[c] for c in scope_cols)])
     hashes = long_docs.mapInArrow(_line_hashes_fn(scope_cols), hash_schema).persist()  # used twice
     duplicated = hashes.groupBy(*scope_cols, "_hash").count().where(F.col("count") > 1).drop("count")
-    doc_dups = (hashes.join(duplicated, on=[*scope_cols, "_hash"])
+    # Null-safe on the scope columns: documents with a null scope form one scope together.
+    same = [F.col("h._hash") == F.col("d._hash")] + [F.col(f"h.{c}").eqNullSafe(F.col(f"d.{c}")) for c in scope_cols]
+    doc_dups = (hashes.alias("h").join(duplicated.alias("d"), on=same).select(f"h.{ID}", "h._hash")
                 .groupBy(ID).agg(F.collect_list("_hash").alias("_dups")))
     joined = df.join(doc_dups, on=ID, how="left")
 

@@ -96,7 +96,7 @@ def test_spark_equals_single_process_on_real_pages(spark, shared_data):
 
     docs = wet_documents(shared_data)
     for i, d in enumerate(docs):
-        d["cc_segment"] = f"seg{i % 2}"
+        d["cc_segment"] = f"seg{i % 2}" if i % 5 else None     # null scope: one group of its own
     df = spark.createDataFrame(docs).repartition(3)
 
     kept, stats = line_dedup(df)
@@ -113,7 +113,7 @@ def test_spark_equals_single_process_on_real_pages(spark, shared_data):
     # Scope per segment: counts only within each group (CCNet's groups of files).
     kept_scoped, scoped = line_dedup(df, scope="cc_segment")
     local_scoped = []
-    for seg in ("seg0", "seg1"):
+    for seg in ("seg0", "seg1", None):
         local_scoped += list(LineDedupStage()(d for d in docs if d["cc_segment"] == seg))
     assert {(r["url"], r["raw_content"]) for r in kept_scoped.collect()} == \
         {(d["url"], d["raw_content"]) for d in local_scoped}

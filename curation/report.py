@@ -40,7 +40,7 @@ def read_columns(curated: Path) -> dict:
         columns["languages"].update(languages)
         columns["characters"] += sum(data.get("length", []))
         for lang, ppl in zip(languages, data.get("perplexity", [])):
-            if ppl is not None and len(columns["perplexity"][lang]) < MAX_SAMPLES_PER_LANGUAGE:
+            if ppl is not None and ppl >= 0 and len(columns["perplexity"][lang]) < MAX_SAMPLES_PER_LANGUAGE:
                 columns["perplexity"][lang].append(ppl)
         if "wikiref_score" in data and len(columns["wikiref_score"]) < MAX_SAMPLES_PER_LANGUAGE:
             columns["wikiref_score"].extend(s for s in data["wikiref_score"] if s is not None)

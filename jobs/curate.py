@@ -48,7 +48,8 @@ from pyspark.sql import types as T
 from curation.commoncrawl import list_paths, select_segments, snapshot_name
 from curation.extract import ExtractStage
 from curation.langid import LanguageIdStage
-from curation.perplexity import PerplexityStage, available_languages
+from curation.perplexity import (HEAD_PERCENTILE, TAIL_PERCENTILE, PerplexityStage, available_languages,
+                                 load_cutoffs, read_cutoffs, write_cutoffs)
 from curation.wikiref import WikirefStage
 from curation.pipeline import merge_stats, nest_counters, run_stages, stage_stats
 from curation.report import write_report
@@ -204,9 +205,11 @@ def write_curated(spark: SparkSession, run_dir: Path, done_files: list[str], con
     columns = [*(f.name for f in extracted_schema.fields), DOC_ID]
     rows = documents.select(*columns).rdd.mapPartitions(lambda part: annotate(part, accumulated, config, enabled))
     frame = spark.createDataFrame(rows, T.StructType([*CURATED_SCHEMA.fields, T.StructField(DOC_ID, T.LongType())]))
+    frame = frame.persist()  # the row-wise stages run once, not once per later pass
+    if enabled["perplexity"]:
+        frame, stats["cutoffs_from_run"] = bucket_from_run(frame, run_dir)
     scored: dict = {}
     if config["minhash"]["enabled"]:
-        frame = frame.persist()  # the row-wise stages run once, not once per MinHash pass
         minhash = config["minhash"]
         frame, scored = minhash_dedup(frame, minhash["ngram"], minhash["num_perm"], minhash["threshold"],
                                       keep=minhash["keep"])
@@ -222,6 +225,29 @@ def write_curated(spark: SparkSession, run_dir: Path, done_files: list[str], con
     if scored:
         stats["stages"]["minhash"] = scored
     return stats
+
+
+def bucket_from_run(frame, run_dir: Path):
+    """Buckets for languages that have a KenLM model but no cutoffs beside it: CCNet's percentiles
+    computed over this run's documents (written to RUN/cutoff.csv, CCNet's format), as `make
+    cutoffs` does for the models. Returns the re-bucketed frame and the languages concerned."""
+    missing = frame.where((F.col("bucket") == "all") & (F.col("perplexity") >= 0))
+    percentiles = [i / 100 for i in range(100)]
+    rows = (missing.groupBy("language")
+            .agg(F.percentile_approx("perplexity", percentiles, 10_000).alias("cutoffs")).collect())
+    if not rows:
+        return frame, []
+    cutoffs = {row["language"]: [float(v) for v in row["cutoffs"]] for row in rows}
+    write_cutoffs(run_dir / "cutoff.csv", cutoffs)
+    table = frame.sparkSession.createDataFrame(
+        [(lang, values[HEAD_PERCENTILE], values[TAIL_PERCENTILE]) for lang, values in cutoffs.items()],
+        "language string, _head double, _tail double")
+    rebucketed = (frame.join(F.broadcast(table), "language", "left")
+                  .withColumn("bucket", F.when(F.col("_head").isNull() | (F.col("bucket") != "all"), F.col("bucket"))
+                              .when(F.col("perplexity") < F.col("_head"), "head")
+                              .when(F.col("perplexity") < F.col("_tail"), "middle").otherwise("tail"))
+                  .drop("_head", "_tail"))
+    return rebucketed, sorted(cutoffs)
 
 
 # ---- the run -----------------------------------------------------------------------------------
@@ -281,8 +307,18 @@ def run(spark: SparkSession, config: dict, run_dir: str | Path, enabled: dict[st
               "documents_out": ds.dataset(run_dir / "curated", format="parquet").count_rows(),
               "seconds": round(time.time() - started, 2)}
     write_json(run_dir / "stats.json", result)
-    result["report"] = str(write_report(run_dir))
+    result["report"] = str(write_report(run_dir, bucket_cutoffs(config, run_dir, enabled)))
     return result
+
+
+def bucket_cutoffs(config: dict, run_dir: Path, enabled: dict[str, bool]) -> dict:
+    """{language: {"p30": …, "p60": …}} used for this run's buckets, for the report's plots."""
+    if not enabled["perplexity"]:
+        return {}
+    cutoffs = dict(load_cutoffs(config["perplexity"]["models"]))
+    if (run_dir / "cutoff.csv").exists():
+        cutoffs.update(read_cutoffs(run_dir / "cutoff.csv"))
+    return {lang: {"p30": values[HEAD_PERCENTILE], "p60": values[TAIL_PERCENTILE]} for lang, values in cutoffs.items()}
 
 
 def remove_leftovers(run_dir: Path) -> None:

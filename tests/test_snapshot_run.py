@@ -1,6 +1,7 @@
 """`make curate SNAPSHOT=… CC_BASE_URL=…` against a CommonCrawl mirror on 127.0.0.1: listing,
 503 retries, streaming, a missing segment listed as failed, kill -9 and resume, clear errors."""
 
+import glob
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.commoncrawl import SnapshotError, list_paths, snapshot_name
+from jobs.train_lm import train_language
 from tests.commoncrawl_mirror import Mirror, build_mirror
 
 from .conftest import REPO_ROOT
@@ -40,16 +42,33 @@ def make_curate(mirror_url, output, *args, wait=True):
 
 def documents(run_dir):
     table = pq.read_table(run_dir / "curated").to_pandas()
-    return sorted(zip(table.url, table.raw_content, table.language.astype(str), table.minhash_cluster))
+    return sorted(zip(table.url, table.raw_content, table.language.astype(str), table.bucket.astype(str),
+                      table.perplexity, table.wikiref_score, table.minhash_cluster))
 
 
 @pytest.fixture(scope="module")
-def reference_run(mirror_root, tmp_path_factory):
-    """One uninterrupted run over the whole mirror."""
+def models(shared_data, tmp_path_factory):
+    """Small real models, so that runs go through every stage: an en/de KenLM (perplexity) and
+    the wikiref classifier (Wikipedia text as positives: the shared pages hold no cited page)."""
+    out = tmp_path_factory.mktemp("models")
+    wiki = shared_data / "wikipedia"
+    train_language("en", [str(wiki / "en" / "wikitext2-valid.tokens.txt")], out / "lm", vocab_size=4000, memory="64M")
+    train_language("de", sorted(glob.glob(str(wiki / "wikitext" / "*BBDO*.txt")) + glob.glob(str(wiki / "wikitext" / "*Mozilla*.txt"))),
+                   out / "lm", vocab_size=2000, memory="64M")
+    subprocess.run([sys.executable, "-m", "jobs.train_wikiref", "--wikipedia", *sorted(glob.glob(str(wiki / "wikitext" / "*.txt")))[:30],
+                    "--pages", str(shared_data / "wet/CC-MAIN-2019-30-697-docs.warc.wet.gz"),
+                    "--allow-wikipedia-fallback", "--output", str(out / "wikiref")],
+                   cwd=REPO_ROOT, check=True, capture_output=True)
+    return [f"perplexity.models={out / 'lm'}", f"wikiref.model={out / 'wikiref' / 'wikiref.bin'}"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(mirror_root, models, tmp_path_factory):
+    """One uninterrupted run over the whole mirror, through every stage."""
     run_dir = tmp_path_factory.mktemp("reference") / "run"
     with Mirror(mirror_root) as mirror:
         assert len(list_paths("2020-05", mirror.url, retries=2, backoff=0.01)) == 7
-        done = make_curate(mirror.url, run_dir)
+        done = make_curate(mirror.url, run_dir, *models)
         assert mirror.requests_seen["/crawl-data/CC-MAIN-2020-05/warc.paths.gz"] >= 2  # 503 first
     return run_dir, done
 
@@ -57,26 +76,33 @@ def reference_run(mirror_root, tmp_path_factory):
 def test_snapshot_end_to_end_with_503s_and_failed_segments_listed(reference_run):
     run_dir, done = reference_run
     assert done.returncode == 0, done.stdout + done.stderr
+    stats = json.loads((run_dir / "stats.json").read_text())
+    assert list(stats["stages"]) == ["read", "extract", "line_dedup", "langid", "perplexity", "wikiref", "minhash"]
+    table = pq.read_table(run_dir / "curated").to_pandas()
+    english = table[table.language == "en"]
+    assert set(english.bucket) == {"head", "middle", "tail"}  # cutoffs computed over this run
+    assert (english.perplexity > 0).all() and (table[table.language == "zh"].bucket == "all").all()
+    assert table.wikiref_score.between(0, 1).all() and table.wikiref_keep.any()
+    assert (run_dir / "cutoff.csv").exists() and stats["cutoffs_from_run"] == ["de", "en"]
     assert "FAILED" in done.stdout and "gone.warc.gz" in done.stdout
     manifest = json.loads((run_dir / "manifest.json").read_text())
     states = {seg["source"].rsplit("/", 1)[1]: seg["state"] for seg in manifest["segments"]}
     assert states == {**{name: "done" for name in WARCS}, "gone.warc.gz": "failed", "corrupt.warc.gz": "failed"}
     errors = {seg["source"].rsplit("/", 1)[1]: seg["error"] for seg in manifest["segments"]}
     assert "404" in errors["gone.warc.gz"] and "not a WARC/WET file" in errors["corrupt.warc.gz"]
-    stats = json.loads((run_dir / "stats.json").read_text())
     assert stats["stages"]["read"]["out"] == 16 + 99 + 37
     docs = documents(run_dir)
     assert len(docs) == stats["documents_out"] > 100
-    assert {lang for _, _, lang, _ in docs} >= {"en", "de", "zh", "ru"}
+    assert {doc[2] for doc in docs} >= {"en", "de", "zh", "ru"}
     config = json.loads((run_dir / "config.json").read_text())
     assert config["config"]["input"]["snapshot"] == "2020-05" and len(config["inputs"]) == 7
     assert "pyspark" in config["libraries"]
 
 
-def test_killed_run_resumes_to_the_same_documents(mirror_root, reference_run, tmp_path):
+def test_killed_run_resumes_to_the_same_documents(mirror_root, models, reference_run, tmp_path):
     # The same run, killed with SIGKILL while one segment is still downloading, then started again.
     with Mirror(mirror_root, slow={"wget-org-pages.warc.gz"}) as mirror:
-        run = make_curate(mirror.url, tmp_path / "run", wait=False)
+        run = make_curate(mirror.url, tmp_path / "run", *models, wait=False)
         segments = tmp_path / "run" / "segments"
         deadline = time.time() + 300
         while not (segments.is_dir() and len(list(segments.glob("*.json"))) >= 3) and time.time() < deadline:
@@ -87,7 +113,7 @@ def test_killed_run_resumes_to_the_same_documents(mirror_root, reference_run, tm
         killed_done = len(list(segments.glob("*.json")))
         assert 3 <= killed_done < len(WARCS)
     with Mirror(mirror_root) as mirror:
-        resumed = make_curate(mirror.url, tmp_path / "run")
+        resumed = make_curate(mirror.url, tmp_path / "run", *models)
     assert resumed.returncode == 0, resumed.stderr
     stats = json.loads((tmp_path / "run" / "stats.json").read_text())
     assert stats["segments_resumed"] == killed_done

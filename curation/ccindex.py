@@ -20,7 +20,7 @@ import requests
 from warcio.archiveiterator import ArchiveIterator
 
 from curation.commoncrawl import get_with_retries
-from curation.warc import cc_segment, header_charset, is_html, source_domain
+from curation.warc import cc_segment, is_html, response_page
 
 log = logging.getLogger(__name__)
 
@@ -75,24 +75,8 @@ def record_to_page(member: bytes, source: str = "") -> dict | None:
     """The page in one gzipped WARC record (a range-fetched member), or None if it is not a
     200 HTML response."""
     for record in ArchiveIterator(io.BytesIO(member), arc2warc=True):
-        if record.rec_type != "response" or record.http_headers is None:
-            continue
-        if record.http_headers.get_statuscode() != "200":
-            return None
-        content_type = record.http_headers.get_header("Content-Type")
-        if not is_html(content_type):
-            return None
-        headers = record.rec_headers
-        url = headers.get_header("WARC-Target-URI") or ""
-        return {
-            "url": url,
-            "date_download": headers.get_header("WARC-Date"),
-            "digest": headers.get_header("WARC-Payload-Digest") or headers.get_header("WARC-Block-Digest"),
-            "source_domain": source_domain(url),
-            "cc_segment": cc_segment(source),
-            "http_charset": header_charset(content_type),
-            "html": record.content_stream().read(),
-        }
+        if record.rec_type == "response":
+            return response_page(record, cc_segment(source))[0]
     return None
 
 

@@ -66,6 +66,31 @@ def header_charset(content_type: str | None) -> str | None:
     return None
 
 
+def response_page(record, segment: str) -> tuple[dict | None, str | None]:
+    """A WARC `response` record → (page, None), or (None, the reason it is not a page)."""
+    headers = record.rec_headers
+    if headers.get_header("WARC-Truncated"):
+        return None, "truncated"
+    http = record.http_headers
+    if http is None:
+        return None, "not_http"
+    if http.get_statuscode() != "200":
+        return None, "status_not_200"
+    content_type = http.get_header("Content-Type")
+    if not is_html(content_type):
+        return None, "not_html"
+    url = headers.get_header("WARC-Target-URI") or ""
+    return {
+        "url": url,
+        "date_download": headers.get_header("WARC-Date"),
+        "digest": headers.get_header("WARC-Payload-Digest") or headers.get_header("WARC-Block-Digest"),
+        "source_domain": source_domain(url),
+        "cc_segment": segment,
+        "http_charset": header_charset(content_type),
+        "html": record.content_stream().read(),
+    }, None
+
+
 class ArchiveReader:
     """Reads WARC/WET files into page records. `stats` counts records in, pages out, and the
     records dropped by reason (their type, status, content type, or corruption)."""
@@ -130,36 +155,15 @@ class ArchiveReader:
 
     def _page(self, record, segment: str) -> dict | None:
         kind = record.rec_type
-        headers = record.rec_headers
         if kind == "conversion":
             return self._wet_document(record, segment)
         if kind != "response":
             self.stats[f"dropped.{kind if kind in SKIPPED_TYPES else 'other_type'}"] += 1
             return None
-        if headers.get_header("WARC-Truncated"):
-            self.stats["dropped.truncated"] += 1
-            return None
-        http = record.http_headers
-        if http is None:
-            self.stats["dropped.not_http"] += 1
-            return None
-        if http.get_statuscode() != "200":
-            self.stats["dropped.status_not_200"] += 1
-            return None
-        content_type = http.get_header("Content-Type")
-        if not is_html(content_type):
-            self.stats["dropped.not_html"] += 1
-            return None
-        url = headers.get_header("WARC-Target-URI") or ""
-        return {
-            "url": url,
-            "date_download": headers.get_header("WARC-Date"),
-            "digest": headers.get_header("WARC-Payload-Digest") or headers.get_header("WARC-Block-Digest"),
-            "source_domain": source_domain(url),
-            "cc_segment": segment,
-            "http_charset": header_charset(content_type),
-            "html": record.content_stream().read(),
-        }
+        page, reason = response_page(record, segment)
+        if reason:
+            self.stats[f"dropped.{reason}"] += 1
+        return page
 
     def _wet_document(self, record, segment: str) -> dict | None:
         headers = record.rec_headers

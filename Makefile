@@ -107,7 +107,7 @@ cutoffs:
 # --- wikiref ---
 # `make classifier` trains the Wikipedia-reference classifier (fastText) into models/wikiref/:
 # positives are pages at URLs cited by WIKI_INPUT found in WIKIREF_PAGES or, Spark-joined, in the curated
-# Parquet at CURATED (e.g. runs/local/curated); with CC_INDEX set, also via
+# Parquet at CURATED when it exists (runs/local/curated); with CC_INDEX set, also via
 # CommonCrawl's URL index + range requests from CC_DATA; REFERENCES: WARCs of cited pages you have).
 # Too few of them stops the run, unless WIKIREF_FALLBACK=1 lets Wikipedia article text stand in.
 # ARGS passes KEY=VALUE settings (epoch=20, min_positives=500, …).
@@ -118,7 +118,7 @@ WIKIREF_PAGES ?= '$(SHARED)/warc/*.warc.gz' '$(SHARED)/wet/*.wet.gz'
 WIKIREF_DIR ?= models/wikiref
 classifier:
 	$(PY) -m jobs.train_wikiref --wikipedia $(WIKI_INPUT) --pages $(WIKIREF_PAGES) --output $(WIKIREF_DIR) \
-		$(if $(CURATED),--curated $(CURATED)) $(if $(REFERENCES),--references $(REFERENCES)) $(if $(CC_INDEX),--cc-index $(CC_INDEX)) \
+		$(if $(wildcard $(CURATED)),--curated $(CURATED)) $(if $(REFERENCES),--references $(REFERENCES)) $(if $(CC_INDEX),--cc-index $(CC_INDEX)) \
 		$(if $(CC_DATA),--cc-data $(CC_DATA)) $(if $(filter 1 yes true,$(WIKIREF_FALLBACK)),--allow-wikipedia-fallback) \
 		$(ARGS) || { rc=$$?; [ $$rc = 3 ] && echo "make classifier WIKIREF_FALLBACK=1 uses Wikipedia text as positives"; exit $$rc; }
 # --- wikiref ---

@@ -36,7 +36,7 @@ class Stage:
         started = time.perf_counter()
         for doc in self.process(counted(docs)):
             self.stats["out"] += 1
-            # Time inside this stage and the ones before it; the report takes differences.
+            # Time to produce this output, including any upstream stages chained in the same task.
             self.stats["seconds"] += time.perf_counter() - started
             yield doc
             started = time.perf_counter()

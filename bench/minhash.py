@@ -17,25 +17,16 @@ sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import argparse
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from datasketch import MinHash
 
 from bench.common import SHARED_DATA, report
+from bench.common import timed as timed_best
 from curation.minhash import MinHasher, shingle_bytes, shingles
 from tests.near_duplicates import make_corpus, real_texts
-
-
-def timed_cpu(fn, *args, repeat: int = 5) -> float:
-    """Best process CPU time of `repeat` runs: on a shared machine, wall time mostly measures the
-    neighbours; everything timed here runs on one thread."""
-    best = float("inf")
-    for _ in range(repeat):
-        started = time.process_time()
-        fn(*args)
-        best = min(best, time.process_time() - started)
-    return best
 
 
 def datasketch_signatures(shingled: list[list[bytes]], num_perm: int = 128) -> np.ndarray:
@@ -70,7 +61,7 @@ def main() -> None:
     assert np.array_equal(hasher.signatures(texts), ours)
 
     print("(best of 5, process CPU time)")
-    timed = timed_cpu  # noqa: F811 - the Spark figures below are wall time
+    timed = partial(timed_best, repeat=5, clock=time.process_time)  # the Spark figures below are wall time
     t_ours = timed(hasher.signatures_from_shingles, shingled)
     t_ds = timed(datasketch_signatures, shingled)
     report("signatures, shingling excluded: ours", len(texts), "docs", t_ours, t_ds, "datasketch update_batch")

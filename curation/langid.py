@@ -35,9 +35,10 @@ def default_model_path() -> Path:
 
 @functools.lru_cache(maxsize=4)
 def load_model(path: str):
-    """One fastText model per process and path (Spark reuses Python workers across tasks)."""
+    """One fastText model per process and path (Spark reuses Python workers across tasks); used for
+    language ID and the wikiref classifier alike."""
     if not Path(path).exists():
-        raise FileNotFoundError(f"language-ID model {path} not found")
+        raise FileNotFoundError(f"fastText model {path} not found")
     return fasttext.load_model(path)
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import bz2
-import functools
 import gzip
 import re
 import sys
@@ -30,6 +29,7 @@ from typing import Iterable, Iterator
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 from xml.etree import ElementTree
 
+from curation.langid import load_model as load_fasttext_model
 from curation.pipeline import Stage
 
 LABEL_PREFIX = "__label__"
@@ -257,14 +257,11 @@ def fasttext_line(text: str) -> str:
     return data.decode("utf-8", "replace")
 
 
-@functools.lru_cache(maxsize=4)
 def load_model(path: str):
-    """One fastText model per process and path (Spark reuses Python workers across tasks)."""
-    import fasttext
-
+    """The classifier, through the per-process fastText model cache shared with language ID."""
     if not Path(path).exists():
         raise FileNotFoundError(f"wikiref model {path} not found: train it with `make classifier`")
-    return fasttext.load_model(path)
+    return load_fasttext_model(path)
 
 
 def reference_probabilities(model, texts: list[str]) -> list[float]:

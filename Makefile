@@ -33,7 +33,7 @@ $(VENV)/.installed: requirements.txt
 # KenLM's lmplz and build_binary, compiled from the kenlm sdist on PyPI.
 $(VENV)/bin/lmplz: $(VENV)/.installed
 	rm -rf build/kenlm && mkdir -p build/kenlm
-	$(PIP) download -q --no-deps --no-binary :all: kenlm==$(KENLM_VERSION) -d build/kenlm
+	$(PIP) download -q --no-deps --no-binary kenlm kenlm==$(KENLM_VERSION) -d build/kenlm
 	tar xzf build/kenlm/kenlm-$(KENLM_VERSION).tar.gz -C build/kenlm
 	cmake -S build/kenlm/kenlm-$(KENLM_VERSION) -B build/kenlm/build -DCMAKE_BUILD_TYPE=Release \
 		-DCMAKE_POLICY_VERSION_MINIMUM=3.5 > build/kenlm/cmake.log

@@ -15,17 +15,21 @@ One process: a sample of a snapshot is enough for percentiles (CCNet used a samp
 
 from __future__ import annotations
 
+import os
+import sys
+
+if __package__ in (None, ""):  # `spark-submit jobs/cutoffs.py` runs this file as a script: before any
+    # other import, put the repository root on the path instead of jobs/ (its tokenize.py would
+    # shadow the standard library's).
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 import argparse
 import datetime as dt
 import gzip
 import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Iterator
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 from tqdm import tqdm

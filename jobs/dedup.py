@@ -23,15 +23,19 @@ rows with the same url and content are the same document.
 
 from __future__ import annotations
 
+import os
+import sys
+
+if __package__ in (None, ""):  # `spark-submit jobs/dedup.py` runs this file as a script: before any
+    # other import, put the repository root on the path instead of jobs/ (its tokenize.py would
+    # shadow the standard library's).
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 import argparse
 import json
 import logging
-import sys
 import time
 from pathlib import Path
-
-if __package__ in (None, ""):  # `spark-submit jobs/dedup.py` runs this file as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 import pyarrow as pa

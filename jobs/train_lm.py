@@ -17,22 +17,25 @@ Runs on one machine (no Spark): the work is SentencePiece and KenLM, both single
 
 from __future__ import annotations
 
+import os
+import sys
+
+if __package__ in (None, ""):  # `spark-submit jobs/train_lm.py` runs this file as a script: before any
+    # other import, put the repository root on the path instead of jobs/ (its tokenize.py would
+    # shadow the standard library's).
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 import argparse
 import datetime as dt
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import urllib.error
 from pathlib import Path
 from typing import Iterable, Iterator
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import sentencepiece as spm
 from tqdm import tqdm

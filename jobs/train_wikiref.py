@@ -24,13 +24,20 @@ in this process.
 
 from __future__ import annotations
 
+import os
+import sys
+
+if __package__ in (None, ""):  # `spark-submit jobs/train_wikiref.py` runs this file as a script: before any
+    # other import, put the repository root on the path instead of jobs/ (its tokenize.py would
+    # shadow the standard library's).
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 import argparse
 import datetime as dt
 import glob
 import hashlib
 import json
 import random
-import sys
 import tempfile
 import time
 from itertools import islice

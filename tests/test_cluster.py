@@ -1,11 +1,13 @@
-"""`spark-submit` of the curate job to a Spark standalone master + worker on 127.0.0.1, with the
-code from `make package` as --py-files and the models as --archives (executors see no checkout)."""
+"""`spark-submit` of the curate and shard jobs to a Spark standalone master + worker on 127.0.0.1,
+with the code from `make package` as --py-files and the models as --archives (executors see no
+checkout); and every job's script form, which is what spark-submit runs."""
 
 import json
 import os
 import re
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 
@@ -15,7 +17,11 @@ import pyarrow.parquet as pq
 import pyspark
 import pytest
 
+from tokenizer import train
+from tokenizer.shards import ShardReader
+
 from .conftest import REPO_ROOT
+from .test_tokenizer import COVERAGE, VOCAB, write_curated
 
 BIN = REPO_ROOT / ".venv" / "bin"
 SPARK_HOME = Path(pyspark.__file__).parent
@@ -65,6 +71,13 @@ def standalone_cluster(tmp_path_factory):
             process.wait(timeout=60)
 
 
+@pytest.mark.parametrize("job", ["curate", "dedup", "cutoffs", "train_lm", "train_wikiref", "tokenize"])
+def test_every_job_runs_as_a_script(job):
+    # Run as a script, jobs/ comes first on sys.path, where jobs/tokenize.py would shadow the standard library's.
+    result = subprocess.run([sys.executable, f"jobs/{job}.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0 and "usage:" in result.stdout, result.stderr[-2000:]
+
+
 def test_spark_submit_to_standalone_cluster_with_packaged_code_and_models(standalone_cluster, shared_data, tmp_path):
     master, env, work = standalone_cluster
     subprocess.run(["make", "-s", "package"], cwd=REPO_ROOT, check=True, capture_output=True)
@@ -85,3 +98,22 @@ def test_spark_submit_to_standalone_cluster_with_packaged_code_and_models(standa
     assert len(table) == int(curated[1]) > 450 and (table.language == "en").sum() > 180
     # The executors ran the packaged code: their Python workers imported it from the zip.
     assert list((work / "worker").rglob("ccurate.zip"))
+
+
+def test_shard_job_on_the_standalone_cluster(standalone_cluster, shared_data, tmp_path):
+    master, env, work = standalone_cluster
+    subprocess.run(["make", "-s", "package"], cwd=REPO_ROOT, check=True, capture_output=True)
+    docs = write_curated(shared_data, tmp_path / "curated")
+    train.train(tmp_path / "curated", tmp_path / "tokenizer", vocab_size=VOCAB, character_coverage=COVERAGE, threads=2)
+    submit = subprocess.run(
+        [SPARK_HOME / "bin" / "spark-submit", "--master", master, "--executor-memory", "1g",
+         "--conf", f"spark.pyspark.python={BIN / 'python'}", "--py-files", str(REPO_ROOT / "dist/ccurate.zip"),
+         str(REPO_ROOT / "jobs/tokenize.py"), "--input", str(tmp_path / "curated"),
+         "--tokenizer", str(tmp_path / "tokenizer"), "--output", str(tmp_path / "shards"), "--shard-tokens", "200000"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+    stats = json.loads((tmp_path / "shards" / "stats.json").read_text())
+    assert stats["splits"]["train"]["shards"] > 1
+    readers = [ShardReader(idx.with_suffix("")) for idx in sorted((tmp_path / "shards").glob("*.idx"))]
+    assert sum(len(r) for r in readers) == sum(map(len, docs.values())) == sum(
+        s["num_docs"] for s in stats["splits"].values())

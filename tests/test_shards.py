@@ -57,6 +57,27 @@ def test_nothing_is_published_until_close_and_abort_leaves_nothing(tmp_path, doc
         "train-00000.bin", "train-00000.idx"]
 
 
+def test_documents_are_added_in_batches_and_copied_between_shards(tmp_path, documents, sha, shared_data):
+    with ShardWriter(tmp_path / "batched", 256, sha) as writer:
+        writer.add_documents(np.concatenate(documents[:100]), [len(d) for d in documents[:100]])
+        writer.add_document(documents[100])
+        with pytest.raises(ValueError, match="lengths sum to"):
+            writer.add_documents(documents[101], [len(documents[101]) + 1])
+    source = ShardReader(tmp_path / "batched")
+    assert len(source) == 101 and all(np.array_equal(source.document(i), documents[i]) for i in range(101))
+    with ShardWriter(tmp_path / "copied", 256, sha, durable=False) as writer:
+        writer.copy_documents(source, 10, 20)
+        writer.add_document(documents[0])
+        writer.copy_documents(source, 90, 101)
+    copied = ShardReader(tmp_path / "copied", expected_tokenizer_sha256=sha)
+    expected = documents[10:20] + documents[:1] + documents[90:101]
+    assert len(copied) == len(expected) and all(np.array_equal(copied.document(i), d) for i, d in enumerate(expected))
+    other = ShardWriter(tmp_path / "other", 256, tokenizer_hash(shared_data / "text" / "wagahaiwa_nekodearu.ja.txt"))
+    with pytest.raises(ShardError, match="another tokenizer"):
+        other.copy_documents(source, 0, 1)
+    other.abort()
+
+
 def test_writer_refuses_ids_outside_the_vocabulary(tmp_path, sha):
     with pytest.raises(ValueError, match="outside the vocabulary"):
         with ShardWriter(tmp_path / "x", 100, sha) as writer:

@@ -4,8 +4,10 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ import pytest
 import sentencepiece as spm
 
 from jobs import tokenize
-from tokenizer import train
+from tokenizer import encode, train
 from tokenizer.shards import ShardReader, tokenizer_hash
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -153,6 +155,36 @@ def test_vocabulary_is_reduced_for_a_small_sample(curated, tmp_path, capsys):
     assert sp.get_piece_size() == manifest["vocab_size"]
 
 
+def test_large_row_groups_are_cut_into_units_that_cover_them_once(curated, model_dir, tmp_path):
+    texts = [d for docs in curated[1].values() for d in docs]
+    pq.write_table(pa.table({"raw_content": texts}), tmp_path / "one.parquet", row_group_size=len(texts))
+    dataset = encode.open_dataset(tmp_path / "one.parquet")
+    units = encode.list_units(dataset, unit_text_bytes=300_000)  # ~9 row ranges across 1,024-row batches
+    assert len(units) > 5 and {u.row_group for u in units} == {0}
+    assert [u.first_row for u in units[1:]] == [u.first_row + u.rows for u in units[:-1]]
+    assert sum(u.rows for u in units) == len(texts)
+    model = model_dir / "tokenizer.model"
+    settings = encode.ShardSettings(val_fraction=0.0, add_bos=False, add_eos=False)
+    for unit in units:  # without Spark
+        encode.encode_unit(unit, dataset.filesystem, str(model), tokenizer_hash(model), settings, tmp_path)
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    decoded = []
+    for unit in units:
+        part = ShardReader(tmp_path / f"{unit.name}.train")
+        decoded += [sp.decode(part.document(i).tolist()) for i in range(len(part))]
+    assert decoded == texts
+
+
+def test_layout_cuts_each_split_at_document_starts():
+    def counts(unit, train_tokens, val_tokens):
+        return {"unit": unit, "splits": {"train": {"tokens": train_tokens}, "val": {"tokens": val_tokens}}}
+
+    shards = encode.lay_out([counts("u0", 5, 0), counts("u1", 0, 3), counts("u2", 7, 0)], shard_tokens=4)
+    assert [(s["name"], s["begin"], s["end"], s["units"]) for s in shards] == [
+        ("train-00000", 0, 4, [["u0", 0]]), ("train-00001", 4, 8, [["u0", 0], ["u2", 5]]),
+        ("train-00002", 8, 12, [["u2", 5]]), ("val-00000", 0, 4, [["u1", 0]])]
+
+
 def shard_bytes(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.glob("*-*.*")) if p.suffix in (".bin", ".idx")}
 
@@ -184,10 +216,17 @@ def test_shards_decode_back_to_the_input(shards, curated, model_dir):
     inputs = [d for docs in curated[1].values() for d in docs]
     assert sorted(decoded) == sorted(inputs)  # every document once, exactly, including ja and zh
     assert {s: v["num_tokens"] for s, v in stats["splits"].items()} == per_split
-    plan = json.loads((out / "plan.json").read_text())
-    for split, totals in stats["splits"].items():  # shard counts come from an estimate within a few %
-        assert abs(plan["estimated_tokens"][split] / totals["num_tokens"] - 1) < 0.05
-        assert totals["shards"] == -(-plan["estimated_tokens"][split] // JOB["shard_tokens"])
+    for split, totals in stats["splits"].items():
+        names = sorted(n for n in stats["shards"] if n.startswith(split + "-"))
+        assert totals["shards"] == len(names) == -(-totals["num_tokens"] // JOB["shard_tokens"])
+        position = 0
+        for i, name in enumerate(names):  # shard i: the documents that start in [i·T, (i+1)·T) of the split
+            reader = ShardReader(out / name)
+            starts = position + np.asarray(reader.offsets[:-1], dtype=np.int64)
+            assert len(starts) and (starts >= i * JOB["shard_tokens"]).all()
+            assert (starts < (i + 1) * JOB["shard_tokens"]).all()
+            position += reader.num_tokens
+    assert not (out / "parts").exists() and stats["units"] == {"total": 12, "encoded": 12}
     assert stats["splits"]["train"]["shards"] > 1
     assert 0.05 < stats["splits"]["val"]["num_docs"] / len(inputs) < 0.15
     languages = {g.split("/")[1] for g in stats["groups"]}
@@ -205,11 +244,14 @@ def test_rerun_and_restart_give_identical_bytes(spark, shards, curated, model_di
     # and a writer's temporary file left behind.
     (second / "train-00001.bin").unlink()
     (second / "train-00001.idx").unlink()
-    (second / "val-00000.idx").unlink()
+    (second / "train-00002.idx").unlink()
     (second / "train-00000.bin.tmp4242").write_bytes(b"half a shard")
     kept = (second / "train-00000.bin").stat().st_mtime_ns
     stats = tokenize.run(spark, str(curated[0]), model_dir, second, **JOB)
-    assert stats["shards_written"] == ["train-00001", "val-00000"]
+    assert stats["shards_written"] == ["train-00001", "train-00002"]
+    plan = json.loads((second / "plan.json").read_text())
+    needed = {u for shard in plan["shards"] if shard["name"] in ("train-00001", "train-00002") for u, _ in shard["units"]}
+    assert stats["units"] == {"total": 12, "encoded": len(needed)} and len(needed) < 12  # only what they need
     assert (second / "train-00000.bin").stat().st_mtime_ns == kept
     assert not list(second.glob("*.tmp*"))
     assert shard_bytes(second) == shard_bytes(first)
@@ -217,6 +259,70 @@ def test_rerun_and_restart_give_identical_bytes(spark, shards, curated, model_di
 
     with pytest.raises(ValueError, match="other settings"):
         tokenize.run(spark, str(curated[0]), model_dir, second, **{**JOB, "seed": 8})
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from /proc."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, frontier = [], [pid]
+    while frontier:
+        frontier = [child for parent in frontier for child in children.get(parent, [])]
+        found += frontier
+    return found
+
+
+def test_killed_run_resumes_to_identical_bytes(spark, curated, model_dir, tmp_path):
+    """`python -m jobs.tokenize` killed with SIGKILL while it encodes, then run again."""
+    small_row_groups = tmp_path / "curated"
+    for path in sorted(curated[0].rglob("*.parquet")):  # the same documents, 16 a row group: 100 units
+        target = small_row_groups / path.relative_to(curated[0])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pq.read_table(path), target, row_group_size=16, compression="zstd")
+    reference = tmp_path / "reference"
+    units = tokenize.run(spark, str(small_row_groups), model_dir, reference, **JOB)["units"]["total"]
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "jobs.tokenize", "--input", str(small_row_groups), "--tokenizer", str(model_dir),
+               "--output", str(out), "--master", "local[2]", *(f"--{k.replace('_', '-')}={v}" for k, v in JOB.items())]
+    job = subprocess.Popen(command, cwd=REPO_ROOT, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list((out / "parts").glob("*.json")) and time.time() < deadline and job.poll() is None:
+        time.sleep(0.02)
+    for pid in [job.pid, *descendants(job.pid)]:  # Spark's Python daemon runs in a process group of its own
+        os.kill(pid, signal.SIGKILL)
+    job.wait()
+    done_before = len(list((out / "parts").glob("*.json")))
+    assert units == 100 and 1 <= done_before < units and "shards" not in json.loads((out / "plan.json").read_text())
+    stats = tokenize.run(spark, str(small_row_groups), model_dir, out, **JOB)
+    assert stats["units"]["encoded"] == units - done_before
+    assert shard_bytes(out) == shard_bytes(reference)
+    assert not list(out.glob("*.tmp*")) and not (out / "parts").exists()
+
+
+def test_row_groups_are_units_and_empty_documents_are_counted(spark, curated, model_dir, tmp_path):
+    texts = curated[1]["en"][:200]
+    table = pa.table({"raw_content": texts + ["", None], "language": ["en"] * 100 + [None] * 100 + ["en", "en"]})
+    pq.write_table(table, tmp_path / "plain.parquet", row_group_size=50)
+    stats = tokenize.run(spark, str(tmp_path / "plain.parquet"), model_dir, tmp_path / "out", seed=1,
+                         val_fraction=0.2, shard_tokens=10**9, add_bos=False, add_eos=False)
+    assert [u["rows"] for u in json.loads((tmp_path / "out" / "plan.json").read_text())["units"]] == [50, 50, 50, 50, 2]
+    assert stats["empty_documents"] == 2
+    assert {g for g in stats["groups"] if g.startswith("train/")} == {"train/en/unknown", "train/unknown/unknown"}
+    assert sum(c["docs"] for c in stats["groups"].values()) == 200
+    assert sum(c["docs"] for g, c in stats["groups"].items() if "/en/" in g) == 100
+    sp = spm.SentencePieceProcessor(model_file=str(model_dir / "tokenizer.model"))
+    decoded = []
+    for split in ("train", "val"):
+        reader = ShardReader(tmp_path / "out" / f"{split}-00000")
+        decoded += [sp.decode(reader.document(i).tolist()) for i in range(len(reader))]
+        assert reader.num_docs == stats["splits"][split]["num_docs"] > 0
+    assert sorted(decoded) == sorted(texts)  # no BOS/EOS: the tokens are exactly the text's
 
 
 def test_inspect_prints_header_counts_and_documents(shards, curated):

@@ -55,48 +55,75 @@ def shard_exists(prefix: str | os.PathLike) -> bool:
 
 
 class ShardWriter:
-    """Streams documents into one shard; `close()` (or leaving the `with` block) publishes it."""
+    """Streams documents into one shard; `close()` (or leaving the `with` block) publishes it.
 
-    def __init__(self, prefix: str | os.PathLike, vocab_size: int, tokenizer_sha256: bytes):
+    `durable=False` skips the fsyncs before publication: for intermediate files that a killed job
+    (whose writes the page cache keeps) may reuse, but that a machine crash need not survive."""
+
+    def __init__(self, prefix: str | os.PathLike, vocab_size: int, tokenizer_sha256: bytes, durable: bool = True):
         if len(tokenizer_sha256) != 32:
             raise ValueError("tokenizer_sha256 must be the 32-byte SHA-256 digest of the model")
         self.bin_path, self.idx_path = shard_paths(prefix)
         self.vocab_size = vocab_size
         self.tokenizer_sha256 = tokenizer_sha256
         self.dtype = token_dtype(vocab_size)
-        self.offsets = [0]
+        self.durable = durable
+        self.num_tokens = 0
+        self.num_docs = 0
+        self._lengths: list[np.ndarray] = []  # document lengths, one array per batch of documents added
         self._tmp_bin = self.bin_path.with_name(self.bin_path.name + f".tmp{os.getpid()}")
-        self._bin = open(self._tmp_bin, "wb")
+        self._bin = open(self._tmp_bin, "wb", buffering=0)  # unbuffered: copy_documents writes to its fd
 
     def add_document(self, tokens) -> None:
         array = np.asarray(tokens)
+        self.add_documents(array, np.array([array.size]))
+
+    def add_documents(self, tokens, lengths) -> None:
+        """Documents back to back in `tokens`, their token counts in `lengths` (one write for many)."""
+        array, lengths = np.asarray(tokens), np.asarray(lengths, dtype=np.int64)
+        if lengths.sum() != array.size or (lengths < 0).any():
+            raise ValueError(f"document lengths sum to {lengths.sum()}, not to the {array.size} tokens given")
         if array.size and (array.min() < 0 or array.max() >= self.vocab_size):
             raise ValueError(f"token id outside the vocabulary of {self.vocab_size}")
-        self._bin.write(array.astype(self.dtype, copy=False).tobytes())
-        self.offsets.append(self.offsets[-1] + array.size)
+        self._bin.write(np.ascontiguousarray(array, dtype=self.dtype).data)
+        self._lengths.append(lengths)
+        self.num_tokens += array.size
+        self.num_docs += lengths.size
 
-    @property
-    def num_tokens(self) -> int:
-        return self.offsets[-1]
-
-    @property
-    def num_docs(self) -> int:
-        return len(self.offsets) - 1
+    def copy_documents(self, shard: "ShardReader", first: int, last: int) -> None:
+        """Appends documents [first, last) of a published shard of the same tokenizer; the kernel copies
+        the tokens file to file (they were checked when that shard was written)."""
+        if (shard.vocab_size, shard.tokenizer_sha256) != (self.vocab_size, self.tokenizer_sha256):
+            raise ShardError(f"{shard.idx_path}: made with another tokenizer or vocabulary than {self.bin_path}")
+        offsets = np.asarray(shard.offsets[first:last + 1], dtype=np.int64)
+        position, remaining = int(offsets[0]) * self.dtype.itemsize, int(offsets[-1] - offsets[0]) * self.dtype.itemsize
+        with open(shard.bin_path, "rb") as source:
+            while remaining:
+                sent = os.sendfile(self._bin.fileno(), source.fileno(), position, remaining)
+                if not sent:
+                    raise ShardError(f"{shard.bin_path}: shorter than its index says (truncated while read)")
+                position, remaining = position + sent, remaining - sent
+        self._lengths.append(np.diff(offsets))
+        self.num_tokens += int(offsets[-1] - offsets[0])
+        self.num_docs += len(offsets) - 1
 
     def close(self) -> None:
         if self._bin.closed:
             return
-        self._bin.flush()
-        os.fsync(self._bin.fileno())
+        if self.durable:
+            os.fsync(self._bin.fileno())
         self._bin.close()
         header = HEADER.pack(MAGIC, VERSION, self.dtype.itemsize, self.vocab_size,
                              self.tokenizer_sha256, self.num_docs, self.num_tokens)
         tmp_idx = self.idx_path.with_name(self.idx_path.name + f".tmp{os.getpid()}")
         with open(tmp_idx, "wb") as f:
             f.write(header)
-            f.write(np.asarray(self.offsets, dtype=OFFSET_DTYPE).tobytes())
-            f.flush()
-            os.fsync(f.fileno())
+            offsets = np.zeros(self.num_docs + 1, dtype=OFFSET_DTYPE)
+            np.cumsum(np.concatenate([np.zeros(0, np.int64), *self._lengths]), out=offsets[1:])
+            f.write(offsets.tobytes())
+            if self.durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(self._tmp_bin, self.bin_path)
         os.replace(tmp_idx, self.idx_path)
 

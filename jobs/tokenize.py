@@ -47,18 +47,22 @@ def remove_stale_temporaries(*directories: Path) -> None:
             path.unlink()
 
 
-def load_or_write_plan(output_dir: Path, settings: dict, units: list[Unit]) -> dict:
-    """The plan of an earlier run into this directory, which must have had the same settings; else a new one."""
+def load_plan(output_dir: Path, settings: dict) -> dict | None:
+    """The plan of an earlier run into this directory, which must have had the same settings."""
     path = output_dir / "plan.json"
-    if path.exists():
-        plan = json.loads(path.read_text())
-        differing = {k: (plan["settings"].get(k), v) for k, v in settings.items() if plan["settings"].get(k) != v}
-        if differing:
-            raise ValueError(f"{path}: the shards there were made with other settings {differing} "
-                             f"(planned, now); use another --output or remove it")
-        return plan
+    if not path.exists():
+        return None
+    plan = json.loads(path.read_text())
+    differing = {k: (plan["settings"].get(k), v) for k, v in settings.items() if plan["settings"].get(k) != v}
+    if differing:
+        raise ValueError(f"{path}: the shards there were made with other settings {differing} "
+                         f"(planned, now); use another --output or remove it")
+    return plan
+
+
+def write_plan(output_dir: Path, settings: dict, units: list[Unit]) -> dict:
     plan = {"settings": settings, "units": [asdict(u) for u in units]}
-    write_json_atomically(path, plan)
+    write_json_atomically(output_dir / "plan.json", plan)
     return plan
 
 
@@ -118,11 +122,10 @@ def run(spark: SparkSession, input_path: str, tokenizer: str | os.PathLike, outp
     model = model_file(tokenizer)
     sha256 = tokenizer_hash(model)
     dataset = open_dataset(input_path)
-    units = list_units(dataset)
     vocab_size = load_processor(str(model)).get_piece_size()
     settings = {"input_files": sorted(dataset.files), "tokenizer_sha256": sha256.hex(), "vocab_size": vocab_size,
                 **asdict(job)}
-    plan = load_or_write_plan(output_dir, settings, units)
+    plan = load_plan(output_dir, settings) or write_plan(output_dir, settings, list_units(dataset))
     units = {u["name"]: Unit(**u) for u in plan["units"]}
     timings["plan"] = time.perf_counter() - started
 

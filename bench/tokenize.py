@@ -40,16 +40,17 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-tokenize-"))
     try:
         docs = real_documents(SHARED_DATA)
+        one_copy = [d for lang_docs in docs.values() for d in lang_docs]
         curated = work / "curated"
         for lang, texts in docs.items():  # files of REPEATS_PER_FILE copies, one row group each
             (curated / f"language={lang}").mkdir(parents=True)
             for r in range(0, REPEAT, REPEATS_PER_FILE):
                 pq.write_table(pa.table({"raw_content": texts * min(REPEATS_PER_FILE, REPEAT - r)}),
                                curated / f"language={lang}" / f"part-{r}.parquet", compression="zstd")
-        texts = [d for lang_docs in docs.values() for d in lang_docs] * REPEAT
+        texts = one_copy * REPEAT
         # Trained on one copy: the sample keeps or drops all copies of a document together.
         single = work / "single.parquet"
-        pq.write_table(pa.table({"raw_content": [d for lang_docs in docs.values() for d in lang_docs]}), single)
+        pq.write_table(pa.table({"raw_content": one_copy}), single)
         train.train(single, work / "tokenizer", vocab_size=8000, character_coverage=0.995)
         model = str(work / "tokenizer" / "tokenizer.model")
         sp = spm.SentencePieceProcessor(model_file=model)

@@ -165,7 +165,8 @@ def run(spark: SparkSession, input_path: str, tokenizer: str | os.PathLike, outp
         pending = plan["shards"]
 
     def assemble(shard: dict) -> str:
-        return assemble_shard(shard, parts_dir, output_dir, vocab_size, sha256)["name"]
+        assemble_shard(shard, parts_dir, output_dir, vocab_size, sha256)
+        return shard["name"]
 
     written = spark.sparkContext.parallelize(pending, len(pending)).map(assemble).collect() if pending else []
     shutil.rmtree(parts_dir)  # every shard is published now

@@ -153,8 +153,8 @@ def read_batches(unit: Unit, filesystem):
 
 
 def encode_unit(unit: Unit, filesystem, model_path: str, tokenizer_sha256: bytes, settings: ShardSettings,
-                parts_dir: Path, threads: int = 1) -> dict:
-    """Encodes one unit into its two parts and publishes its sidecar; returns the sidecar's counts."""
+                parts_dir: Path, threads: int = 1) -> None:
+    """Encodes one unit into its two parts and publishes its sidecar with the unit's counts."""
     sp = load_processor(model_path)
     # Parts are not fsynced: a killed job's writes stay in the page cache, and they are rebuilt anyway.
     writers = {s: ShardWriter(part_prefix(parts_dir, unit.name, s), sp.get_piece_size(), tokenizer_sha256,
@@ -184,7 +184,6 @@ def encode_unit(unit: Unit, filesystem, model_path: str, tokenizer_sha256: bytes
               "groups": {f"{'val' if val else 'train'}/{language}/{bucket}": {"docs": n, "tokens": tokens[(val, language, bucket)]}
                          for (val, language, bucket), n in sorted(docs.items())}}
     write_json_atomically(sidecar_path(parts_dir, unit.name), counts)
-    return counts
 
 
 def lay_out(ordered_counts: list[dict], shard_tokens: int) -> list[dict]:
@@ -205,15 +204,14 @@ def lay_out(ordered_counts: list[dict], shard_tokens: int) -> list[dict]:
     return shards
 
 
-def assemble_shard(shard: dict, parts_dir: Path, output_dir: Path, vocab_size: int, tokenizer_sha256: bytes) -> dict:
-    """Writes one shard from the parts of its units and publishes it; returns its counts."""
+def assemble_shard(shard: dict, parts_dir: Path, output_dir: Path, vocab_size: int, tokenizer_sha256: bytes) -> None:
+    """Writes one shard from the parts of its units and publishes it."""
     with ShardWriter(output_dir / shard["name"], vocab_size, tokenizer_sha256) as writer:
         for unit, start in shard["units"]:
             part = ShardReader(part_prefix(parts_dir, unit, shard["split"]), tokenizer_sha256, vocab_size)
             doc_starts = start + np.asarray(part.offsets[:-1], dtype=np.int64)
             first, last = np.searchsorted(doc_starts, [shard["begin"], shard["end"]])
             writer.copy_documents(part, int(first), int(last))
-    return {"name": shard["name"], "num_docs": writer.num_docs, "num_tokens": writer.num_tokens}
 
 
 def write_json_atomically(path: Path, data: dict) -> None:

@@ -72,7 +72,7 @@ class ShardWriter:
         self.num_docs = 0
         self._lengths: list[np.ndarray] = []  # document lengths, one array per batch of documents added
         self._tmp_bin = self.bin_path.with_name(self.bin_path.name + f".tmp{os.getpid()}")
-        self._bin = open(self._tmp_bin, "wb", buffering=0)  # unbuffered: copy_documents writes to its fd
+        self._bin = open(self._tmp_bin, "wb")
 
     def add_document(self, tokens) -> None:
         array = np.asarray(tokens)
@@ -97,6 +97,7 @@ class ShardWriter:
             raise ShardError(f"{shard.idx_path}: made with another tokenizer or vocabulary than {self.bin_path}")
         offsets = np.asarray(shard.offsets[first:last + 1], dtype=np.int64)
         position, remaining = int(offsets[0]) * self.dtype.itemsize, int(offsets[-1] - offsets[0]) * self.dtype.itemsize
+        self._bin.flush()  # the kernel appends at the file's offset: buffered tokens go first
         with open(shard.bin_path, "rb") as source:
             while remaining:
                 sent = os.sendfile(self._bin.fileno(), source.fileno(), position, remaining)
@@ -110,6 +111,7 @@ class ShardWriter:
     def close(self) -> None:
         if self._bin.closed:
             return
+        self._bin.flush()
         if self.durable:
             os.fsync(self._bin.fileno())
         self._bin.close()

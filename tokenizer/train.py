@@ -24,24 +24,16 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import sentencepiece as spm
 
+from tokenizer.encode import UNKNOWN, open_dataset, write_json_atomically
 from tokenizer.shards import tokenizer_hash
 
 SPECIAL_IDS = {"unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": 3}
-UNKNOWN = "unknown"  # the group of a document without a language or bucket column
 BATCH_ROWS = 1024
-
-
-def open_dataset(path: str | os.PathLike) -> ds.Dataset:
-    """Any Parquet file or directory, Hive partitions (language=xx/bucket=yy) read as columns."""
-    return ds.dataset(str(path), format="parquet", partitioning="hive")
 
 
 def iter_documents(dataset: ds.Dataset):
     """Yields (language, bucket, text) for every non-empty `raw_content`, streaming by batch."""
-    names = set(dataset.schema.names)
-    if "raw_content" not in names:
-        raise ValueError(f"input has no raw_content column (columns: {sorted(names)})")
-    columns = [c for c in ("raw_content", "language", "bucket") if c in names]
+    columns = [c for c in ("raw_content", "language", "bucket") if c in dataset.schema.names]
     for batch in dataset.to_batches(columns=columns, batch_size=BATCH_ROWS):
         data = batch.to_pydict()
         n = batch.num_rows
@@ -170,9 +162,7 @@ def train(input_path, output_dir, vocab_size: int = 32000, seed: int = 0, max_ch
         "settings": {k: v for k, v in options.items() if k not in ("input", "model_prefix", "minloglevel")},
         "sentencepiece_version": spm.__version__, "seconds": round(time.perf_counter() - started, 2),
     }
-    tmp_manifest = output_dir / "manifest.json.tmp"
-    tmp_manifest.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp_manifest, output_dir / "manifest.json")
+    write_json_atomically(output_dir / "manifest.json", manifest)
     return manifest
 
 

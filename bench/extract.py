@@ -7,8 +7,6 @@ from disk 10 times for our path, and the same HTML bytes 10 times for the bare p
 import os
 import sys
 
-# Run as a script, bench/ would come first on sys.path, where bench/tokenize.py shadows the stdlib's.
-sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from resiliparse.extract.html2text import extract_plain_text
 from resiliparse.parse.html import HTMLTree

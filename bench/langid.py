@@ -6,8 +6,6 @@ repeated 20 times (≈11k documents, ≈40 M characters)."""
 import os
 import sys
 
-# Run as a script, bench/ would come first on sys.path, where bench/tokenize.py shadows the stdlib's.
-sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from bench.common import SHARED_DATA, report, timed
 from curation.extract import ExtractStage

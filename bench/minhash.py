@@ -2,7 +2,7 @@
 fastest path (`MinHash.update_batch` per document), with shingling excluded and included, the same
 signatures asserted; then the dedup job's documents/s end to end on local Spark.
 
-    .venv/bin/python bench/minhash.py [--docs N] [--spark-docs N] [--no-spark]
+    .venv/bin/python -m bench.minhash [--docs N] [--spark-docs N] [--no-spark]
 """
 
 from __future__ import annotations
@@ -10,9 +10,6 @@ from __future__ import annotations
 import os
 import sys
 
-# Run as `python bench/minhash.py`: put the repo root, not bench/, first on the path (bench/ holds a
-# tokenize.py that would shadow the standard library's).
-sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import argparse
 import tempfile
@@ -25,8 +22,8 @@ from datasketch import MinHash
 
 from bench.common import SHARED_DATA, report
 from bench.common import timed as timed_best
-from curation.minhash import MinHasher, shingle_bytes, shingles
-from tests.near_duplicates import make_corpus, real_texts
+from curation.minhash import MinHashDedupStage, MinHasher, shingle_bytes, shingles
+from bench.corpus import make_corpus, real_texts
 
 
 def datasketch_signatures(shingled: list[list[bytes]], num_perm: int = 128) -> np.ndarray:
@@ -98,7 +95,7 @@ def main() -> None:
         report(f"Spark line_dedup end to end (local[2], {stats['lines_removed']} lines removed)", len(docs), "docs",
                time.perf_counter() - started)
         started = time.perf_counter()
-        list(__import__("curation.minhash", fromlist=["MinHashDedupStage"]).MinHashDedupStage()(docs))
+        list(MinHashDedupStage()(docs))
         report("single-process MinHashDedupStage (reference)", len(docs), "docs", time.perf_counter() - started)
         spark.stop()
 

@@ -5,7 +5,7 @@ Models: `models/lm/en.*` when `make lm` has made them (or BENCH_LM_DIR), else a 
 trained here from ../shared/data/wikipedia (said in the output). Both sides apply CCNet's
 `normalize` (the formula needs it); the bare loop is the least code that computes the same values.
 
-    .venv/bin/python bench/perplexity.py
+    .venv/bin/python -m bench.perplexity
 """
 
 import os
@@ -13,15 +13,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-# The repository root replaces bench/ on the path: a bench/NAME.py must not shadow a stdlib module.
-sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-import kenlm  # noqa: E402
-import sentencepiece as spm  # noqa: E402
+import kenlm
+import sentencepiece as spm
 
-from bench.common import REPO_ROOT, SHARED_DATA, report, timed  # noqa: E402
-from curation.normalize import normalize  # noqa: E402
-from curation.perplexity import PerplexityStage, pp  # noqa: E402
+from bench.common import REPO_ROOT, SHARED_DATA, report, timed
+from curation.normalize import normalize
+from curation.perplexity import PerplexitySettings, PerplexityStage, pp
 
 REPEAT = 5
 ROUNDS = 5
@@ -54,7 +52,7 @@ def main() -> None:
         texts = english_texts() * REPEAT
         chars = sum(map(len, texts))
         print(f"texts: {len(texts)} English WET documents ({chars / 1e6:.1f} M chars; the 210 real ones x{REPEAT})")
-        stage = PerplexityStage(lm_dir)
+        stage = PerplexityStage(PerplexitySettings(str(lm_dir)))
         docs = [{"raw_content": t, "language": "en"} for t in texts]
         list(stage([dict(d) for d in docs[:10]]))  # load the models outside the timing
 

@@ -12,15 +12,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-# The repository root replaces the script's folder on the path: bench/ holds a `tokenize.py` that
-# would shadow the standard library's.
-sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from bench.common import REPO_ROOT, SHARED_DATA, report, timed
 from curation.extract import ExtractStage
 from curation.pipeline import run_stages
 from curation.warc import ArchiveReader
-from curation.wikiref import BATCH_SIZE, WikirefStage, article_passages, fasttext_line, load_model
+from curation.wikiref import BATCH_SIZE, WikirefSettings, WikirefStage, article_passages, fasttext_line, load_model
 
 REPEAT = 5
 
@@ -49,7 +46,7 @@ def main() -> None:
     prepared = [fasttext_line(t) for t in texts]
 
     def ours():
-        stage = WikirefStage(path)
+        stage = WikirefStage(WikirefSettings(str(path)))
         for _ in stage({"raw_content": t} for t in texts):
             pass
 

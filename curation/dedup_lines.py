@@ -15,13 +15,23 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from dataclasses import dataclass
 from typing import Collection, Iterable, Iterator
 
+from curation.extract import ExtractSettings
 from curation.normalize import normalize_for_dedup
 from curation.pipeline import Stage
+from curation.settings import setting
 
 HASH_SIZE = 8
-MIN_LENGTH = 300
+# The length floor is CCNet's one, `extract.min_length`: applied before counting and after dedup.
+MIN_LENGTH = ExtractSettings.min_length
+
+
+@dataclass(frozen=True)
+class LineDedupSettings:
+    """CCNet line dedup."""
+    enabled: bool = setting(True, "CCNet line dedup over the whole run, before language ID")
 
 
 def line_hash(line: str) -> int:
@@ -55,20 +65,24 @@ def dedup_document(text: str, duplicates: Collection[int]) -> tuple[str, int, in
     return "\n".join(kept), len(kept), len(lines) - len(kept)
 
 
-def apply_dedup(doc: dict, duplicates: Collection[int], min_length: int = MIN_LENGTH) -> tuple[dict | None, str | None, int]:
-    """Line dedup of one document: (new document or None, drop reason or None, lines removed)."""
+def apply_dedup(doc: dict, duplicates: Collection[int], min_length: int = MIN_LENGTH) -> tuple[dict, str | None, int]:
+    """Line dedup of one document: (the document with its new text and lengths, the reason to drop
+    it or None, lines removed). The one place of the drop rules, for every engine."""
     text = doc.get("raw_content") or ""
-    new_text, nlines, removed = dedup_document(text, duplicates)
     out = dict(doc)
     if out.get("original_length") is None:
         out["original_length"] = len(text)
     if out.get("original_nlines") is None:
         out["original_nlines"] = len(text.split("\n"))
+    if len(text) < min_length:  # CCNet drops these before dedup: they count for nothing
+        out.update(raw_content=text, length=len(text), nlines=len(text.split("\n")))
+        return out, "too_short", 0
+    new_text, nlines, removed = dedup_document(text, duplicates)
     out.update(raw_content=new_text, length=len(new_text), nlines=nlines)
     if not new_text.strip():
-        return None, "empty", removed
+        return out, "empty", removed
     if len(new_text) < min_length:
-        return None, "too_short", removed
+        return out, "too_short", removed
     return out, None, removed
 
 
@@ -76,6 +90,7 @@ class LineDedupStage(Stage):
     """Single-process line dedup over all documents given (one scope); holds them in memory."""
 
     name = "line_dedup"
+    writes = ("raw_content", "length", "nlines", "original_length", "original_nlines")
 
     def __init__(self, min_length: int = MIN_LENGTH):
         super().__init__()
@@ -95,7 +110,7 @@ class LineDedupStage(Stage):
         for doc in docs:
             out, reason, removed = apply_dedup(doc, duplicates, self.min_length)
             self.stats["lines_removed"] += removed
-            if out is None:
+            if reason:
                 self.drop(reason)
             else:
                 yield out

@@ -4,6 +4,7 @@ a line. Documents shorter than CCNet's floor (300 characters) are dropped here, 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from resiliparse.extract.html2text import extract_plain_text
@@ -11,8 +12,13 @@ from resiliparse.parse.encoding import bytes_to_str, detect_encoding, map_encodi
 from resiliparse.parse.html import HTMLTree
 
 from curation.pipeline import Stage
+from curation.settings import setting
 
-MIN_LENGTH = 300
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """HTML → text."""
+    min_length: int = setting(300, "CCNet's floor, in characters, before dedup", minimum=0)
 
 
 def decode_html(html: bytes, declared_charset: str | None = None) -> str:
@@ -42,10 +48,11 @@ class ExtractStage(Stage):
     WET documents arrive with CommonCrawl's text, kept as it is (as CCNet does); they get lengths."""
 
     name = "extract"
+    writes = ("title", "raw_content", "length", "nlines", "original_length", "original_nlines")
 
-    def __init__(self, min_length: int = MIN_LENGTH):
+    def __init__(self, settings: ExtractSettings = ExtractSettings()):
         super().__init__()
-        self.min_length = min_length
+        self.min_length = settings.min_length
 
     def process(self, docs: Iterable[dict]) -> Iterator[dict]:
         for doc in docs:

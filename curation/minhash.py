@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import hashlib
 import operator
-from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 
 from curation.normalize import normalize_for_dedup
 from curation.pipeline import Stage
+from curation.settings import setting
 
 MAX_HASH32 = np.uint32(0xFFFFFFFF)
 _DIGEST = operator.methodcaller("digest")
@@ -171,26 +172,31 @@ def band_keys(signature: np.ndarray, bands: int, rows: int) -> list[bytes]:
     return [sig[i * rows:(i + 1) * rows].tobytes() for i in range(bands)]
 
 
-@dataclass
-class MinHashParams:
-    ngram: int = 5
-    num_perm: int = 128
-    seed: int = 1
-    threshold: float = 0.8
-    bands: int | None = None
-    rows: int | None = None
+@dataclass(frozen=True)
+class MinHashSettings:
+    """MinHash near-duplicate removal."""
+    enabled: bool = setting(True, "near-duplicate removal over the whole run, after scoring")
+    ngram: int = setting(5, "words per shingle", minimum=1)
+    num_perm: int = setting(128, "permutations", minimum=1)
+    threshold: float = setting(0.8, "Jaccard similarity of near-duplicates", minimum=0, maximum=1)
+    bands: int | None = setting(None, "LSH bands; null: chosen for the threshold as datasketch does", minimum=1)
+    rows: int | None = setting(None, "LSH rows per band; null: as bands", minimum=1)
+    seed: int = setting(1, "permutation seed (datasketch's)")
+    verify: bool = setting(True, "link LSH candidates only when their signatures agree on ≥ threshold")
+    keep: Literal["perplexity", "id"] = setting("perplexity", "per cluster keep the lowest perplexity, or "
+                                                "(`id`) the smallest url")
 
-    def resolved(self) -> "MinHashParams":
+    def resolved(self) -> "MinHashSettings":
+        """The same settings with `bands` and `rows` filled in."""
         if self.bands is None or self.rows is None:
             bands, rows = optimal_bands_rows(self.threshold, self.num_perm)
-            return MinHashParams(self.ngram, self.num_perm, self.seed, self.threshold,
-                                 self.bands or bands, self.rows or rows)
+            return replace(self, bands=self.bands or bands, rows=self.rows or rows)
         if self.bands * self.rows > self.num_perm:
             raise ValueError(f"bands × rows = {self.bands * self.rows} > num_perm = {self.num_perm}")
         return self
 
 
-def document_signatures(texts: Sequence[str], params: MinHashParams,
+def document_signatures(texts: Sequence[str], params: MinHashSettings,
                         hasher: MinHasher | None = None) -> tuple[np.ndarray, list[bool]]:
     """Signatures of texts, and whether each text has shingles at all."""
     p = params.resolved()
@@ -204,13 +210,13 @@ def similar(sig_a: np.ndarray, sig_b: np.ndarray, threshold: float) -> bool:
     return int(np.count_nonzero(sig_a == sig_b)) / len(sig_a) >= threshold
 
 
-def local_clusters(texts: Sequence[str], params: MinHashParams | None = None,
-                   ids: Sequence[int] | None = None, verify: bool = True) -> list[int]:
+def local_clusters(texts: Sequence[str], params: MinHashSettings = MinHashSettings(),
+                   ids: Sequence[int] | None = None) -> list[int]:
     """Single-process reference, same semantics as jobs.dedup.minhash_dedup: documents sharing an
-    LSH bucket are linked to the bucket's smallest id (when `verify`, only if their signatures
+    LSH bucket are linked to the bucket's smallest id (with `params.verify`, only if their signatures
     estimate Jaccard ≥ threshold); clusters are the connected components. Returns each text's
     cluster as the smallest id in it (ids default to positions)."""
-    params = (params or MinHashParams()).resolved()
+    params = params.resolved()
     ids = list(range(len(texts))) if ids is None else list(ids)
     parent = list(range(len(texts)))
 
@@ -229,7 +235,7 @@ def local_clusters(texts: Sequence[str], params: MinHashParams | None = None,
     for members in buckets.values():
         root = min(members, key=lambda i: ids[i])
         for i in members:
-            if i != root and (not verify or similar(sigs[i], sigs[root], params.threshold)):
+            if i != root and (not params.verify or similar(sigs[i], sigs[root], params.threshold)):
                 ra, rb = find(root), find(i)
                 if ra != rb:
                     if ids[ra] < ids[rb]:
@@ -251,18 +257,18 @@ class MinHashDedupStage(Stage):
     tested against): adds `minhash_cluster` (index of the cluster's first document in input order)
     and `minhash_cluster_size`, keeps one document per cluster."""
 
-    name = "minhash_dedup"
+    name = "minhash"
+    writes = ("minhash_cluster", "minhash_cluster_size")
 
-    def __init__(self, params: MinHashParams | None = None, use_perplexity: bool = True,
-                 verify: bool = True, id_field: str | None = None):
+    def __init__(self, settings: MinHashSettings = MinHashSettings(), id_field: str | None = None):
         super().__init__()
-        self.params = (params or MinHashParams()).resolved()
-        self.use_perplexity, self.verify, self.id_field = use_perplexity, verify, id_field
+        self.params = settings.resolved()
+        self.use_perplexity, self.id_field = settings.keep == "perplexity", id_field
 
     def process(self, docs: Iterable[dict]) -> Iterator[dict]:
         docs = list(docs)
         ids = [d[self.id_field] for d in docs] if self.id_field else None
-        clusters = local_clusters([d.get("raw_content") or "" for d in docs], self.params, ids, self.verify)
+        clusters = local_clusters([d.get("raw_content") or "" for d in docs], self.params, ids)
         members: dict[int, list[int]] = {}
         for i, c in enumerate(clusters):
             members.setdefault(c, []).append(i)

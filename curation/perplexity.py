@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -25,6 +26,7 @@ import sentencepiece as spm
 
 from curation.normalize import normalize
 from curation.pipeline import Stage
+from curation.settings import setting
 
 HEAD_PERCENTILE = 30
 TAIL_PERCENTILE = 60
@@ -34,6 +36,13 @@ CUTOFF_FILE = "cutoff.csv"
 _lock = threading.Lock()
 _models: dict[tuple[str, str], "LanguageModel | None"] = {}
 _cutoffs: dict[str, dict[str, list[float]]] = {}
+
+
+@dataclass(frozen=True)
+class PerplexitySettings:
+    """KenLM perplexity and buckets."""
+    models: str = setting("models/lm", "{lang}.sp.model + {lang}.arpa.bin (+ cutoff.csv); `make lm` trains them")
+    per_line: bool = setting(False, "false: the document is one line, as cc_net in fact scores it")
 
 
 def pp(log_score: float, length: int) -> float:
@@ -160,12 +169,13 @@ class PerplexityStage(Stage):
     `language`. Never drops a document. Models are loaded lazily, once per process per language."""
 
     name = "perplexity"
+    writes = ("perplexity", "bucket")
 
-    def __init__(self, models_dir: str | Path, per_line: bool = False, cutoffs: str | Path | None = None,
+    def __init__(self, settings: PerplexitySettings = PerplexitySettings(), cutoffs: str | Path | None = None,
                  field: str = "raw_content", batch_size: int = 256):
         super().__init__()
-        self.models_dir = str(models_dir)
-        self.per_line = per_line
+        self.models_dir = str(settings.models)
+        self.per_line = settings.per_line
         self.cutoffs_path = str(cutoffs) if cutoffs else None
         self.field = field
         self.batch_size = batch_size

@@ -22,7 +22,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow.dataset as ds  # noqa: E402
 
-SCORE_COLUMNS = ["language", "length", "perplexity", "bucket", "wikiref_score", "minhash_cluster_size"]
+from curation import schema  # noqa: E402
+
+SCORE_COLUMNS = ["language", *schema.SCORES]
 MAX_SAMPLES_PER_LANGUAGE = 100_000
 
 

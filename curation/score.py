@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from curation.langid import DEFAULT_THRESHOLD, LanguageIdentifier
+from curation.langid import LanguageIdentifier, LanguageIdSettings
 from curation.perplexity import NO_SCORE, bucket, load_cutoffs, load_model
 
 DEFAULT_MODELS_DIR = os.environ.get("CCURATE_LM_DIR", "models/lm")
@@ -34,7 +34,7 @@ def score_texts(texts: list[str], models_dir: str | Path = DEFAULT_MODELS_DIR, p
         model = load_model(models_dir, language)
         perplexity = model.perplexity(text, per_line=per_line) if model is not None else NO_SCORE
         results.append({"language": language, "language_score": language_score,
-                        "kept": language_score >= DEFAULT_THRESHOLD, "perplexity": perplexity,
+                        "kept": language_score >= LanguageIdSettings.threshold, "perplexity": perplexity,
                         "bucket": bucket(perplexity, table.get(language))})
     return results
 

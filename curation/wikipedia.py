@@ -195,15 +195,26 @@ def read_xml_dump(source: str | Path, limit: int | None = None, namespaces: tupl
                 root.clear()  # free the finished page
 
 
-def read_wikitext_file(path: str | Path) -> Iterator[Article]:
-    """One raw-wikitext article per file (title from the file name); redirects skipped."""
+def read_wikitext_file(path: str | Path, plain: bool = True) -> Iterator[Article]:
+    """One raw-wikitext article per file (title from the file name); redirects skipped.
+    `plain=False` yields the raw wikitext."""
     path = Path(path)
-    wikitext = path.read_text(encoding="utf-8", errors="replace")
+    with open_maybe_compressed(path) as stream:
+        wikitext = stream.read().decode("utf-8", errors="replace")
     if wikitext.lstrip().lower().startswith("#redirect"):
         return
-    text = wikitext_to_text(wikitext)
+    text = wikitext_to_text(wikitext) if plain else wikitext
     if text:
         yield Article(path.stem.replace("-", " ").replace("_", " "), text)
+
+
+def read_wikitext(sources: Iterable[str | Path]) -> Iterator[Article]:
+    """The raw wikitext of every article of XML dumps and wikitext files (the cited-URL reader)."""
+    for source in sources:
+        if re.search(r"\.xml(\.bz2|\.gz)?$", str(source)):
+            yield from read_xml_dump(source, plain=False)
+        else:
+            yield from read_wikitext_file(source, plain=False)
 
 
 _WT_ESCAPE = re.compile(r" @(\S)@ ")           # " @-@ " → "-", " @,@ " → ","
@@ -289,12 +300,3 @@ def read_articles(source: str | Path, limit: int | None = None) -> Iterator[Arti
 def dump_url(lang: str, base_url: str = DEFAULT_WIKIMEDIA_BASE_URL) -> str:
     """The language's latest pages-articles dump under a Wikimedia dumps mirror."""
     return f"{base_url.rstrip('/')}/{lang}wiki/latest/{lang}wiki-latest-pages-articles.xml.bz2"
-
-
-def text_lines(articles: Iterable[Article]) -> Iterator[str]:
-    for article in articles:
-        yield from (line for line in article.text.split("\n") if line.strip())
-
-
-__all__ = ["Article", "wikitext_to_text", "read_xml_dump", "read_wikitext_file", "read_wikitext_tokens",
-           "read_squad_json", "read_plain_text", "read_articles", "dump_url", "open_maybe_compressed", "DEFAULT_WIKIMEDIA_BASE_URL"]

@@ -11,31 +11,28 @@ Wikipedia, URL keys, and the scoring stage.
   `wikiref_keep` (score ≥ threshold); it never drops a document, so users can re-threshold.
 
 `python -m curation.wikiref extract-urls FILE…` prints the URL keys cited by wikitext files or
-MediaWiki XML dumps (`.xml`, `.xml.bz2`), one a line.
-
-Wikitext is parsed here with mwparserfromhell directly (the dump reader is a small iterparse).
+MediaWiki XML dumps (`.xml`, `.xml.bz2`), one a line (read by `curation.wikipedia.read_wikitext`).
 """
 
 from __future__ import annotations
 
 import argparse
-import bz2
-import gzip
 import re
 import sys
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
-from xml.etree import ElementTree
 
 from curation.langid import load_model as load_fasttext_model
 from curation.pipeline import Stage
+from curation.settings import setting
+from curation.wikipedia import read_wikitext
 
 LABEL_PREFIX = "__label__"
 POSITIVE = "wikiref"
 NEGATIVE = "random"
-DEFAULT_THRESHOLD = 0.25  # RedPajama v2's cut on its wikiref score
 BATCH_SIZE = 512
 
 # Template parameters that hold the cited URL (not the archive copy, not the author's page).
@@ -47,6 +44,15 @@ TRACKING_PREFIXES = ("utm_", "pk_", "mtm_")
 ARCHIVE_RE = re.compile(r"^https?://(?:web\.)?archive\.org/web/[0-9a-z_*]+/(.+)$", re.I)
 BARE_URL_RE = re.compile(r"(?:https?:)?//[^\s\[\]<>\"{}|]+", re.I)
 DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+@dataclass(frozen=True)
+class WikirefSettings:
+    """The Wikipedia-reference classifier."""
+    model: str = setting("models/wikiref/wikiref.bin", "`make classifier` trains it")
+    threshold: float = setting(0.25, "wikiref_keep = score ≥ threshold (RedPajama v2's cut); the score is kept",
+                               minimum=0, maximum=1)
+    drop: bool = setting(False, "true: drop documents below the threshold instead of marking them")
 
 
 # --- URL keys ---------------------------------------------------------------------------------
@@ -146,56 +152,6 @@ def cited_url_keys(wikitext: str) -> list[str]:
     return list(keys)
 
 
-def _open_text(path: Path):
-    if path.suffix == ".bz2":
-        return bz2.open(path, "rb")
-    if path.suffix == ".gz":
-        return gzip.open(path, "rb")
-    return open(path, "rb")
-
-
-def dump_pages(path: str | Path, namespaces: tuple[str, ...] = ("0",)) -> Iterator[tuple[str, str]]:
-    """(title, wikitext) of each non-redirect page of a MediaWiki XML dump (plain, .bz2 or .gz),
-    streamed with iterparse."""
-    title = ns = None
-    redirect = False
-    with _open_text(Path(path)) as stream:
-        for event, element in ElementTree.iterparse(stream, events=("end",)):
-            tag = element.tag.rsplit("}", 1)[-1]
-            if tag == "title":
-                title = element.text or ""
-            elif tag == "ns":
-                ns = (element.text or "").strip()
-            elif tag == "redirect":
-                redirect = True
-            elif tag == "text":
-                text = element.text or ""
-                if ns in namespaces and not redirect and not text.lstrip().lower().startswith("#redirect"):
-                    yield title or "", text
-            elif tag == "page":
-                title, ns, redirect = None, None, False
-                element.clear()
-
-
-def is_dump(path: Path) -> bool:
-    name = path.name.lower()
-    return ".xml" in name
-
-
-def articles(paths: Iterable[str | Path]) -> Iterator[tuple[str, str]]:
-    """(title, wikitext) from wikitext files (one article each) and XML dumps."""
-    for path in map(Path, paths):
-        if is_dump(path):
-            yield from dump_pages(path)
-        else:
-            with _open_text(path) as stream:
-                yield path.stem, stream.read().decode("utf-8", errors="replace")
-
-
-def cited_set(paths: Iterable[str | Path]) -> set[str]:
-    return {key for _, text in articles(paths) for key in cited_url_keys(text)}
-
-
 def article_text(wikitext: str) -> str:
     """Plain text of an article (templates, tags, references and markup removed) with mwparserfromhell."""
     import mwparserfromhell
@@ -283,16 +239,17 @@ def reference_probabilities(model, texts: list[str]) -> list[float]:
 
 class WikirefStage(Stage):
     """Adds `wikiref_score` (probability of the reference class) and `wikiref_keep`
-    (score ≥ threshold). Never drops a document: the score stays a column to re-threshold."""
+    (score ≥ threshold). Drops the documents below the threshold only when `drop` is set: by
+    default the score stays a column to re-threshold."""
 
     name = "wikiref"
+    writes = ("wikiref_score", "wikiref_keep")
 
-    def __init__(self, model_path: str | Path, threshold: float = DEFAULT_THRESHOLD,
-                 batch_size: int = BATCH_SIZE, text_field: str = "raw_content"):
+    def __init__(self, settings: WikirefSettings = WikirefSettings(), batch_size: int = BATCH_SIZE,
+                 text_field: str = "raw_content"):
         super().__init__()
-        self.model_path = str(model_path)
-        self.model = load_model(self.model_path)
-        self.threshold = threshold
+        self.model = load_model(settings.model)
+        self.threshold, self.drop_below = settings.threshold, settings.drop
         self.batch_size = batch_size
         self.text_field = text_field
 
@@ -303,9 +260,13 @@ class WikirefStage(Stage):
             for doc, score in zip(batch, scores):
                 doc["wikiref_score"] = round(score, 4)
                 doc["wikiref_keep"] = score >= self.threshold
-                if not doc["wikiref_keep"]:
+                if doc["wikiref_keep"]:
+                    yield doc
+                elif self.drop_below:
+                    self.drop("below_threshold")
+                else:
                     self.stats["below_threshold"] += 1
-                yield doc
+                    yield doc
 
 
 # --- CLI ----------------------------------------------------------------------------------------
@@ -318,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     extract.add_argument("--raw", action="store_true", help="print the URLs as cited, not their keys")
     args = parser.parse_args(argv)
     seen: set[str] = set()
-    for _, text in articles(args.files):
+    for article in read_wikitext(args.files):
+        text = article.text
         for url in (cited_urls(text) if args.raw else cited_url_keys(text)):
             if url not in seen:
                 seen.add(url)

@@ -5,7 +5,9 @@
     python -m jobs.curate --output DIR --input FILE_OR_URL…
     spark-submit jobs/curate.py --output DIR …                                      (any cluster)
 
-Settings: config/curate.yaml, overridden by KEY=VALUE arguments.
+Settings: `CurateSettings` below, one section per stage (defaults and meanings in the stage
+modules; `--print-settings` lists them all), from an optional `--config` YAML and KEY=VALUE
+arguments.
 
 The run directory is resumable. Phase 1 reads and extracts each input (one Spark task each,
 streaming) into DIR/segments/ID.parquet, published atomically with its stats (ID.json, written
@@ -18,22 +20,17 @@ the counts per stage and reason; DIR/config.json the effective settings and libr
 
 from __future__ import annotations
 
-import os
-import sys
-
-if __package__ in (None, ""):  # `spark-submit jobs/curate.py` runs this file as a script: before any
-    # other import, put the repository root on the path instead of jobs/ (its tokenize.py would
-    # shadow the standard library's).
-    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 import argparse
 import glob
 import hashlib
 import json
 import logging
+import os
 import shutil
+import sys
 import time
 import uuid
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
@@ -45,39 +42,53 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from pyspark.sql.pandas.types import from_arrow_schema
+
+from curation import schema
 from curation.commoncrawl import list_paths, select_segments, snapshot_name
-from curation.extract import ExtractStage
-from curation.langid import LanguageIdStage
-from curation.perplexity import (HEAD_PERCENTILE, TAIL_PERCENTILE, PerplexityStage, available_languages,
-                                 load_cutoffs, read_cutoffs, write_cutoffs)
-from curation.wikiref import WikirefStage
+from curation.dedup_lines import LineDedupSettings
+from curation.extract import ExtractSettings, ExtractStage
+from curation.langid import LanguageIdSettings, LanguageIdStage
+from curation.minhash import MinHashSettings
+from curation.perplexity import (HEAD_PERCENTILE, TAIL_PERCENTILE, PerplexitySettings, PerplexityStage,
+                                 available_languages, bucket, load_cutoffs, read_cutoffs, write_cutoffs)
 from curation.pipeline import merge_stats, nest_counters, run_stages, stage_stats
 from curation.report import write_report
+from curation.settings import InputSettings, RunSettings, SettingsError, as_dict, describe, load_settings, section
 from curation.warc import ArchiveReader, cc_segment
-from jobs.config import CONFIG_DIR, load_config
+from curation.wikiref import WikirefSettings, WikirefStage
 from jobs.dedup import ID as DOC_ID
 from jobs.dedup import line_dedup, minhash_dedup
 from jobs.spark import spark_session
 
 log = logging.getLogger("curate")
 
-EXTRACTED_SCHEMA = pa.schema([
-    ("url", pa.string()), ("date_download", pa.string()), ("digest", pa.string()),
-    ("length", pa.int64()), ("nlines", pa.int64()), ("source_domain", pa.string()),
-    ("title", pa.string()), ("raw_content", pa.string()), ("original_nlines", pa.int64()),
-    ("original_length", pa.int64()), ("cc_segment", pa.string()),
-])
-CURATED_SCHEMA = T.StructType([
-    *(T.StructField(f.name, T.LongType() if pa.types.is_int64(f.type) else T.StringType())
-      for f in EXTRACTED_SCHEMA),
-    T.StructField("language", T.StringType()),
-    T.StructField("language_score", T.DoubleType()),
-    T.StructField("perplexity", T.DoubleType()),
-    T.StructField("bucket", T.StringType()),
-    T.StructField("wikiref_score", T.DoubleType()),
-    T.StructField("wikiref_keep", T.BooleanType()),
-])
+
+@dataclass(frozen=True)
+class CurateSettings:
+    """Every setting of the curate job, one section per stage, in pipeline order."""
+    input: InputSettings = section(InputSettings)
+    extract: ExtractSettings = section(ExtractSettings)
+    line_dedup: LineDedupSettings = section(LineDedupSettings)
+    langid: LanguageIdSettings = section(LanguageIdSettings)
+    perplexity: PerplexitySettings = section(PerplexitySettings)
+    wikiref: WikirefSettings = section(WikirefSettings)
+    minhash: MinHashSettings = section(MinHashSettings)
+    run: RunSettings = section(RunSettings)
+
+
+# Phase 2's row-wise stages, in pipeline order; a stage whose model is missing is left out, and
+# its columns stay empty.
+ROW_STAGES = (LanguageIdStage, PerplexityStage, WikirefStage)
+EXTRACTED = schema.arrow_schema(schema.EXTRACTED)
+# Phase 2's columns before MinHash: phase 1's, then those the row-wise stages write.
+ANNOTATED = schema.arrow_schema(schema.ordered([*schema.EXTRACTED, *(f for stage in ROW_STAGES for f in stage.writes)]))
 ROW_GROUP_DOCS = 1000
+SETTINGS_HEADER = """\
+# Every setting of the curate job with its default and meaning: the output of
+# `python -m jobs.curate --print-settings` (the defaults live in the stage modules; a test keeps this
+# file current). Use a copy of the lines you change as `--config FILE`, or pass them as KEY=VALUE.
+"""
 LIBRARIES = ["pyspark", "fasttext", "warcio", "resiliparse", "pyarrow", "numpy"]
 
 
@@ -103,22 +114,22 @@ def segment_id(source: str) -> str:
 
 # ---- phase 1: one task per input, each published atomically -------------------------------------
 
-def extract_segment(source: str, segments_dir: str, config: dict) -> dict:
+def extract_segment(source: str, segments_dir: str, settings: CurateSettings) -> dict:
     """Streams one input through reading and extraction into ID.parquet; writes ID.json last."""
     seg = segment_id(source)
     final = os.path.join(segments_dir, seg + ".parquet")
     tmp = f"{final}.tmp-{uuid.uuid4().hex}"
-    reader, extract = ArchiveReader(), ExtractStage(config["extract"]["min_length"])
+    reader, extract = ArchiveReader(), ExtractStage(settings.extract)
     started = time.time()
     try:
-        with pq.ParquetWriter(tmp, EXTRACTED_SCHEMA, compression="zstd") as writer:
+        with pq.ParquetWriter(tmp, EXTRACTED, compression="zstd") as writer:
             batch: list[dict] = []
             for doc in run_stages(reader.read(source), [extract]):
                 batch.append(doc)
                 if len(batch) == ROW_GROUP_DOCS:
-                    writer.write_table(pa.Table.from_pylist(batch, EXTRACTED_SCHEMA))
+                    writer.write_table(pa.Table.from_pylist(batch, EXTRACTED))
                     batch.clear()
-            writer.write_table(pa.Table.from_pylist(batch, EXTRACTED_SCHEMA))
+            writer.write_table(pa.Table.from_pylist(batch, EXTRACTED))
         if reader.stats["dropped.corrupt_record"] and not reader.stats["out"]:
             raise ValueError("no page could be read: corrupt, or not a WARC/WET file")
         os.replace(tmp, final)
@@ -134,11 +145,11 @@ def extract_segment(source: str, segments_dir: str, config: dict) -> dict:
     return stats
 
 
-def extract_segments(sources, segments_dir: str, config: dict):
+def extract_segments(sources, segments_dir: str, settings: CurateSettings):
     """A task's share of phase 1; a failed input is reported, never fatal to the job."""
     for source in sources:
         try:
-            extract_segment(source, segments_dir, config)
+            extract_segment(source, segments_dir, settings)
             yield source, None
         except Exception as error:
             log.exception("%s failed", source)
@@ -151,68 +162,59 @@ def is_done(segments_dir: Path, source: str) -> bool:
 
 # ---- phase 2: run-wide stages over every done segment ------------------------------------------
 
-def model_stages(config: dict) -> dict[str, bool]:
+def model_stages(settings: CurateSettings) -> dict[str, bool]:
     """Which model-backed stages run: those whose models exist. A path that the user set and that
     does not exist is an error; a missing default only leaves the stage out, with a note."""
-    defaults = load_config(CONFIG_DIR / "curate.yaml")
-    found = {"perplexity": bool(Path(config["perplexity"]["models"]).is_dir()
-                                and available_languages(config["perplexity"]["models"])),
-             "wikiref": Path(config["wikiref"]["model"]).is_file()}
-    hints = {"perplexity": ("perplexity.models", "make lm"), "wikiref": ("wikiref.model", "make classifier")}
-    for stage, present in found.items():
-        key, target = hints[stage]
-        section, name = key.split(".")
-        if not present and config[section][name] != defaults[section][name]:
-            raise FileNotFoundError(f"{key}={config[section][name]}: no model there (train one with `{target}`)")
-        if not present:
-            print(f"note: no {stage} model at {config[section][name]}: stage skipped (`{target}` trains one)")
+    models = {"perplexity": ("models", settings.perplexity.models, PerplexitySettings.models, "make lm"),
+              "wikiref": ("model", settings.wikiref.model, WikirefSettings.model, "make classifier")}
+    found = {"perplexity": Path(settings.perplexity.models).is_dir()
+             and bool(available_languages(settings.perplexity.models)),
+             "wikiref": Path(settings.wikiref.model).is_file()}
+    for stage, (name, path, default, target) in models.items():
+        if not found[stage] and path != default:
+            raise FileNotFoundError(f"{stage}.{name}={path}: no model there (train one with `{target}`)")
+        if not found[stage]:
+            print(f"note: no {stage} model at {path}: stage skipped (`{target}` trains one)")
     return found
 
 
-def annotate(rows, stats, config: dict, enabled: dict[str, bool]):
+def row_stages(settings: CurateSettings, enabled: dict[str, bool]) -> list:
+    """Phase 2's row-wise stages, each built from its own section of the settings."""
+    return [stage(getattr(settings, stage.name)) for stage in ROW_STAGES if enabled.get(stage.name, True)]
+
+
+def annotate(rows, stats, settings: CurateSettings, enabled: dict[str, bool]):
     """Row-wise stages of phase 2, streamed per partition; counters go to the accumulator."""
-    stages = [LanguageIdStage(config["langid"]["model"], config["langid"]["threshold"])]
-    if enabled["perplexity"]:
-        stages.append(PerplexityStage(config["perplexity"]["models"], config["perplexity"]["per_line"]))
-    if enabled["wikiref"]:
-        stages.append(WikirefStage(config["wikiref"]["model"], config["wikiref"]["threshold"]))
-    names = [f.name for f in CURATED_SCHEMA.fields]
-    below_wikiref = 0
+    stages = row_stages(settings, enabled)
+    internal = frozenset([DOC_ID])
     for doc in run_stages((row.asDict() for row in rows), stages):
-        if config["wikiref"]["drop"] and doc.get("wikiref_keep") is False:
-            below_wikiref += 1
-            continue
+        schema.check_document(doc, internal)
         doc.setdefault("bucket", "all")
-        yield tuple(doc.get(name) for name in names) + (doc[DOC_ID],)
-    task_stats = stage_stats(stages)
-    if below_wikiref:
-        task_stats["wikiref"]["dropped"]["below_threshold"] = below_wikiref
-    stats.add({"stages": task_stats})
+        yield tuple(doc.get(name) for name in ANNOTATED.names) + (doc[DOC_ID],)
+    stats.add({"stages": stage_stats(stages)})
 
 
-def write_curated(spark: SparkSession, run_dir: Path, done_files: list[str], config: dict,
+def write_curated(spark: SparkSession, run_dir: Path, done_files: list[str], settings: CurateSettings,
                   enabled: dict[str, bool]) -> dict:
     accumulated = spark.sparkContext.accumulator({}, StatsAccumulator())
     stats: dict = {"stages": {}}
     curated, tmp = run_dir / "curated", run_dir / f"curated.tmp-{uuid.uuid4().hex}"
-    extracted_schema = T.StructType([f for f in CURATED_SCHEMA.fields if f.name in EXTRACTED_SCHEMA.names])
+    extracted_schema = from_arrow_schema(EXTRACTED)
     documents = spark.read.schema(extracted_schema).parquet(*done_files) if done_files else \
         spark.createDataFrame([], extracted_schema)
-    if config["line_dedup"]["enabled"]:
-        documents, stats["stages"]["line_dedup"] = line_dedup(documents, min_length=config["extract"]["min_length"])
+    if settings.line_dedup.enabled:
+        documents, stats["stages"]["line_dedup"] = line_dedup(documents, min_length=settings.extract.min_length)
     else:
         documents = documents.withColumn(DOC_ID, F.xxhash64("url", "raw_content"))
-    columns = [*(f.name for f in extracted_schema.fields), DOC_ID]
-    rows = documents.select(*columns).rdd.mapPartitions(lambda part: annotate(part, accumulated, config, enabled))
-    frame = spark.createDataFrame(rows, T.StructType([*CURATED_SCHEMA.fields, T.StructField(DOC_ID, T.LongType())]))
+    rows = (documents.select(*EXTRACTED.names, DOC_ID).rdd
+            .mapPartitions(lambda part: annotate(part, accumulated, settings, enabled)))
+    frame = spark.createDataFrame(rows, from_arrow_schema(ANNOTATED).add(DOC_ID, T.LongType()))
     frame = frame.persist()  # the row-wise stages run once, not once per later pass
     if enabled["perplexity"]:
         frame, stats["cutoffs_from_run"] = bucket_from_run(frame, run_dir)
     scored: dict = {}
-    if config["minhash"]["enabled"]:
-        minhash = config["minhash"]
-        frame, scored = minhash_dedup(frame, minhash["ngram"], minhash["num_perm"], minhash["threshold"],
-                                      keep=minhash["keep"])
+    if settings.minhash.enabled:
+        frame, scored = minhash_dedup(frame, settings.minhash)
     (frame.drop(DOC_ID).write.mode("overwrite").option("compression", "zstd")
      .partitionBy("language", "bucket").parquet(str(tmp)))
     # Replace the previous result whole: readers see the old or the new output, never a mix.
@@ -239,27 +241,22 @@ def bucket_from_run(frame, run_dir: Path):
         return frame, []
     cutoffs = {row["language"]: [float(v) for v in row["cutoffs"]] for row in rows}
     write_cutoffs(run_dir / "cutoff.csv", cutoffs)
-    table = frame.sparkSession.createDataFrame(
-        [(lang, values[HEAD_PERCENTILE], values[TAIL_PERCENTILE]) for lang, values in cutoffs.items()],
-        "language string, _head double, _tail double")
-    rebucketed = (frame.join(F.broadcast(table), "language", "left")
-                  .withColumn("bucket", F.when(F.col("_head").isNull() | (F.col("bucket") != "all"), F.col("bucket"))
-                              .when(F.col("perplexity") < F.col("_head"), "head")
-                              .when(F.col("perplexity") < F.col("_tail"), "middle").otherwise("tail"))
-                  .drop("_head", "_tail"))
-    return rebucketed, sorted(cutoffs)
+
+    @F.udf(T.StringType())
+    def run_bucket(language, perplexity, current):  # the rule's one place: perplexity.bucket
+        return bucket(perplexity, cutoffs[language]) if current == "all" and language in cutoffs else current
+
+    return frame.withColumn("bucket", run_bucket("language", "perplexity", "bucket")), sorted(cutoffs)
 
 
 # ---- the run -----------------------------------------------------------------------------------
 
-def resolve_inputs(config: dict) -> list[str]:
-    source = config["input"]
-    if source["snapshot"]:
-        paths = list_paths(source["snapshot"], source["base_url"], source["format"],
-                           source["retries"], source["backoff_seconds"])
-        return select_segments(paths, source["segments"], source["seed"])
+def resolve_inputs(source: InputSettings) -> list[str]:
+    if source.snapshot:
+        paths = list_paths(source.snapshot, source.base_url, source.format, source.retries, source.backoff_seconds)
+        return select_segments(paths, source.segments, source.seed)
     inputs = []
-    for pattern in source["paths"]:
+    for pattern in source.paths:
         matches = sorted(glob.glob(pattern)) if "://" not in pattern else [pattern]
         if not matches:
             raise FileNotFoundError(f"input {pattern!r} matches no file")
@@ -269,18 +266,19 @@ def resolve_inputs(config: dict) -> list[str]:
     return inputs
 
 
-def run(spark: SparkSession, config: dict, run_dir: str | Path, enabled: dict[str, bool] | None = None) -> dict:
+def run(spark: SparkSession, settings: CurateSettings, run_dir: str | Path,
+        enabled: dict[str, bool] | None = None) -> dict:
     """Curates the configured inputs into `run_dir`, resuming what an earlier run left; returns
-    (and writes) the stats. `enabled`: the result of `model_stages(config)` when already known."""
+    (and writes) the stats. `enabled`: the result of `model_stages(settings)` when already known."""
     started = time.time()
-    enabled = enabled if enabled is not None else model_stages(config)
+    enabled = enabled if enabled is not None else model_stages(settings)
     run_dir = Path(run_dir)
     segments_dir = run_dir / "segments"
     segments_dir.mkdir(parents=True, exist_ok=True)
     remove_leftovers(run_dir)
-    inputs = resolve_inputs(config)
+    inputs = resolve_inputs(settings.input)
     write_json(run_dir / "config.json", {
-        "config": config, "inputs": inputs, "python": sys.version.split()[0],
+        "config": as_dict(settings), "inputs": inputs, "python": sys.version.split()[0],
         "libraries": {name: version(name) for name in LIBRARIES}})
 
     todo = [source for source in inputs if not is_done(segments_dir, source)]
@@ -288,8 +286,9 @@ def run(spark: SparkSession, config: dict, run_dir: str | Path, enabled: dict[st
     if todo:
         tasks = spark.sparkContext.parallelize(todo, len(todo))
         failures = dict(item for item in tasks.mapPartitions(
-            lambda part: extract_segments(part, str(segments_dir), config)).collect() if item[1])
-    manifest = {"snapshot": snapshot_name(config["input"]["snapshot"]) if config["input"]["snapshot"] else None,
+            lambda part: extract_segments(part, str(segments_dir), settings)).collect() if item[1])
+    snapshot = settings.input.snapshot
+    manifest = {"snapshot": snapshot_name(snapshot) if snapshot else None,
                 "segments": [{"source": s, "id": segment_id(s),
                               "state": "done" if is_done(segments_dir, s) else "failed",
                               "error": failures.get(s)} for s in inputs]}
@@ -300,22 +299,22 @@ def run(spark: SparkSession, config: dict, run_dir: str | Path, enabled: dict[st
     for source in done:  # phase-1 counters survive a resume: they are stored per segment
         merge_stats(stats, {"stages": json.loads((segments_dir / f"{segment_id(source)}.json").read_text())["stages"]})
     done_files = [str(segments_dir / f"{segment_id(s)}.parquet") for s in done]
-    merge_stats(stats, write_curated(spark, run_dir, done_files, config, enabled))
+    merge_stats(stats, write_curated(spark, run_dir, done_files, settings, enabled))
     failed = [seg for seg in manifest["segments"] if seg["state"] == "failed"]
     result = {**stats, "inputs": len(inputs), "segments_done": len(done), "segments_resumed": len(inputs) - len(todo),
               "failed_segments": failed, "output": str(run_dir / "curated"),
               "documents_out": ds.dataset(run_dir / "curated", format="parquet").count_rows(),
               "seconds": round(time.time() - started, 2)}
     write_json(run_dir / "stats.json", result)
-    result["report"] = str(write_report(run_dir, bucket_cutoffs(config, run_dir, enabled)))
+    result["report"] = str(write_report(run_dir, bucket_cutoffs(settings, run_dir, enabled)))
     return result
 
 
-def bucket_cutoffs(config: dict, run_dir: Path, enabled: dict[str, bool]) -> dict:
+def bucket_cutoffs(settings: CurateSettings, run_dir: Path, enabled: dict[str, bool]) -> dict:
     """{language: {"p30": …, "p60": …}} used for this run's buckets, for the report's plots."""
     if not enabled["perplexity"]:
         return {}
-    cutoffs = dict(load_cutoffs(config["perplexity"]["models"]))
+    cutoffs = dict(load_cutoffs(settings.perplexity.models))
     if (run_dir / "cutoff.csv").exists():
         cutoffs.update(read_cutoffs(run_dir / "cutoff.csv"))
     return {lang: {"p30": values[HEAD_PERCENTILE], "p60": values[TAIL_PERCENTILE]} for lang, values in cutoffs.items()}
@@ -335,9 +334,11 @@ def write_json(path: Path, value) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", required=True, help="run directory (re-using one resumes it)")
+    parser.add_argument("--output", help="run directory (re-using one resumes it)")
     parser.add_argument("--input", nargs="+", default=[], help="WARC/WET paths, globs or URLs (sets input.paths)")
-    parser.add_argument("--config", default=str(CONFIG_DIR / "curate.yaml"))
+    parser.add_argument("--config", help="YAML file of settings (any subset; `--print-settings` shows them all)")
+    parser.add_argument("--print-settings", action="store_true", help="print every setting, its default and "
+                        "meaning, as YAML, and exit")
     parser.add_argument("--master", help="Spark master for local runs (default local[*]); ignored under spark-submit")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings, e.g. langid.threshold=0.6")
     return parser.parse_args(argv)
@@ -345,23 +346,29 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.print_settings:
+        print(SETTINGS_HEADER + describe(CurateSettings))
+        return 0
+    if not args.output:
+        print("error: --output DIR is required", file=sys.stderr)
+        return 2
     overrides = [*args.overrides, *([f"input.paths={json.dumps(args.input)}"] if args.input else [])]
     try:
-        config = load_config(args.config, overrides)
-        resolve_inputs(config)  # fail fast on a bad snapshot name, an unreachable URL, no input
-        enabled = model_stages(config)  # … and on a model path that is not there
-    except (ValueError, KeyError, FileNotFoundError, ConnectionError) as error:
+        settings = load_settings(CurateSettings, args.config, overrides)
+        resolve_inputs(settings.input)  # fail fast on a bad snapshot name, an unreachable URL, no input
+        enabled = model_stages(settings)  # … and on a model path that is not there
+    except (SettingsError, ValueError, FileNotFoundError, ConnectionError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     output = Path(args.output)
     spark = spark_session("ccurate-curate", master=args.master, log_file=output / "logs" / "spark.log")
     try:
-        stats = run(spark, config, output, enabled)
+        stats = run(spark, settings, output, enabled)
     finally:
         spark.stop()
     print_summary(stats, output)
     failed_share = len(stats["failed_segments"]) / max(1, stats["inputs"])
-    return 1 if failed_share > config["run"]["max_failed_share"] else 0
+    return 1 if failed_share > settings.run.max_failed_share else 0
 
 
 def print_summary(stats: dict, output: Path) -> None:

@@ -15,14 +15,8 @@ One process: a sample of a snapshot is enough for percentiles (CCNet used a samp
 
 from __future__ import annotations
 
-import os
+
 import sys
-
-if __package__ in (None, ""):  # `spark-submit jobs/cutoffs.py` runs this file as a script: before any
-    # other import, put the repository root on the path instead of jobs/ (its tokenize.py would
-    # shadow the standard library's).
-    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 import argparse
 import datetime as dt
 import gzip
@@ -34,6 +28,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
+from curation.langid import LanguageIdSettings, LanguageIdStage
 from curation.perplexity import CUTOFF_FILE, available_languages, load_model, read_cutoffs, write_cutoffs
 
 
@@ -58,13 +53,12 @@ def read_documents(sources: Iterable[str], lid_model: str | None = None) -> Iter
             archives.append(name)
     if archives:
         from curation.extract import ExtractStage
-        from curation.langid import LanguageIdStage
         from curation.pipeline import run_stages
         from curation.warc import ArchiveReader
 
         reader = ArchiveReader()
         pages = (page for archive in archives for page in reader.read(archive))
-        yield from run_stages(pages, [ExtractStage(), LanguageIdStage(lid_model)])
+        yield from run_stages(pages, [ExtractStage(), LanguageIdStage(LanguageIdSettings(model=lid_model))])
 
 
 def compute_cutoffs(models_dir: str | Path, docs: Iterable[dict], sample: int = 10_000, per_line: bool = False,

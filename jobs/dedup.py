@@ -1,6 +1,6 @@
 """Dedup on Spark: CCNet line dedup and MinHash near-duplicate removal, over the whole input.
 
-    python -m jobs.dedup --input DIR --output DIR [--steps lines,minhash] [--threshold 0.8] …
+    python -m jobs.dedup --input DIR --output DIR [--steps lines,minhash] [minhash.threshold=0.8 …]
     spark-submit jobs/dedup.py --input DIR --output DIR …
 
 Reads any Parquet with `url` and `raw_content`, writes the kept documents as Parquet (zstd) in
@@ -23,18 +23,12 @@ rows with the same url and content are the same document.
 
 from __future__ import annotations
 
-import os
-import sys
-
-if __package__ in (None, ""):  # `spark-submit jobs/dedup.py` runs this file as a script: before any
-    # other import, put the repository root on the path instead of jobs/ (its tokenize.py would
-    # shadow the standard library's).
-    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import argparse
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +37,10 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from curation.dedup_lines import MIN_LENGTH, dedup_document, distinct_hashes
-from curation.minhash import MinHasher, MinHashParams, band_keys, shingle_bytes
+from curation.dedup_lines import MIN_LENGTH, LineDedupSettings, apply_dedup, distinct_hashes
+from curation.extract import ExtractSettings
+from curation.minhash import MinHasher, MinHashSettings, band_keys, shingle_bytes
+from curation.settings import SettingsError, load_settings, section
 
 log = logging.getLogger("dedup")
 
@@ -80,35 +76,24 @@ def _line_hashes_fn(scope_cols: list[str]):
     return fn
 
 
+DEDUP_FIELDS = ("raw_content", "length", "nlines", "original_length", "original_nlines")
+
+
 def _apply_lines_fn(min_length: int, out_names: list[str]):
+    """Each document rewritten by `apply_dedup` (the rules' one place) with its duplicated hashes."""
     def fn(batches):
         for batch in batches:
             cols = {name: batch.column(name) for name in batch.schema.names}
-            texts = cols["raw_content"].to_pylist()
-            dups = cols["_dups"].to_pylist()
-            short = cols["_short"].to_pylist()
-            orig_len = cols["original_length"].to_pylist()
-            orig_nl = cols["original_nlines"].to_pylist()
-            new_text, length, nlines, removed, reason = [], [], [], [], []
-            for i, text in enumerate(texts):
-                text = text or ""
-                if orig_len[i] is None:
-                    orig_len[i] = len(text)
-                if orig_nl[i] is None:
-                    orig_nl[i] = len(text.split("\n"))
-                if short[i]:
-                    new_text.append(text), length.append(len(text)), nlines.append(len(text.split("\n")))
-                    removed.append(0), reason.append("too_short")
-                    continue
-                t, n, r = dedup_document(text, set(dups[i] or ()))
-                new_text.append(t), length.append(len(t)), nlines.append(n), removed.append(r)
-                reason.append("empty" if not t.strip() else "too_short" if len(t) < min_length else None)
-            cols.update(raw_content=pa.array(new_text, cols["raw_content"].type),
-                        length=pa.array(length, pa.int64()), nlines=pa.array(nlines, pa.int64()),
-                        original_length=pa.array(orig_len, pa.int64()),
-                        original_nlines=pa.array(orig_nl, pa.int64()),
-                        _lines_removed=pa.array(removed, pa.int64()),
-                        _drop_reason=pa.array(reason, pa.string()))
+            docs = batch.select(list(DEDUP_FIELDS)).to_pylist()
+            new = {name: [] for name in (*DEDUP_FIELDS, "_lines_removed", "_drop_reason")}
+            for doc, dups in zip(docs, cols["_dups"].to_pylist()):
+                out, reason, removed = apply_dedup(doc, set(dups or ()), min_length)
+                for name in DEDUP_FIELDS:
+                    new[name].append(out[name])
+                new["_lines_removed"].append(removed)
+                new["_drop_reason"].append(reason)
+            cols.update({name: pa.array(values, pa.string() if name in ("raw_content", "_drop_reason") else pa.int64())
+                         for name, values in new.items()})
             yield pa.RecordBatch.from_arrays([cols[n] for n in out_names], names=out_names)
     return fn
 
@@ -126,6 +111,7 @@ def line_dedup(df: DataFrame, scope: str | list[str] | None = None,
     df = with_doc_id(df)
     for name in ("length", "nlines", "original_length", "original_nlines"):
         df = df.withColumn(name, F.col(name).cast("long") if name in df.columns else F.lit(None).cast("long"))
+    # Short documents contribute no line hashes (`apply_dedup` then drops them as too short).
     df = df.withColumn("_short", F.length(F.coalesce(F.col("raw_content"), F.lit(""))) < min_length)
 
     long_docs = df.where(~F.col("_short")).select(ID, "raw_content", *scope_cols)
@@ -139,10 +125,10 @@ def line_dedup(df: DataFrame, scope: str | list[str] | None = None,
                 .groupBy(ID).agg(F.collect_list("_hash").alias("_dups")))
     joined = df.join(doc_dups, on=ID, how="left")
 
-    out_fields = [f for f in joined.schema.fields if f.name != "_dups"]
+    out_fields = [f for f in joined.schema.fields if f.name not in ("_dups", "_short")]
     out_fields += [T.StructField("_lines_removed", T.LongType()), T.StructField("_drop_reason", T.StringType())]
     out_schema = T.StructType(out_fields)
-    result = joined.mapInArrow(_apply_lines_fn(min_length, out_schema.names), out_schema).persist()
+    result = joined.drop("_short").mapInArrow(_apply_lines_fn(min_length, out_schema.names), out_schema).persist()
 
     rows = (result.groupBy("_drop_reason")
             .agg(F.count(F.lit(1)).alias("docs"), F.sum("original_nlines").alias("lines_in"),
@@ -158,7 +144,7 @@ def line_dedup(df: DataFrame, scope: str | list[str] | None = None,
             stats["dropped"][row["_drop_reason"]] = row["docs"]
     hashes.unpersist()
     stats["seconds"] = time.perf_counter() - started
-    kept = result.where(F.col("_drop_reason").isNull()).drop("_short", "_lines_removed", "_drop_reason")
+    kept = result.where(F.col("_drop_reason").isNull()).drop("_lines_removed", "_drop_reason")
     return kept, stats
 
 
@@ -166,7 +152,7 @@ def line_dedup(df: DataFrame, scope: str | list[str] | None = None,
 # MinHash
 
 
-def _band_keys_fn(params: MinHashParams):
+def _band_keys_fn(params: MinHashSettings):
     def fn(batches):
         hasher = MinHasher(params.num_perm, params.seed, params.ngram)
         for batch in batches:
@@ -235,14 +221,13 @@ def connected_components(edges: DataFrame, max_iterations: int = 64) -> tuple[Da
     return nodes, iteration
 
 
-def minhash_clusters(df: DataFrame, ngram: int = 5, num_perm: int = 128, threshold: float = 0.8,
-                     bands: int | None = None, rows: int | None = None, seed: int = 1,
-                     verify: bool = True) -> tuple[DataFrame, dict]:
+def minhash_clusters(df: DataFrame, settings: MinHashSettings = MinHashSettings()) -> tuple[DataFrame, dict]:
     """Every document of `df` with `minhash_cluster` (long: the smallest `_doc_id` of its connected
     component) and `minhash_cluster_size`. Members of an LSH bucket are linked to the bucket's
     smallest `_doc_id`; with `verify`, only when their signatures agree on ≥ threshold of values.
     Same semantics as curation.minhash.local_clusters. Returns (DataFrame, partial stats)."""
-    params = MinHashParams(ngram, num_perm, seed, threshold, bands, rows).resolved()
+    params = settings.resolved()
+    verify = params.verify
     df = with_doc_id(df)
     band_schema = T.StructType([T.StructField(ID, T.LongType()), T.StructField("_band", T.IntegerType()),
                                 T.StructField("_key", T.BinaryType()),
@@ -274,9 +259,7 @@ def minhash_clusters(df: DataFrame, ngram: int = 5, num_perm: int = 128, thresho
     return clustered, stats
 
 
-def minhash_dedup(df: DataFrame, ngram: int = 5, num_perm: int = 128, threshold: float = 0.8,
-                  bands: int | None = None, rows: int | None = None, seed: int = 1,
-                  keep: str = "perplexity", verify: bool = True,
+def minhash_dedup(df: DataFrame, settings: MinHashSettings = MinHashSettings(),
                   drop_duplicates: bool = True) -> tuple[DataFrame, dict]:
     """MinHash LSH near-duplicate removal across `df` (see `minhash_clusters`): keeps one document
     per cluster, with its `minhash_cluster` and `minhash_cluster_size`: the lowest `perplexity`
@@ -285,12 +268,10 @@ def minhash_dedup(df: DataFrame, ngram: int = 5, num_perm: int = 128, threshold:
     {"near_duplicate"}, "clusters" (of size > 1), "cluster_sizes": {size: clusters}, "bands",
     "rows", "ngram", "num_perm", "threshold", "verify", "cc_iterations", "seconds"}.
     With drop_duplicates=False, every document comes back with a boolean `minhash_keep` instead."""
-    if keep not in ("perplexity", "id"):
-        raise ValueError(f"keep must be 'perplexity' or 'id', not {keep!r}")
     started = time.perf_counter()
-    clustered, stats = minhash_clusters(df, ngram, num_perm, threshold, bands, rows, seed, verify)
+    clustered, stats = minhash_clusters(df, settings)
     order = []
-    if keep == "perplexity" and "perplexity" in clustered.columns:
+    if settings.keep == "perplexity" and "perplexity" in clustered.columns:
         order.append(F.col("perplexity").asc_nulls_last())
     order += [F.col("url").asc_nulls_last(), F.col("raw_content").asc_nulls_last(), F.col(ID)]
     ranked = clustered.withColumn("_rank", F.row_number().over(Window.partitionBy("minhash_cluster").orderBy(*order)))
@@ -312,23 +293,32 @@ def minhash_dedup(df: DataFrame, ngram: int = 5, num_perm: int = 128, threshold:
 # CLI
 
 
+@dataclass(frozen=True)
+class DedupSettings:
+    """Settings of `jobs.dedup`: the length floor, line dedup and MinHash."""
+    extract: ExtractSettings = section(ExtractSettings)
+    line_dedup: LineDedupSettings = section(LineDedupSettings)
+    minhash: MinHashSettings = section(MinHashSettings)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", required=True, help="Parquet file or directory with url, raw_content")
     parser.add_argument("--output", required=True, help="output directory (Parquet + stats.json)")
     parser.add_argument("--steps", default="lines,minhash", help="comma list of: lines, minhash")
     parser.add_argument("--scope", default=None, help="column(s) bounding line dedup scope, comma separated")
-    parser.add_argument("--min-length", type=int, default=MIN_LENGTH)
-    parser.add_argument("--ngram", type=int, default=5)
-    parser.add_argument("--num-perm", type=int, default=128)
-    parser.add_argument("--threshold", type=float, default=0.8)
-    parser.add_argument("--bands", type=int, default=None)
-    parser.add_argument("--rows", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--keep", choices=["perplexity", "id"], default="perplexity")
-    parser.add_argument("--no-verify", action="store_true", help="link LSH candidates without checking signatures")
     parser.add_argument("--master", default=None, help="local mode master (default local[*])")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="settings, e.g. minhash.threshold=0.85 extract.min_length=200 minhash.keep=id")
     args = parser.parse_args(argv)
+    steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    unknown = set(steps) - {"lines", "minhash"}
+    if unknown:
+        parser.error(f"unknown steps: {sorted(unknown)}")
+    try:
+        settings = load_settings(DedupSettings, None, args.overrides)
+    except SettingsError as error:
+        parser.error(str(error))
 
     from jobs.spark import spark_session
 
@@ -338,16 +328,11 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     df = spark.read.parquet(args.input)
     stats: dict = {}
-    steps = [s.strip() for s in args.steps.split(",") if s.strip()]
-    unknown = set(steps) - {"lines", "minhash"}
-    if unknown:
-        parser.error(f"unknown steps: {sorted(unknown)}")
     if "lines" in steps:
         scope = args.scope.split(",") if args.scope else None
-        df, stats["line_dedup"] = line_dedup(df, scope=scope, min_length=args.min_length)
+        df, stats["line_dedup"] = line_dedup(df, scope=scope, min_length=settings.extract.min_length)
     if "minhash" in steps:
-        df, stats["minhash_dedup"] = minhash_dedup(df, args.ngram, args.num_perm, args.threshold, args.bands,
-                                                   args.rows, args.seed, args.keep, not args.no_verify)
+        df, stats["minhash"] = minhash_dedup(df, settings.minhash)
     df.drop(ID).write.mode("overwrite").option("compression", "zstd").parquet(str(output / "data"))
     stats["seconds"] = time.perf_counter() - started
     (output / "stats.json").write_text(json.dumps(stats, indent=2))

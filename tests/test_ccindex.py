@@ -151,7 +151,7 @@ def test_fetch_pages_counts_misses_and_bounds_concurrency(mirror):
 def test_training_takes_positives_from_the_cc_index(mirror, shared_data, tmp_path):
     """Path b inside `jobs.train_wikiref`: an article citing pages that the (mirrored) index has;
     the pages are range-fetched, extracted and language-identified, and no fallback is needed."""
-    from jobs.train_wikiref import train
+    from jobs.train_wikiref import WikirefTrainingSettings, train
 
     cited = sorted(u for u, rows in mirror["index"].items()
                    if rows[0]["status"] == "200" and "web-pages-00000" in rows[0]["filename"])
@@ -161,7 +161,7 @@ def test_training_takes_positives_from_the_cc_index(mirror, shared_data, tmp_pat
     output = tmp_path / "model"
     manifest = train([str(article)], [str(shared_data / "wet" / "CC-MAIN-2019-30-697-docs.warc.wet.gz")], output,
                      cc_index=mirror["endpoint"], cc_data=mirror["base"], log=lambda m: None,
-                     settings={"min_positives": 20, "retries": 3, "backoff": 0.01})
+                     settings=WikirefTrainingSettings(min_positives=20, retries=3, backoff=0.01))
     positives = manifest["positives"]
     assert positives["used"] == ["cc_index"] and not positives["wikipedia_fallback"]
     assert manifest["cc_index_fetch"]["fetched"] == len(cited) == 50

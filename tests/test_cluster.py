@@ -71,9 +71,9 @@ def standalone_cluster(tmp_path_factory):
             process.wait(timeout=60)
 
 
-@pytest.mark.parametrize("job", ["curate", "dedup", "cutoffs", "train_lm", "train_wikiref", "tokenize"])
+@pytest.mark.parametrize("job", ["curate", "dedup", "cutoffs", "train_lm", "train_wikiref", "shards"])
 def test_every_job_runs_as_a_script(job):
-    # Run as a script, jobs/ comes first on sys.path, where jobs/tokenize.py would shadow the standard library's.
+    # Run as a script, jobs/ comes first on sys.path, where jobs/shards.py would shadow the standard library's.
     result = subprocess.run([sys.executable, f"jobs/{job}.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode == 0 and "usage:" in result.stdout, result.stderr[-2000:]
 
@@ -108,7 +108,7 @@ def test_shard_job_on_the_standalone_cluster(standalone_cluster, shared_data, tm
     submit = subprocess.run(
         [SPARK_HOME / "bin" / "spark-submit", "--master", master, "--executor-memory", "1g",
          "--conf", f"spark.pyspark.python={BIN / 'python'}", "--py-files", str(REPO_ROOT / "dist/ccurate.zip"),
-         str(REPO_ROOT / "jobs/tokenize.py"), "--input", str(tmp_path / "curated"),
+         str(REPO_ROOT / "jobs/shards.py"), "--input", str(tmp_path / "curated"),
          "--tokenizer", str(tmp_path / "tokenizer"), "--output", str(tmp_path / "shards"), "--shard-tokens", "200000"],
         cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]

@@ -6,8 +6,8 @@ import subprocess
 
 import pyarrow.parquet as pq
 
+from curation.settings import load_settings
 from jobs import curate
-from jobs.config import CONFIG_DIR, load_config
 
 # Whatever models/ this checkout holds: these runs cover the stages without models (the snapshot
 # tests run with trained models).
@@ -17,13 +17,13 @@ NO_MODELS = {"perplexity": False, "wikiref": False}
 def test_curate_job_writes_parquet_by_language_and_stats(spark, shared_data, tmp_path):
     inputs = [str(shared_data / "warc/CC-MAIN-2020-34-excerpt.warc.gz"),
               str(shared_data / "wet/CC-MAIN-2019-30-697-docs.warc.wet.gz")]
-    config = load_config(CONFIG_DIR / "curate.yaml", [f"input.paths={json.dumps(inputs)}"])
+    config = load_settings(curate.CurateSettings, None, [f"input.paths={json.dumps(inputs)}"])
     stats = curate.run(spark, config, tmp_path / "run", NO_MODELS)
 
     table = pq.read_table(tmp_path / "run" / "curated").to_pandas()
     assert (tmp_path / "run" / "curated" / "language=en" / "bucket=all").is_dir()  # no KenLM model here
     assert len(table) == stats["documents_out"]
-    assert set(curate.CURATED_SCHEMA.fieldNames()) - {"language", "bucket"} <= set(table.columns)
+    assert set(curate.ANNOTATED.names) - {"language", "bucket"} <= set(table.columns)
     assert table["url"].is_unique
     assert (table["length"] == table["raw_content"].str.len()).all()
     assert (table["length"] <= table["original_length"]).all() and (table["length"] >= 300).all()
@@ -50,8 +50,8 @@ def test_curate_job_writes_parquet_by_language_and_stats(spark, shared_data, tmp
 
 
 def test_report_opens_in_headless_chromium_with_its_plots(spark, shared_data, tmp_path):
-    config = load_config(CONFIG_DIR / "curate.yaml",
-                         [f"input.paths={json.dumps([str(shared_data / 'warc/web-pages-00000.warc.gz')])}"])
+    config = load_settings(curate.CurateSettings, None,
+                           [f"input.paths={json.dumps([str(shared_data / 'warc/web-pages-00000.warc.gz')])}"])
     stats = curate.run(spark, config, tmp_path / "run", NO_MODELS)
     report = tmp_path / "run" / "report.html"
     assert stats["report"] == str(report)

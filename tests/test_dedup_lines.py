@@ -129,8 +129,8 @@ def test_cli(spark, shared_data, tmp_path):
     stats = main(["--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "out"),
                   "--steps", "minhash", "--master", "local[2]"])
     written = pq.read_table(tmp_path / "out" / "data").to_pylist()
-    assert json.loads((tmp_path / "out" / "stats.json").read_text())["minhash_dedup"]["in"] == len(docs) + 1
-    assert stats["minhash_dedup"]["out"] == len(written) <= len(docs)
+    assert json.loads((tmp_path / "out" / "stats.json").read_text())["minhash"]["in"] == len(docs) + 1
+    assert stats["minhash"]["out"] == len(written) <= len(docs)
     assert {"minhash_cluster", "minhash_cluster_size", "url", "raw_content"} <= set(written[0])
     assert "_doc_id" not in written[0]
     urls = {d["url"] for d in written}

@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from curation.extract import ExtractStage, decode_html
+from curation.extract import ExtractSettings, ExtractStage, decode_html
 from curation.langid import LanguageIdStage, LanguageIdentifier
 from curation.pipeline import run_stages
 from curation.warc import ArchiveReader, cc_segment
@@ -15,7 +15,7 @@ WET_697 = "wet/CC-MAIN-2019-30-697-docs.warc.wet.gz"
 
 
 def curate(path, min_length=300):
-    reader, stages = ArchiveReader(), [ExtractStage(min_length), LanguageIdStage()]
+    reader, stages = ArchiveReader(), [ExtractStage(ExtractSettings(min_length)), LanguageIdStage()]
     docs = list(run_stages(reader.read(str(path)), stages))
     return docs, reader, stages
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from datasketch import MinHash, MinHashLSH
 
-from curation.minhash import (MinHashDedupStage, MinHasher, MinHashParams, local_clusters,
+from curation.minhash import (MinHashDedupStage, MinHasher, MinHashSettings, local_clusters,
                               optimal_bands_rows, shingles)
-from tests.near_duplicates import cluster_pairs, make_corpus, precision_recall, real_texts, truth_pairs
+from bench.corpus import cluster_pairs, make_corpus, precision_recall, real_texts, truth_pairs
 
 DUP_TARGETS = (1.0, 0.97, 0.95, 0.92)
 
@@ -71,7 +71,7 @@ def test_corpus_has_known_similarities(corpus):
 
 
 def test_precision_recall_local(corpus, truth):
-    predicted = cluster_pairs(local_clusters([d["raw_content"] for d in corpus], MinHashParams(threshold=0.8)))
+    predicted = cluster_pairs(local_clusters([d["raw_content"] for d in corpus], MinHashSettings(threshold=0.8)))
     precision, recall = precision_recall(predicted, truth)
     print(f"local: {len(truth)} true pairs, {len(predicted)} predicted, precision {precision:.3f}, recall {recall:.3f}")
     assert precision >= 0.95 and recall >= 0.95
@@ -84,7 +84,7 @@ def test_spark_equals_local_and_meets_targets(spark, corpus, truth):
     docs = [{**d, "_doc_id": i, "perplexity": float(rng.randrange(50, 500))} for i, d in enumerate(corpus)]
     df = spark.createDataFrame(docs).repartition(3)
 
-    audited, stats = minhash_dedup(df, keep="perplexity", drop_duplicates=False)
+    audited, stats = minhash_dedup(df, MinHashSettings(keep="perplexity"), drop_duplicates=False)
     rows = {r["_doc_id"]: r for r in audited.select("_doc_id", "url", "perplexity", "minhash_cluster",
                                                     "minhash_cluster_size", "minhash_keep").collect()}
     labels = [rows[i]["minhash_cluster"] for i in range(len(docs))]
@@ -93,7 +93,7 @@ def test_spark_equals_local_and_meets_targets(spark, corpus, truth):
     assert precision >= 0.95 and recall >= 0.95
 
     kept = [r for r in rows.values() if r["minhash_keep"]]
-    local = list(MinHashDedupStage(use_perplexity=True, id_field="_doc_id")(docs))
+    local = list(MinHashDedupStage(MinHashSettings(keep="perplexity"), id_field="_doc_id")(docs))
     assert sorted((r["url"], r["minhash_cluster"], r["minhash_cluster_size"]) for r in kept) == \
         sorted((d["url"], d["minhash_cluster"], d["minhash_cluster_size"]) for d in local)
     assert stats["in"] == len(docs) and stats["out"] == len(local)
@@ -116,7 +116,7 @@ def test_keep_first_by_url_without_perplexity(spark):
             {"url": "https://z.example/", "raw_content": " ".join(f"other{i}" for i in range(200))}]
     from jobs.dedup import minhash_dedup
 
-    kept, stats = minhash_dedup(spark.createDataFrame(docs), keep="id")
+    kept, stats = minhash_dedup(spark.createDataFrame(docs), MinHashSettings(keep="id"))
     assert sorted((r["url"], r["minhash_cluster_size"]) for r in kept.collect()) == \
         [("https://a.example/", 3), ("https://z.example/", 1)]
     assert stats["cluster_sizes"] == {"1": 1, "3": 1}

@@ -17,7 +17,7 @@ import sentencepiece as spm
 
 from curation import perplexity as ppl
 from curation.normalize import normalize
-from curation.perplexity import PerplexityStage, bucket, load_cutoffs, read_cutoffs, write_cutoffs
+from curation.perplexity import PerplexitySettings, PerplexityStage, bucket, load_cutoffs, read_cutoffs, write_cutoffs
 from curation.pipeline import run_stages
 from curation.wikipedia import read_articles
 from jobs.train_lm import train_language
@@ -206,7 +206,7 @@ def test_stage_adds_perplexity_and_bucket(lm_dir, shared_data, tmp_path):
             {"raw_content": "Keilwellen übertragen große Drehmomente.", "language": "de"},
             {"raw_content": "xyz", "language": "xx"},
             {"raw_content": "no language field"}]
-    stage = PerplexityStage(models)
+    stage = PerplexityStage(PerplexitySettings(str(models)))
     out = list(run_stages([dict(d) for d in docs], [stage]))
     assert [d["raw_content"] for d in out] == [d["raw_content"] for d in docs]
     assert all(isinstance(d["perplexity"], float) for d in out)
@@ -219,12 +219,12 @@ def test_stage_adds_perplexity_and_bucket(lm_dir, shared_data, tmp_path):
     assert [d["bucket"] for d in out[3:]] == ["all", "all"] and out[3]["perplexity"] == -1.0
     assert stage.stats["in"] == stage.stats["out"] == 5 and stage.stats["no_model"] == 2
 
-    per_line = list(PerplexityStage(models, per_line=True)([{"raw_content": wiki[0], "language": "en"}]))
+    per_line = list(PerplexityStage(PerplexitySettings(str(models), per_line=True))([{"raw_content": wiki[0], "language": "en"}]))
     assert per_line[0]["perplexity"] == ppl.load_model(models, "en").perplexity(wiki[0], per_line=True)
 
     # Without cutoffs beside the models, every scored document is in `all`.
     ppl.clear_cache()
-    out = list(PerplexityStage(lm_dir)([{"raw_content": wiki[0], "language": "en"}]))
+    out = list(PerplexityStage(PerplexitySettings(str(lm_dir)))([{"raw_content": wiki[0], "language": "en"}]))
     assert out[0]["bucket"] == "all" and out[0]["perplexity"] > 0
 
 
@@ -254,7 +254,7 @@ def test_cutoffs_from_web_documents_and_score_cli(lm_dir, shared_data, tmp_path)
     assert set(manifest["languages"]) == {"en", "de", "zh"}
 
     docs = [d for d in cutoffs_job.read_documents([wet]) if d["language"] == "en"]
-    out = list(PerplexityStage(models)(docs))
+    out = list(PerplexityStage(PerplexitySettings(str(models)))(docs))
     counts = {b: sum(d["bucket"] == b for d in out) for b in ("head", "middle", "tail")}
     assert len(out) == 210 and abs(counts["head"] - 63) <= 3 and abs(counts["middle"] - 63) <= 3
 

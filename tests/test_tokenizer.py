@@ -16,28 +16,14 @@ import pyarrow.parquet as pq
 import pytest
 import sentencepiece as spm
 
-from jobs import tokenize
+from bench.corpus import real_documents
+from jobs import shards as shard_job
 from tokenizer import encode, train
 from tokenizer.shards import ShardReader, tokenizer_hash
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VOCAB = 4000  # small enough to train in seconds; CJK needs coverage below the default to fit it
 COVERAGE = 0.99
-
-
-def real_documents(shared_data: Path) -> dict[str, list[str]]:
-    """Documents by language: Botchan and Wagahai wa Neko de Aru cut into runs of paragraphs,
-    and the CMRC 2018 Chinese Wikipedia passages."""
-    docs = {}
-    for lang, name, per_doc in (("en", "botchan.en.txt", 12), ("ja", "wagahaiwa_nekodearu.ja.txt", 40)):
-        lines = (shared_data / "text" / name).read_text(encoding="utf-8").split("\n")
-        docs[lang] = ["\n".join(lines[i:i + per_doc]) for i in range(0, len(lines), per_doc)]
-    zh = []
-    for name in ("cmrc2018_trial.json", "cmrc2018_dev.json"):
-        for article in json.loads((shared_data / "wikipedia" / "zh" / name).read_text(encoding="utf-8"))["data"]:
-            zh.extend(p["context"] for p in article["paragraphs"])
-    docs["zh"] = zh
-    return {lang: [d for d in texts if d.strip()] for lang, texts in docs.items()}
 
 
 def write_curated(shared_data: Path, root: Path) -> dict[str, list[str]]:
@@ -195,7 +181,7 @@ JOB = dict(seed=7, val_fraction=0.1, shard_tokens=150_000)
 @pytest.fixture(scope="module")
 def shards(spark, curated, model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("shards")
-    stats = tokenize.run(spark, str(curated[0]), model_dir, out, **JOB)
+    stats = shard_job.run(spark, str(curated[0]), model_dir, out, **JOB)
     return out, stats
 
 
@@ -237,7 +223,7 @@ def test_shards_decode_back_to_the_input(shards, curated, model_dir):
 def test_rerun_and_restart_give_identical_bytes(spark, shards, curated, model_dir, tmp_path):
     first, _ = shards
     second = tmp_path / "second"
-    tokenize.run(spark, str(curated[0]), model_dir, second, **JOB)
+    shard_job.run(spark, str(curated[0]), model_dir, second, **JOB)
     assert shard_bytes(second) == shard_bytes(first)
 
     # A run killed midway: one shard never written, one with its .bin renamed but not its .idx,
@@ -247,7 +233,7 @@ def test_rerun_and_restart_give_identical_bytes(spark, shards, curated, model_di
     (second / "train-00002.idx").unlink()
     (second / "train-00000.bin.tmp4242").write_bytes(b"half a shard")
     kept = (second / "train-00000.bin").stat().st_mtime_ns
-    stats = tokenize.run(spark, str(curated[0]), model_dir, second, **JOB)
+    stats = shard_job.run(spark, str(curated[0]), model_dir, second, **JOB)
     assert stats["shards_written"] == ["train-00001", "train-00002"]
     plan = json.loads((second / "plan.json").read_text())
     needed = {u for shard in plan["shards"] if shard["name"] in ("train-00001", "train-00002") for u, _ in shard["units"]}
@@ -258,7 +244,7 @@ def test_rerun_and_restart_give_identical_bytes(spark, shards, curated, model_di
     assert json.loads((second / "stats.json").read_text())["splits"] == json.loads((first / "stats.json").read_text())["splits"]
 
     with pytest.raises(ValueError, match="other settings"):
-        tokenize.run(spark, str(curated[0]), model_dir, second, **{**JOB, "seed": 8})
+        shard_job.run(spark, str(curated[0]), model_dir, second, **{**JOB, "seed": 8})
 
 
 def descendants(pid: int) -> list[int]:
@@ -278,16 +264,16 @@ def descendants(pid: int) -> list[int]:
 
 
 def test_killed_run_resumes_to_identical_bytes(spark, curated, model_dir, tmp_path):
-    """`python -m jobs.tokenize` killed with SIGKILL while it encodes, then run again."""
+    """`python -m jobs.shards` killed with SIGKILL while it encodes, then run again."""
     small_row_groups = tmp_path / "curated"
     for path in sorted(curated[0].rglob("*.parquet")):  # the same documents, 16 a row group: 100 units
         target = small_row_groups / path.relative_to(curated[0])
         target.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pq.read_table(path), target, row_group_size=16, compression="zstd")
     reference = tmp_path / "reference"
-    units = tokenize.run(spark, str(small_row_groups), model_dir, reference, **JOB)["units"]["total"]
+    units = shard_job.run(spark, str(small_row_groups), model_dir, reference, **JOB)["units"]["total"]
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "jobs.tokenize", "--input", str(small_row_groups), "--tokenizer", str(model_dir),
+    command = [sys.executable, "-m", "jobs.shards", "--input", str(small_row_groups), "--tokenizer", str(model_dir),
                "--output", str(out), "--master", "local[2]", *(f"--{k.replace('_', '-')}={v}" for k, v in JOB.items())]
     job = subprocess.Popen(command, cwd=REPO_ROOT, start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -299,7 +285,7 @@ def test_killed_run_resumes_to_identical_bytes(spark, curated, model_dir, tmp_pa
     job.wait()
     done_before = len(list((out / "parts").glob("*.json")))
     assert units == 100 and 1 <= done_before < units and "shards" not in json.loads((out / "plan.json").read_text())
-    stats = tokenize.run(spark, str(small_row_groups), model_dir, out, **JOB)
+    stats = shard_job.run(spark, str(small_row_groups), model_dir, out, **JOB)
     assert stats["units"]["encoded"] == units - done_before
     assert shard_bytes(out) == shard_bytes(reference)
     assert not list(out.glob("*.tmp*")) and not (out / "parts").exists()
@@ -309,7 +295,7 @@ def test_row_groups_are_units_and_empty_documents_are_counted(spark, curated, mo
     texts = curated[1]["en"][:200]
     table = pa.table({"raw_content": texts + ["", None], "language": ["en"] * 100 + [None] * 100 + ["en", "en"]})
     pq.write_table(table, tmp_path / "plain.parquet", row_group_size=50)
-    stats = tokenize.run(spark, str(tmp_path / "plain.parquet"), model_dir, tmp_path / "out", seed=1,
+    stats = shard_job.run(spark, str(tmp_path / "plain.parquet"), model_dir, tmp_path / "out", seed=1,
                          val_fraction=0.2, shard_tokens=10**9, add_bos=False, add_eos=False)
     assert [u["rows"] for u in json.loads((tmp_path / "out" / "plan.json").read_text())["units"]] == [50, 50, 50, 50, 2]
     assert stats["empty_documents"] == 2

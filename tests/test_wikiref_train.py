@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from curation.extract import ExtractStage
+from curation.extract import ExtractSettings, ExtractStage
 from curation.pipeline import run_stages
 from curation.warc import ArchiveReader
-from curation.wikiref import WikirefStage, article_passages, load_model, reference_probabilities
-from jobs.train_wikiref import TooFewPositives, roc_auc, train
+from curation.wikiref import WikirefSettings, WikirefStage, article_passages, load_model, reference_probabilities
+from jobs.train_wikiref import TooFewPositives, WikirefTrainingSettings, roc_auc, train
 
 REPO = Path(__file__).resolve().parent.parent
 HELD_OUT_ARTICLES = ("Bodmin", "Chemical-biology", "Elizabeth-Gilbert", "Goryeo-ware", "Bazooka",
@@ -33,7 +33,7 @@ def training_inputs(shared_data):
 def trained(shared_data, tmp_path_factory):
     articles, pages = training_inputs(shared_data)
     output = tmp_path_factory.mktemp("wikiref")
-    manifest = train(articles, pages, output, allow_fallback=True, settings={"seed": 1},
+    manifest = train(articles, pages, output, allow_fallback=True, settings=WikirefTrainingSettings(seed=1),
                      log=lambda m: None)
     return output, manifest
 
@@ -76,11 +76,11 @@ def test_ranks_unseen_wikipedia_text_above_cc_spam(trained, shared_data):
 
 def test_stage_scores_every_document_and_never_drops(trained, shared_data):
     output, _ = trained
-    docs = list(run_stages(ArchiveReader().read(str(shared_data / "warc" / SPAM)), [ExtractStage(min_length=0)]))
+    docs = list(run_stages(ArchiveReader().read(str(shared_data / "warc" / SPAM)), [ExtractStage(ExtractSettings(min_length=0))]))
     docs.append({"url": "wiki", "raw_content": article_passages(
         (shared_data / "wikipedia" / "wikitext" / "Bodmin.txt").read_text())[1]})
     docs.append({"url": "empty", "raw_content": ""})
-    stage = WikirefStage(output / "wikiref.bin", threshold=0.25, batch_size=7)
+    stage = WikirefStage(WikirefSettings(str(output / "wikiref.bin"), threshold=0.25), batch_size=7)
     out = list(stage(iter(docs)))
     assert len(out) == len(docs) and stage.stats["in"] == stage.stats["out"] == len(docs)
     assert all(0.0 <= d["wikiref_score"] <= 1.0 for d in out)
@@ -88,7 +88,7 @@ def test_stage_scores_every_document_and_never_drops(trained, shared_data):
     assert out[-2]["wikiref_keep"] and out[-2]["wikiref_score"] > 0.5
     assert stage.stats["below_threshold"] == sum(not d["wikiref_keep"] for d in out)
     # The model is loaded once per process and path.
-    assert WikirefStage(output / "wikiref.bin").model is stage.model
+    assert WikirefStage(WikirefSettings(str(output / "wikiref.bin"))).model is stage.model
 
 
 def test_too_few_positives_stops_with_a_count(shared_data, tmp_path):
@@ -140,7 +140,7 @@ def test_spark_join_on_a_curated_snapshot(spark, shared_data, tmp_path):
     assert not {d["url"] for d in negatives} & set(cited_urls)
 
     manifest = train([str(article)], [], tmp_path / "model", curated=str(curated), spark=spark,
-                     settings={"min_positives": 30}, log=lambda m: None)
+                     settings=WikirefTrainingSettings(min_positives=30), log=lambda m: None)
     assert manifest["positives"]["used"] == ["snapshot_join"]
     assert manifest["positives"]["by_source"]["snapshot_join"] == 40
     assert manifest["split"]["train"]["negative"] + manifest["split"]["held_out"]["negative"] == 40

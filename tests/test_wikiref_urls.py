@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from curation.wikiref import article_passages, cited_url_keys, cited_urls, dump_pages, url_key
+from curation.wikipedia import read_wikitext
+from curation.wikiref import article_passages, cited_url_keys, cited_urls, url_key
 
 REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
 
@@ -68,7 +69,7 @@ def test_all_shared_wikitext(shared_data):
 
 def test_extract_urls_cli_on_xml_dump(shared_data):
     dump = shared_data / "wikipedia" / "en" / "enwiki-pages-articles-sample.xml.bz2"
-    pages = list(dump_pages(dump))
+    pages = list(read_wikitext([dump]))
     assert len(pages) == 2  # 3 pages, one a redirect
     out = subprocess.run([sys.executable, "-m", "curation.wikiref", "extract-urls", str(dump)],
                          capture_output=True, text=True, check=True, cwd=REPO).stdout.split()

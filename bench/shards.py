@@ -1,4 +1,4 @@
-"""Shard-job throughput: `jobs.tokenize` (Spark local[*]: list row groups, read Parquet, encode, write
+"""Shard-job throughput: `jobs.shards` (Spark local[*]: list row groups, read Parquet, encode, write
 parts, assemble shards) vs a bare multithreaded `sp.encode` over the same texts already in memory, in
 tokens/s. The bare call returns numpy arrays, SentencePiece's fastest batch output (lists of Python
 ints take about twice as long, and more memory than a large input leaves).
@@ -10,26 +10,20 @@ The tokenizer (BPE, 8,000 pieces) is trained on one copy first. The Spark sessio
 timing; each job run writes a fresh output directory, so nothing is skipped. Best of BENCH_RUNS
 (default 2) for each side, alternated."""
 
-import sys
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
-# Run as a script, this file's folder comes first on sys.path, where this file would shadow the
-# standard library's `tokenize` (which pyarrow imports): put the repository there instead.
-sys.path[0] = str(Path(__file__).resolve().parent.parent)
+import pyarrow as pa
+import pyarrow.parquet as pq
+import sentencepiece as spm
 
-import os  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import sentencepiece as spm  # noqa: E402
-
-from bench.common import SHARED_DATA, report, timed  # noqa: E402
-from jobs import tokenize  # noqa: E402
-from jobs.spark import spark_session  # noqa: E402
-from tests.test_tokenizer import real_documents  # noqa: E402
-from tokenizer import train  # noqa: E402
+from bench.common import SHARED_DATA, report, timed
+from bench.corpus import real_documents
+from jobs import shards as shard_job
+from jobs.spark import spark_session
+from tokenizer import train
 
 REPEAT = int(os.environ.get("BENCH_REPEAT", "200"))
 RUNS = int(os.environ.get("BENCH_RUNS", "2"))
@@ -63,7 +57,7 @@ def main() -> None:
 
         def job():
             out = work / f"shards-{next(runs)}"
-            stats.append(tokenize.run(spark, str(curated), work / "tokenizer", out, shard_tokens=20_000_000))
+            stats.append(shard_job.run(spark, str(curated), work / "tokenizer", out, shard_tokens=20_000_000))
             assert sum(s["num_tokens"] for s in stats[-1]["splits"].values()) == tokens
             shutil.rmtree(out)
 

@@ -10,6 +10,7 @@ original falls to a target. The truth is the exact Jaccard of every pair, not th
 from __future__ import annotations
 
 import gzip
+import json
 import random
 import re
 from collections import Counter
@@ -164,3 +165,18 @@ def cluster_pairs(labels: list) -> set[tuple[int, int]]:
 def precision_recall(predicted: set, truth: set) -> tuple[float, float]:
     tp = len(predicted & truth)
     return (tp / len(predicted) if predicted else 1.0), (tp / len(truth) if truth else 1.0)
+
+
+def real_documents(shared_data: Path) -> dict[str, list[str]]:
+    """Documents by language: Botchan and Wagahai wa Neko de Aru cut into runs of paragraphs,
+    and the CMRC 2018 Chinese Wikipedia passages."""
+    docs = {}
+    for lang, name, per_doc in (("en", "botchan.en.txt", 12), ("ja", "wagahaiwa_nekodearu.ja.txt", 40)):
+        lines = (shared_data / "text" / name).read_text(encoding="utf-8").split("\n")
+        docs[lang] = ["\n".join(lines[i:i + per_doc]) for i in range(0, len(lines), per_doc)]
+    zh = []
+    for name in ("cmrc2018_trial.json", "cmrc2018_dev.json"):
+        for article in json.loads((shared_data / "wikipedia" / "zh" / name).read_text(encoding="utf-8"))["data"]:
+            zh.extend(p["context"] for p in article["paragraphs"])
+    docs["zh"] = zh
+    return {lang: [d for d in texts if d.strip()] for lang, texts in docs.items()}

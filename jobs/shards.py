@@ -1,4 +1,4 @@
-"""Encode curated Parquet into token shards: `python -m jobs.tokenize --input DIR --tokenizer DIR --output DIR`.
+"""Encode curated Parquet into token shards: `python -m jobs.shards --input DIR --tokenizer DIR --output DIR`.
 
 The steps are those of `tokenizer/encode.py`; Spark runs the two heavy ones: encoding, a task per
 group of units (row groups or row ranges of them), and assembly, a task per shard. Tasks read their
@@ -13,14 +13,8 @@ crosses between the JVM and Python. Every step is resumable:
 
 from __future__ import annotations
 
+
 import os
-import sys
-
-if __package__ in (None, ""):  # `spark-submit jobs/tokenize.py` runs this file as a script: before any
-    # other import, put the repository root on the path instead of jobs/ (this file would shadow the
-    # standard library's tokenize).
-    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 import argparse
 import heapq
 import json

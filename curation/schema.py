@@ -1,0 +1,86 @@
+"""The document schema: every field a document can carry, listed once.
+
+A document is a plain dict (`curation.pipeline`); this module says which keys it may have, their
+Arrow type, the stage that writes each one and what it means. The Parquet schemas of the jobs,
+the report's score columns and the README's column table all come from `FIELDS`; each stage
+declares the fields it writes (`Stage.writes`), and a field no schema knows is an error, never a
+silently dropped column. CCNet's names and meanings are kept (see DESIGN.md); ours follow them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: pa.DataType
+    stage: str  # the stage that writes it
+    meaning: str  # one line, for the README's table and the docs
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("url", pa.string(), "read", "the page's URL (WARC-Target-URI)"),
+    Field("date_download", pa.string(), "read", "when CommonCrawl fetched it (WARC-Date)"),
+    Field("digest", pa.string(), "read", "CommonCrawl's payload digest (sha1:…)"),
+    Field("length", pa.int64(), "extract", "characters of `raw_content` as written (updated by line dedup)"),
+    Field("nlines", pa.int64(), "extract", "lines of `raw_content` as written (updated by line dedup)"),
+    Field("source_domain", pa.string(), "read", "host of `url`"),
+    Field("title", pa.string(), "extract", "the page's title"),
+    Field("raw_content", pa.string(), "extract", "the text, one block a line (after line dedup in `curated/`)"),
+    Field("original_nlines", pa.int64(), "extract", "lines before line dedup"),
+    Field("original_length", pa.int64(), "extract", "characters before line dedup"),
+    Field("cc_segment", pa.string(), "read", "the CommonCrawl file it came from"),
+    Field("language", pa.string(), "langid", "fastText lid.176 top-1 label"),
+    Field("language_score", pa.float64(), "langid", "its probability, rounded to 2 decimals"),
+    Field("perplexity", pa.float64(), "perplexity", "KenLM perplexity on Wikipedia's model (-1: no model)"),
+    Field("bucket", pa.string(), "perplexity", "head / middle / tail by the language's p30/p60 (all: no model)"),
+    Field("wikiref_score", pa.float64(), "wikiref", "P(page is like those Wikipedia cites), fastText"),
+    Field("wikiref_keep", pa.bool_(), "wikiref", "wikiref_score ≥ wikiref.threshold"),
+    Field("minhash_cluster", pa.int64(), "minhash", "near-duplicate cluster id (its smallest document id)"),
+    Field("minhash_cluster_size", pa.int64(), "minhash", "documents in that cluster before dedup"),
+)
+BY_NAME = {field.name: field for field in FIELDS}
+
+# Phase 1 writes these per segment (reader + extraction); phase 2 adds the rest.
+EXTRACTED = ("url", "date_download", "digest", "length", "nlines", "source_domain", "title", "raw_content",
+             "original_nlines", "original_length", "cc_segment")
+# Numeric columns the report plots (besides `language`), in the order it shows them.
+SCORES = ("length", "perplexity", "bucket", "wikiref_score", "minhash_cluster_size")
+
+
+def arrow_schema(names) -> pa.Schema:
+    """The Arrow schema of these fields, in this order."""
+    return pa.schema([(name, field(name).type) for name in names])
+
+
+def field(name: str) -> Field:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"field {name!r} is not in curation.schema.FIELDS: add it there") from None
+
+
+def ordered(names) -> list[str]:
+    """These fields in the schema's order (checked: all known)."""
+    names = set(names)
+    for name in names:
+        field(name)
+    return [f.name for f in FIELDS if f.name in names]
+
+
+def check_document(doc: dict, internal: frozenset[str] = frozenset()) -> None:
+    """A document with a key the schema does not know (other than the engine's `internal` ones)."""
+    unknown = doc.keys() - BY_NAME.keys() - internal
+    if unknown:
+        raise KeyError(f"document fields {sorted(unknown)} are not in curation.schema.FIELDS: add them there")
+
+
+def markdown_table() -> str:
+    """The README's column table."""
+    rows = ["| column | type | written by | meaning |", "|---|---|---|---|"]
+    rows += [f"| `{f.name}` | {f.type} | {f.stage} | {f.meaning} |" for f in FIELDS]
+    return "\n".join(rows)

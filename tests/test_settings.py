@@ -1,0 +1,109 @@
+"""Typed settings, the document schema and stage timing: one place for each rule."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from curation import schema
+from curation.pipeline import Stage, run_stages
+from curation.settings import SettingsError, load_settings
+from jobs.curate import ANNOTATED, CurateSettings
+from jobs.dedup import DedupSettings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_live_in_the_stage_modules_and_config_file_is_their_listing():
+    settings = load_settings(CurateSettings)
+    assert settings.extract.min_length == 300 and settings.langid.threshold == 0.5
+    assert settings.wikiref.threshold == 0.25 and settings.minhash.num_perm == 128
+    listing = subprocess.run([sys.executable, "-m", "jobs.curate", "--print-settings"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, check=True).stdout
+    assert (REPO_ROOT / "config" / "curate.yaml").read_text() == listing  # regenerate it when this fails
+    assert load_settings(CurateSettings, REPO_ROOT / "config" / "curate.yaml") == settings
+
+
+def test_yaml_file_and_overrides_are_typed(tmp_path):
+    config = tmp_path / "mine.yaml"
+    config.write_text("langid:\n  threshold: 0.6\nminhash:\n  keep: id\ninput:\n  paths: a.warc.gz\n")
+    settings = load_settings(CurateSettings, config, ["input.segments=10", "minhash.threshold=0.9"])
+    assert settings.langid.threshold == 0.6 and settings.minhash.keep == "id"
+    assert settings.input.paths == ["a.warc.gz"] and settings.input.segments == "10"
+    assert settings.minhash.threshold == 0.9 and settings.minhash.ngram == 5
+    assert load_settings(DedupSettings, None, ["extract.min_length=200"]).extract.min_length == 200
+
+
+@pytest.mark.parametrize("override, message", [
+    ("langid.threshold=abc", "langid.threshold='abc': expected a number"),
+    ("langid.threshold=1.5", "langid.threshold=1.5: expected a value in [0, 1]"),
+    ("minhash.keep=random", "minhash.keep='random': expected one of perplexity, id"),
+    ("input.retries=abc", "input.retries='abc': expected an integer"),
+    ("input.retries=2.5", "input.retries=2.5: expected an integer"),
+    ("line_dedup.enabled=maybe", "line_dedup.enabled='maybe': expected true or false"),
+    ("langid.treshold=0.6", "unknown setting langid.treshold"),
+    ("nosuch.key=1", "unknown setting nosuch"),
+    ("langid=3", "langid: a section, expected a mapping"),
+    ("langid.threshold", "expected KEY=VALUE"),
+    ("langid.threshold=[1", "langid.threshold: expected ',' or ']'"),
+])
+def test_a_wrong_value_is_named(override, message):
+    with pytest.raises(SettingsError) as error:
+        load_settings(CurateSettings, None, [override])
+    assert message in str(error.value)
+
+
+def test_job_refuses_bad_settings_with_exit_2_before_spark(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("langid: [unclosed\n")
+    for args in (["langid.threshold=abc"], ["minhash.keep=random"], ["input.retries=abc"], ["--config", str(broken)]):
+        started = time.monotonic()
+        result = subprocess.run([sys.executable, "-m", "jobs.curate", "--output", str(tmp_path / "run"), *args],
+                                cwd=REPO_ROOT, capture_output=True, text=True)
+        assert result.returncode == 2 and result.stderr.startswith("error: "), result.stderr
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 3
+        assert time.monotonic() - started < 20 and not (tmp_path / "run").exists()  # no Spark, nothing written
+    dedup = subprocess.run([sys.executable, "-m", "jobs.dedup", "--input", "x", "--output", str(tmp_path / "d"),
+                            "minhash.num_perm=many"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert dedup.returncode == 2 and "minhash.num_perm='many': expected an integer" in dedup.stderr
+
+
+def test_readme_column_table_is_the_schema():
+    assert schema.markdown_table() in (REPO_ROOT / "README.md").read_text()
+
+
+def test_every_field_a_stage_writes_is_in_the_schema():
+    from jobs.curate import ROW_STAGES
+    from curation.extract import ExtractStage
+    from curation.minhash import MinHashDedupStage
+
+    for stage in (ExtractStage, *ROW_STAGES, MinHashDedupStage):
+        assert stage.writes and set(stage.writes) <= set(schema.BY_NAME), stage
+    assert ANNOTATED.names[:3] == ["url", "date_download", "digest"] and "wikiref_score" in ANNOTATED.names
+    with pytest.raises(KeyError, match="not in curation.schema.FIELDS"):
+        schema.check_document({"url": "u", "c4_keep": True})
+    with pytest.raises(KeyError, match="not in curation.schema.FIELDS"):
+        schema.ordered(["url", "no_such_field"])
+
+
+class Sleeper(Stage):
+    name = "sleeper"
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+
+    def process(self, docs):
+        for doc in docs:
+            time.sleep(self.seconds)
+            yield doc
+
+
+def test_a_stage_times_its_own_work_only():
+    slow, fast = Sleeper(0.02), Sleeper(0.0)
+    docs = list(run_stages(({"i": i} for i in range(20)), [slow, fast]))
+    assert len(docs) == 20 and slow.stats["in"] == fast.stats["out"] == 20
+    assert slow.stats["seconds"] >= 0.4
+    assert fast.stats["seconds"] < 0.05  # not the 0.4 s of the stage before it

@@ -62,8 +62,8 @@ CJK_END_MARKS = ("。", "！", "？")
 ELLIPSIS = "..."
 CITATION_RE = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]")
 POLICY_PHRASES = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
-SENTENCE_END_RE = re.compile(r"[.!?]+[\"'”’»)\]]*(?=\s|$)")
-CJK_SENTENCE_END_RE = re.compile(r"[。！？]+|[.!?]+[\"'”’»)\]]*(?=\s|$)")
+SENTENCE_END_RE = re.compile(r"[.!?][.!?\"'”’»)\]]*(?:\s|$)")
+CJK_SENTENCE_END_RE = re.compile(r"[。！？]+|[.!?][.!?\"'”’»)\]]*(?:\s|$)")
 UNSPACED_LANGUAGES = frozenset({"zh", "ja", "th"})
 BADWORDS_ALLOWLIST = {"ja": frozenset({"sm", "グロ", "女の子"}), "zh": frozenset({"性"})}
 BADWORDS_LANGUAGE = {"tl": "fil"}  # lid.176 says Tagalog where LDNOOBW says Filipino
@@ -116,6 +116,22 @@ def badword_languages() -> frozenset[str]:
                      if entry.is_file() and entry.name not in ("LICENSE", "README.md"))
 
 
+def is_word_char(char: str) -> bool:
+    """What `\\w` matches in a str pattern."""
+    return char.isalnum() or char == "_"
+
+
+def occurs_flanked(text: str, entry: str) -> bool:
+    """`entry` occurs in `text` with no word character right before or after it (C4's `(?:\\W|^)…(?:\\W|$)`)."""
+    start = text.find(entry)
+    while start >= 0:
+        end = start + len(entry)
+        if (start == 0 or not is_word_char(text[start - 1])) and (end == len(text) or not is_word_char(text[end])):
+            return True
+        start = text.find(entry, start + 1)
+    return False
+
+
 @functools.lru_cache(maxsize=None)
 def badword_matcher(language: str) -> Callable[[str], bool] | None:
     """A test `matcher(lowercased_text) -> bool` for the language's list, or None without a list."""
@@ -126,15 +142,25 @@ def badword_matcher(language: str) -> Callable[[str], bool] | None:
     words = {line.strip().lower() for line in listed.splitlines()} - {""}
     words -= BADWORDS_ALLOWLIST.get(language, frozenset())
     if language in UNSPACED_LANGUAGES:
-        return re.compile("|".join(map(re.escape, sorted(words)))).search
-    # A list entry made of word characters only matches exactly a maximal \w+ run of the text, so a set
-    # lookup of those runs gives the flanked regex's answer; the other entries keep the regex.
+        pattern = re.compile("|".join(map(re.escape, sorted(words))))
+        return lambda text: pattern.search(text) is not None
+    # C4 searches `(?:\W|^)(word|…)(?:\W|$)`. An entry made of word characters only matches exactly a
+    # maximal \w+ run of the text, so a set lookup of the text's runs answers for those. Every \w+ run of
+    # the other entries (phrases, entries with punctuation) is also a maximal run where they match, so an
+    # entry is only looked for when its first run is among the text's.
     tokens = frozenset(w for w in words if WORD_RE.fullmatch(w))
-    others = sorted(words - tokens)
-    phrases = re.compile(r"(?:\W|^)(?:{})(?:\W|$)".format("|".join(map(re.escape, others)))).search if others else None
+    by_first_run: dict[str, list[str]] = {}
+    without_run: list[str] = []
+    for entry in sorted(words - tokens):
+        runs = WORD_RE.findall(entry)
+        (by_first_run.setdefault(runs[0], []) if runs else without_run).append(entry)
 
     def matcher(text: str) -> bool:
-        return not tokens.isdisjoint(WORD_RE.findall(text)) or (phrases is not None and phrases(text) is not None)
+        runs = set(WORD_RE.findall(text))
+        if not tokens.isdisjoint(runs):
+            return True
+        candidates = [entry for run in runs.intersection(by_first_run) for entry in by_first_run[run]]
+        return any(occurs_flanked(text, entry) for entry in candidates + without_run)
 
     return matcher
 
@@ -175,7 +201,7 @@ class C4Rules:
             line = line.strip()
             if not line:  # blank lines count for no rule (C4's WET reader never passed them on)
                 continue
-            if max_word and len(line) > max_word and any(len(word) > max_word for word in line.split()):
+            if max_word and len(line) > max_word and max(map(len, line.split())) > max_word:
                 long_word += 1
                 continue
             if s.remove_citations and "[" in line:
@@ -209,7 +235,7 @@ class C4Rules:
             kept_lower.append(lower)
         badword = None
         if has_badword is not None:
-            badword = bool(kept_lower) and bool(has_badword("\n".join(kept_lower)))
+            badword = bool(kept_lower) and has_badword("\n".join(kept_lower))
         keep = bool(kept) and not lorem and not curly and not badword and sentences >= s.min_sentences
         return "\n".join(kept), {
             "c4_lines_removed_long_word": long_word,

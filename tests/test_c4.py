@@ -7,7 +7,17 @@ import re
 
 import pytest
 
-from curation.c4 import C4_FIELDS, C4Rules, C4Settings, C4Stage, badword_languages, badwords_dir
+from curation.c4 import (
+    BADWORDS_ALLOWLIST,
+    C4_FIELDS,
+    UNSPACED_LANGUAGES,
+    C4Rules,
+    C4Settings,
+    C4Stage,
+    badword_languages,
+    badword_matcher,
+    badwords_dir,
+)
 from curation.extract import ExtractStage
 from curation.langid import LanguageIdStage
 from curation.pipeline import merge_stats, nest_counters
@@ -197,6 +207,24 @@ def test_badwords_whole_words_and_languages_without_a_list(docs):
     assert stage.stats["badwords_no_list.uk"] == len(uk)
     assert "badwords_no_list.en" not in stage.stats
     assert nest_counters(stage.stats)["badwords_no_list.uk"] == len(uk)
+
+
+def test_badword_matching_is_c4s_regex(docs):
+    """The matcher (set lookups of word runs, then flanked searches) answers as C4's one regex does."""
+    checked = hits = 0
+    for language in sorted({d["language"] for d in docs} & badword_languages()):
+        words = {w.strip().lower() for w in (badwords_dir() / language).read_text(encoding="utf-8").splitlines()}
+        words -= {""} | BADWORDS_ALLOWLIST.get(language, set())
+        alternatives = "|".join(map(re.escape, words))
+        c4_regex = re.compile(alternatives if language in UNSPACED_LANGUAGES else rf"(?:\W|^)({alternatives})(?:\W|$)")
+        matcher = badword_matcher(language)
+        for doc in docs:
+            if doc["language"] == language:
+                text = doc["raw_content"].lower()
+                assert matcher(text) == bool(c4_regex.search(text)), doc["url"]
+                checked += 1
+                hits += matcher(text)
+    assert checked > 400 and hits > 20
 
 
 def test_annotate_and_filter_agree(docs):

@@ -69,6 +69,7 @@ BADWORDS_ALLOWLIST = {"ja": frozenset({"sm", "グロ", "女の子"}), "zh": froz
 BADWORDS_LANGUAGE = {"tl": "fil"}  # lid.176 says Tagalog where LDNOOBW says Filipino
 WORD_RE = re.compile(r"\w+")
 LINE_REASONS = ("long_word", "punctuation", "short", "javascript", "policy")
+LINE_COUNTERS = tuple((f"c4_lines_removed_{reason}", f"lines_removed.{reason}") for reason in LINE_REASONS)
 
 # The stage's columns: (name, Arrow type, meaning), for the curated schema.
 C4_FIELDS = (
@@ -281,29 +282,28 @@ class C4Stage(Stage):
         self.rules = C4Rules(self.settings)
 
     def process(self, docs: Iterable[dict]) -> Iterator[dict]:
-        apply, stats, filtering = self.rules.apply, self.stats, self.settings.filter
+        apply, stats = self.rules.apply, self.stats
+        filtering, badwords = self.settings.filter, self.settings.badwords
         for doc in docs:
-            text = doc["raw_content"]
             language = doc.get("language")
-            cleaned, signals = apply(text, language)
+            cleaned, signals = apply(doc["raw_content"], language)
             doc.update(signals)
             lines_kept = cleaned.count("\n") + 1 if cleaned else 0
-            stats["lines_in"] += lines_kept
+            lines_in = lines_kept
+            for field, counter in LINE_COUNTERS:
+                if removed := signals[field]:
+                    lines_in += removed
+                    stats[counter] += removed
+            stats["lines_in"] += lines_in
             stats["lines_kept"] += lines_kept
-            for reason in LINE_REASONS:
-                if removed := signals[f"c4_lines_removed_{reason}"]:
-                    stats["lines_in"] += removed
-                    stats[f"lines_removed.{reason}"] += removed
             if signals["c4_citations_removed"]:
                 stats["citations_removed"] += signals["c4_citations_removed"]
-            if self.settings.badwords and signals["c4_badword"] is None:
+            if badwords and signals["c4_badword"] is None:
                 stats[f"badwords_no_list.{language or 'unknown'}"] += 1
             if signals["c4_keep"]:
                 stats["c4_keep"] += 1
                 if filtering:
-                    doc["raw_content"] = cleaned
-                    doc["length"] = len(cleaned)
-                    doc["nlines"] = cleaned.count("\n") + 1
+                    doc["raw_content"], doc["length"], doc["nlines"] = cleaned, len(cleaned), lines_kept
                 yield doc
                 continue
             failed = self.rules.page_failures(signals)

@@ -51,6 +51,7 @@ import functools
 import re
 from dataclasses import dataclass
 from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
@@ -105,7 +106,7 @@ class C4Settings:
     badwords: bool = True  # the page fails if its cleaned text contains a word of its language's LDNOOBW list
 
 
-def badwords_dir():
+def badwords_dir() -> Traversable:
     """The shipped LDNOOBW lists, one file per language code (package data)."""
     return resources.files("curation") / "data" / "ldnoobw"
 

@@ -40,7 +40,7 @@ The lists are LDNOOBW's (CC BY 4.0), shipped in `curation/data/ldnoobw/`, entrie
 the lowercased text with the lists as written, so their capitalised entries never matched); lid.176's `tl`
 uses the `fil` list.
 
-`C4Settings.filter` false (the default) annotates only: every document passes with the `C4_FIELDS` signals
+`C4Settings.filter` false (the default) annotates only: every document passes with the `c4_*` signals (`curation.schema`)
 and `c4_keep`, its text unchanged. True drops the documents without `c4_keep` (counted by reason) and
 replaces `raw_content` with the cleaned text, updating `length` and `nlines`.
 """
@@ -54,9 +54,10 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from typing import Callable, Iterable, Iterator
 
-import pyarrow as pa
 
+from curation import schema
 from curation.pipeline import Stage
+from curation.settings import setting
 
 END_MARKS = (".", "?", "!", '"')
 CJK_END_MARKS = ("。", "！", "？")
@@ -72,38 +73,21 @@ WORD_RE = re.compile(r"\w+")
 LINE_REASONS = ("long_word", "punctuation", "short", "javascript", "policy")
 LINE_COUNTERS = tuple((f"c4_lines_removed_{reason}", f"lines_removed.{reason}") for reason in LINE_REASONS)
 
-# The stage's columns: (name, Arrow type, meaning), for the curated schema.
-C4_FIELDS = (
-    ("c4_lines_removed_long_word", pa.int64(), "lines removed for a word longer than max_word_length"),
-    ("c4_lines_removed_punctuation", pa.int64(), "lines removed for not ending in terminal punctuation"),
-    ("c4_lines_removed_short", pa.int64(), "lines removed for having fewer than min_words_per_line words"),
-    ("c4_lines_removed_javascript", pa.int64(), "lines removed for containing 'javascript'"),
-    ("c4_lines_removed_policy", pa.int64(), "lines removed for a cookie/terms-of-use/privacy-policy phrase"),
-    ("c4_citations_removed", pa.int64(), "citation markers ([1], [edit], [citation needed]) cut out of lines"),
-    ("c4_sentences", pa.int64(), "sentences in the cleaned text"),
-    ("c4_lorem_ipsum", pa.bool_(), "a line that passed the line rules contains 'lorem ipsum'"),
-    ("c4_curly_bracket", pa.bool_(), "a line that passed the line rules contains '{'"),
-    ("c4_badword", pa.bool_(), "the cleaned text contains an LDNOOBW word; null: no list for the language"),
-    ("c4_keep", pa.bool_(), "the document passes every C4 rule (what filter=true keeps)"),
-)
-
-
-@dataclass
+@dataclass(frozen=True)
 class C4Settings:
-    """The rules and their numbers; defaults are the T5 paper's (C4). 0 or False turns a rule off."""
-
-    filter: bool = False  # true: drop failing documents and write the cleaned text; false: annotate only
-    remove_citations: bool = True  # cut [1], [edit], [citation needed] out of lines before the line rules
-    terminal_punctuation: bool = True  # keep only lines ending in . ? ! " (zh/ja/th also 。！？), not "..."
-    min_words_per_line: int = 5  # remove lines with fewer words (whitespace-split; zh/ja/th see chars_per_word)
-    chars_per_word: int = 2  # zh/ja/th: a line's words = its non-space characters / this
-    max_word_length: int = 1000  # remove lines with a longer whitespace-separated word (not for zh/ja/th)
-    javascript: bool = True  # remove lines containing "javascript"
-    policy: bool = True  # remove lines with a cookie / terms-of-use / privacy-policy phrase
-    min_sentences: int = 3  # the page fails with fewer sentences in its cleaned text
-    lorem_ipsum: bool = True  # the page fails if a line that passed the line rules contains "lorem ipsum"
-    curly_bracket: bool = True  # the page fails if a line that passed the line rules contains "{"
-    badwords: bool = True  # the page fails if its cleaned text contains a word of its language's LDNOOBW list
+    """C4's quality rules (T5 paper, section 2.2; tfds' c4_utils); 0 or false turns a rule off."""
+    filter: bool = setting(False, "true: drop failing documents and write the cleaned text; false: annotate only")
+    remove_citations: bool = setting(True, "cut [1], [edit], [citation needed] out of lines first")
+    terminal_punctuation: bool = setting(True, 'keep only lines ending in . ? ! " (zh/ja/th also 。！？), not "..."')
+    min_words_per_line: int = setting(5, "remove lines with fewer words (zh/ja/th: see chars_per_word)", minimum=0)
+    chars_per_word: int = setting(2, "zh/ja/th: a line's words = its non-space characters / this", minimum=1)
+    max_word_length: int = setting(1000, "remove lines with a longer word (not for zh/ja/th)", minimum=0)
+    javascript: bool = setting(True, 'remove lines containing "javascript"')
+    policy: bool = setting(True, "remove lines with a cookie / terms-of-use / privacy-policy phrase")
+    min_sentences: int = setting(3, "the page fails with fewer sentences in its cleaned text", minimum=0)
+    lorem_ipsum: bool = setting(True, 'the page fails if a line that passed the line rules has "lorem ipsum"')
+    curly_bracket: bool = setting(True, 'the page fails if a line that passed the line rules has "{"')
+    badwords: bool = setting(True, "the page fails if its cleaned text has a word of its language's LDNOOBW list")
 
 
 def badwords_dir() -> Traversable:
@@ -171,8 +155,8 @@ class C4Rules:
     """The rules of one `C4Settings`, applied to texts: `apply(text, language) -> (cleaned text, signals)`.
     Language-dependent parts are built once per language."""
 
-    def __init__(self, settings: C4Settings | None = None):
-        self.settings = settings or C4Settings()
+    def __init__(self, settings: C4Settings = C4Settings()):
+        self.settings = settings
         self._languages: dict[str | None, tuple] = {}
 
     def _language(self, language: str | None) -> tuple:
@@ -189,7 +173,7 @@ class C4Rules:
         return rules
 
     def apply(self, text: str, language: str | None) -> tuple[str, dict]:
-        """The cleaned text and the signals (the `C4_FIELDS` values) of one document."""
+        """The cleaned text and the signals (the `c4_*` fields of `curation.schema`) of one document."""
         s = self.settings
         unspaced, end_marks, sentence_end, has_badword = self._language(language)
         max_word = 0 if unspaced else s.max_word_length
@@ -276,10 +260,11 @@ class C4Stage(Stage):
     filtering."""
 
     name = "c4"
+    writes = (*schema.written_by("c4"), "raw_content", "length", "nlines")  # the text only when filtering
 
-    def __init__(self, settings: C4Settings | None = None):
+    def __init__(self, settings: C4Settings = C4Settings()):
         super().__init__()
-        self.settings = settings or C4Settings()
+        self.settings = settings
         self.rules = C4Rules(self.settings)
 
     def process(self, docs: Iterable[dict]) -> Iterator[dict]:

@@ -107,6 +107,16 @@ def plot_throughput(stages: dict, out: Path) -> str:
     return save(fig, out / "throughput.png")
 
 
+def plot_rule_hits(name: str, stage: dict, out: Path) -> str:
+    """Lines removed and documents failed by each rule of a stage that counts them (C4's)."""
+    hits = {key: n for key, n in stage.items() if key.startswith(("lines_removed.", "pages_hit.")) and n}
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.barh(list(hits), list(hits.values()), color="#dd8452", log=True)
+    ax.set_xlabel("lines (lines_removed.*) or documents (pages_hit.*)")
+    ax.set_title(f"{name}: hits per rule")
+    return save(fig, out / f"{name}-rules.png")
+
+
 def drop_table(stages: dict) -> str:
     rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{s.get('in', 0)}</td><td>{s.get('out', 0)}</td>"
                    f"<td>{html.escape(', '.join(f'{r}: {n}' for r, n in sorted(s.get('dropped', {}).items())))}</td></tr>"
@@ -135,6 +145,9 @@ def write_report(run_dir: str | Path, cutoffs: dict | None = None) -> Path:
         sizes = [size for size, n in columns["cluster_sizes"].items() for _ in range(n)]
         plots.append(("MinHash clusters", plot_histogram(
             sizes, "MinHash cluster size per document", "cluster size", out, "clusters.png", log=True)))
+    for name, stage in stages.items():
+        if any(key.startswith(("lines_removed.", "pages_hit.")) and n for key, n in stage.items()):
+            plots.append((f"Rules of {name}", plot_rule_hits(name, stage, out)))
     if stages:
         plots.append(("Throughput", plot_throughput(stages, out)))
     failed = "".join(f"<li>{html.escape(f['source'])}: {html.escape(str(f.get('error')))}</li>"

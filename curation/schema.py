@@ -40,6 +40,17 @@ FIELDS: tuple[Field, ...] = (
     Field("bucket", pa.string(), "perplexity", "head / middle / tail by the language's p30/p60 (all: no model)"),
     Field("wikiref_score", pa.float64(), "wikiref", "P(page is like those Wikipedia cites), fastText"),
     Field("wikiref_keep", pa.bool_(), "wikiref", "wikiref_score ≥ wikiref.threshold"),
+    Field("c4_lines_removed_long_word", pa.int64(), "c4", "lines removed for a word longer than max_word_length"),
+    Field("c4_lines_removed_punctuation", pa.int64(), "c4", "lines removed for not ending in terminal punctuation"),
+    Field("c4_lines_removed_short", pa.int64(), "c4", "lines removed for having fewer than min_words_per_line words"),
+    Field("c4_lines_removed_javascript", pa.int64(), "c4", "lines removed for containing 'javascript'"),
+    Field("c4_lines_removed_policy", pa.int64(), "c4", "lines removed for a cookie/terms-of-use/privacy-policy phrase"),
+    Field("c4_citations_removed", pa.int64(), "c4", "citation markers ([1], [edit], [citation needed]) cut out"),
+    Field("c4_sentences", pa.int64(), "c4", "sentences in the text C4's rules keep"),
+    Field("c4_lorem_ipsum", pa.bool_(), "c4", "a line that passed the line rules contains 'lorem ipsum'"),
+    Field("c4_curly_bracket", pa.bool_(), "c4", "a line that passed the line rules contains '{'"),
+    Field("c4_badword", pa.bool_(), "c4", "the kept text has an LDNOOBW word of its language (null: no list)"),
+    Field("c4_keep", pa.bool_(), "c4", "the document passes every C4 rule (what c4.filter=true keeps)"),
     Field("minhash_cluster", pa.int64(), "minhash", "near-duplicate cluster id (its smallest document id)"),
     Field("minhash_cluster_size", pa.int64(), "minhash", "documents in that cluster before dedup"),
 )
@@ -70,6 +81,11 @@ def ordered(names) -> list[str]:
     for name in names:
         field(name)
     return [f.name for f in FIELDS if f.name in names]
+
+
+def written_by(stage: str) -> tuple[str, ...]:
+    """The fields a stage writes first, in schema order."""
+    return tuple(f.name for f in FIELDS if f.stage == stage)
 
 
 def check_document(doc: dict, internal: frozenset[str] = frozenset()) -> None:

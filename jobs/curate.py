@@ -45,6 +45,7 @@ from pyspark.sql import types as T
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from curation import schema
+from curation.c4 import C4Settings, C4Stage
 from curation.commoncrawl import list_paths, select_segments, snapshot_name
 from curation.dedup_lines import LineDedupSettings
 from curation.extract import ExtractSettings, ExtractStage
@@ -71,6 +72,7 @@ class CurateSettings:
     extract: ExtractSettings = section(ExtractSettings)
     line_dedup: LineDedupSettings = section(LineDedupSettings)
     langid: LanguageIdSettings = section(LanguageIdSettings)
+    c4: C4Settings = section(C4Settings)
     perplexity: PerplexitySettings = section(PerplexitySettings)
     wikiref: WikirefSettings = section(WikirefSettings)
     minhash: MinHashSettings = section(MinHashSettings)
@@ -78,8 +80,9 @@ class CurateSettings:
 
 
 # Phase 2's row-wise stages, in pipeline order; a stage whose model is missing is left out, and
-# its columns stay empty.
-ROW_STAGES = (LanguageIdStage, PerplexityStage, WikirefStage)
+# its columns stay empty. C4's rules need the language and, when they filter, change the text that
+# perplexity, wikiref and MinHash then see (the LLaMA paper's order: after language ID).
+ROW_STAGES = (LanguageIdStage, C4Stage, PerplexityStage, WikirefStage)
 EXTRACTED = schema.arrow_schema(schema.EXTRACTED)
 # Phase 2's columns before MinHash: phase 1's, then those the row-wise stages write.
 ANNOTATED = schema.arrow_schema(schema.ordered([*schema.EXTRACTED, *(f for stage in ROW_STAGES for f in stage.writes)]))

@@ -9,7 +9,6 @@ import pytest
 
 from curation.c4 import (
     BADWORDS_ALLOWLIST,
-    C4_FIELDS,
     UNSPACED_LANGUAGES,
     C4Rules,
     C4Settings,
@@ -18,6 +17,7 @@ from curation.c4 import (
     badword_matcher,
     badwords_dir,
 )
+from curation import schema
 from curation.extract import ExtractStage
 from curation.langid import LanguageIdStage
 from curation.pipeline import merge_stats, nest_counters
@@ -232,7 +232,7 @@ def test_annotate_and_filter_agree(docs):
     annotated = list(annotate(copy.deepcopy(docs)))
     filtered = list(filtering(copy.deepcopy(docs)))
     assert [d["raw_content"] for d in annotated] == [d["raw_content"] for d in docs]
-    assert all({name for name, _, _ in C4_FIELDS} <= d.keys() for d in annotated)
+    assert all(set(schema.written_by("c4")) <= d.keys() for d in annotated)
     kept = [d for d in annotated if d["c4_keep"]]
     assert 300 < len(kept) < len(docs)
     assert [d["url"] for d in filtered] == [d["url"] for d in kept]
@@ -242,7 +242,7 @@ def test_annotate_and_filter_agree(docs):
         assert after["raw_content"] == text
         assert after["length"] == len(text) and after["nlines"] == text.count("\n") + 1
         assert after["original_length"] == before["original_length"]
-        assert all(after[name] == before[name] for name, _, _ in C4_FIELDS)
+        assert all(after[name] == before[name] for name in schema.written_by("c4"))
     a, f = nest_counters(annotate.stats), nest_counters(filtering.stats)
     assert a["out"] == len(docs) and a["dropped"] == {}
     assert f["out"] == len(kept) == a["c4_keep"] == f["c4_keep"]

@@ -83,7 +83,7 @@ def test_every_field_a_stage_writes_is_in_the_schema():
         assert stage.writes and set(stage.writes) <= set(schema.BY_NAME), stage
     assert ANNOTATED.names[:3] == ["url", "date_download", "digest"] and "wikiref_score" in ANNOTATED.names
     with pytest.raises(KeyError, match="not in curation.schema.FIELDS"):
-        schema.check_document({"url": "u", "c4_keep": True})
+        schema.check_document({"url": "u", "quality_vibes": 0.9})
     with pytest.raises(KeyError, match="not in curation.schema.FIELDS"):
         schema.ordered(["url", "no_such_field"])
 

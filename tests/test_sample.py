@@ -137,5 +137,5 @@ def test_cli_samples_a_batch_and_beams_from_a_hugging_face_export(shared_data, t
     beams = capsys.readouterr().out.split("---\n")
     assert len(beams) == 3 and beams[0].startswith("I said") and beams[1].startswith("The school was")
     main(["--checkpoint", str(tmp_path / "hf"), "--prompt", "I said", "--max-new-tokens", "8",
-          "--num-samples", "3", "--top-p", "0.9"])
+          "--num-samples", "3", "--top-p", "0.9", "--dtype", "bfloat16"])  # the GPU's dtype, here on the CPU
     assert capsys.readouterr().out.count("---\n") == 3

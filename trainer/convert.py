@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tokenizer.shards import tokenizer_hash
-from trainer.model import ModelConfig, Transformer
+from trainer.model import ModelConfig, Transformer, rope_table
 
 FORMATS = ("ours", "meta", "hf")
 
@@ -59,10 +59,17 @@ class Weights:
         check_state_dict(cfg, state_dict)
 
     def model(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Transformer:
-        with torch.device(device):
+        """The Transformer on `device` in `dtype`, never first built in float32 (a 13B model fits a GPU in bf16
+        where its float32 copy would not); the RoPE tables stay float32 as in training. Where device and dtype are
+        those of the state dict, the model's parameters are its tensors, not copies."""
+        with torch.device("meta"):
             model = Transformer(self.cfg)
-        model.load_state_dict(self.state_dict)
-        return model.to(dtype=dtype).eval()
+        model.load_state_dict(self.state_dict, assign=True)
+        cos, sin = rope_table(self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta)
+        model.rope_cos, model.rope_sin = cos, sin
+        model.to(device=device, dtype=dtype)
+        model.rope_cos, model.rope_sin = cos.to(device), sin.to(device)
+        return model.eval()
 
 
 def check_state_dict(cfg: ModelConfig, state_dict: dict[str, torch.Tensor]) -> None:

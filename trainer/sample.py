@@ -109,7 +109,7 @@ def beam_search(model: Transformer, prompt: list[int], max_new_tokens: int, beam
 
     `beams` hypotheses are extended by every token; the `beams` best by summed log-probability go on, those
     ending in `eos_id` are set aside. Finished hypotheses are ranked by log-probability / length**length_penalty
-    (length in generated tokens; 0: plain log-probability, above 1 favours longer ones)."""
+    (length in generated tokens; 0: plain log-probability, positive favours longer ones, negative shorter)."""
     model.eval()
     device = model.output.weight.device
     total = min(model.cfg.max_seq_len, len(prompt) + max_new_tokens)

@@ -1,6 +1,7 @@
 """Tokenizer training, the shard job and the inspector, on real texts from ../shared/data."""
 
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -87,18 +88,28 @@ def model_dir(curated, tmp_path_factory):
 
 def test_model_is_llama_style_bpe(model_dir):
     model = model_dir / "tokenizer.model"
-    spec = proto_fields(proto_fields(model.read_bytes())[2][0])  # ModelProto.trainer_spec
+    proto = proto_fields(model.read_bytes())
+    spec = proto_fields(proto[2][0])  # ModelProto.trainer_spec
     assert spec[3] == [2]  # TrainerSpec.model_type: BPE
     assert spec[25] == [1] and spec[35] == [1]  # split_digits, byte_fallback
+    assert spec[26] == [1] and spec[21] == [1]  # allow_whitespace_only_pieces, split_by_unicode_script
+    assert spec[18] == [4192]  # max_sentence_length, as in LLaMA's tokenizer.model
+    assert spec[43] == [2**64 - 1]  # pad_id -1 (a negative int32 is a 10-byte varint)
+    normalizer = proto_fields(proto[3][0])  # ModelProto.normalizer_spec: identity, dummy prefix, spaces kept
+    assert normalizer[1] == [b"identity"] and normalizer[3] == [1] and normalizer[4] == [0]
     sp = spm.SentencePieceProcessor(model_file=str(model))
     assert sp.get_piece_size() == VOCAB
-    assert [sp.unk_id(), sp.bos_id(), sp.eos_id(), sp.pad_id()] == [0, 1, 2, 3]
+    assert [sp.unk_id(), sp.bos_id(), sp.eos_id(), sp.pad_id()] == [0, 1, 2, -1]
+    # LLaMA's layout: the 256 byte pieces right after the three specials.
+    assert [sp.id_to_piece(i) for i in range(3, 259)] == [f"<0x{b:02X}>" for b in range(256)]
+    assert all(sp.is_byte(i) for i in range(3, 259)) and not sp.is_byte(259)
     assert [p for p in sp.encode("2019", out_type=str) if p != "▁"] == ["2", "0", "1", "9"]
     manifest = json.loads((model_dir / "manifest.json").read_text())
     assert manifest["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
     assert manifest["model_type"] == "bpe" and manifest["vocab_size"] == VOCAB
     assert {g.split("/")[0] for g in manifest["sample"]["groups"]} == {"en", "ja", "zh"}
     assert manifest["settings"]["normalization_rule_name"] == "identity"
+    assert manifest["pad_id"] == -1 and manifest["settings"]["max_sentence_length"] == 4192
 
 
 def test_encoding_is_lossless_on_cjk_emoji_and_whitespace(model_dir, curated):
@@ -129,6 +140,59 @@ def test_sample_reads_parquet_without_language_or_bucket(curated, tmp_path):
     assert sample["groups"] == {"unknown/unknown": {"input_characters": sum(map(len, curated[1]["en"])),
                                                    "documents": len(curated[1]["en"]),
                                                    "characters": sum(map(len, curated[1]["en"]))}}
+
+
+# The trainer_spec and normalizer_spec of Meta's LLaMA tokenizer.model, as SentencePieceTrainer options.
+META_SPEC = dict(model_type="bpe", character_coverage=0.99995, input_sentence_size=200_000_000,
+                 seed_sentencepiece_size=1_000_000, shrinking_factor=0.75, num_sub_iterations=2,
+                 max_sentence_length=4192, shuffle_input_sentence=True, max_sentencepiece_length=16,
+                 split_by_unicode_script=True, split_by_whitespace=True, split_by_number=True,
+                 treat_whitespace_as_suffix=False, split_digits=True, allow_whitespace_only_pieces=True,
+                 vocabulary_output_piece_score=True, hard_vocab_limit=True, use_all_vocab=False, byte_fallback=True,
+                 unk_id=0, bos_id=1, eos_id=2, pad_id=-1, normalization_rule_name="identity", add_dummy_prefix=True,
+                 remove_extra_whitespaces=False)
+
+
+def test_trainer_settings_are_those_of_meta_tokenizer():
+    options = train.trainer_options("sample.txt", "prefix", 32000, train.CHARACTER_COVERAGE, 1)
+    ours = {k: v for k, v in options.items() if k not in ("input", "model_prefix", "vocab_size", "num_threads",
+                                                         "minloglevel")}
+    assert set(ours) <= set(META_SPEC)
+    assert ours == {k: META_SPEC[k] for k in ours}
+    assert inspect.signature(train.train).parameters["character_coverage"].default == META_SPEC["character_coverage"]
+
+
+def test_lines_over_llama_max_sentence_length_are_counted_and_left_out(tmp_path):
+    long_line = "x" * 5000
+    pq.write_table(pa.table({"raw_content": [f"short line\n{long_line}\nanother short line"]}), tmp_path / "a.parquet")
+    sample = train.write_sample(tmp_path / "a.parquet", tmp_path / "s.txt", seed=0, max_chars=10**9, mix={})
+    assert sample["long_lines_left_out"] == {"lines": 1, "characters": 5000} and sample["sentences"] == 2
+    assert (tmp_path / "s.txt").read_text() == "short line\nanother short line\n"
+
+
+def test_shards_accept_a_tokenizer_model_made_with_meta_settings(spark, shared_data, curated, tmp_path):
+    """`make shards` with a bare tokenizer.model trained as Meta trained LLaMA's (no manifest beside it)."""
+    lines = [line for line in (shared_data / "text" / "botchan.en.txt").read_text(encoding="utf-8").splitlines()
+             if line.strip()]
+    (tmp_path / "llama").mkdir()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(tmp_path / "llama" / "tokenizer"),
+                                   vocab_size=1000, num_threads=1, minloglevel=2, **META_SPEC)
+    model = tmp_path / "llama" / "tokenizer.model"
+    stats = tokenize.run(spark, str(curated[0]), model, tmp_path / "shards", seed=1, val_fraction=0.1,
+                         shard_tokens=10**9)
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    decoded, byte_tokens = [], 0
+    for idx in sorted((tmp_path / "shards").glob("*.idx")):
+        reader = ShardReader(idx.with_suffix(""), expected_tokenizer_sha256=tokenizer_hash(model),
+                             expected_vocab_size=1000)
+        for i in range(len(reader)):
+            doc = reader.document(i)
+            assert doc[0] == 1 and doc[-1] == 2  # LLaMA's bos and eos
+            byte_tokens += int(((doc >= 3) & (doc <= 258)).sum())
+            decoded.append(sp.decode(doc[1:-1].tolist()))
+    assert sorted(decoded) == sorted(d for docs in curated[1].values() for d in docs)
+    assert byte_tokens > 1000  # Japanese and Chinese, unseen by this English model, went through byte fallback
+    assert stats["settings"]["tokenizer_sha256"] == tokenizer_hash(model).hex()
 
 
 def test_vocabulary_is_reduced_for_a_small_sample(curated, tmp_path, capsys):

@@ -5,9 +5,11 @@ Sampling is two streaming passes over the `raw_content` column: the first counts
 group's rate. The sample therefore depends only on the input and the seed, never on file order or
 on memory, and the mix between groups is a share of a character budget.
 
-The trainer settings are LLaMA's: BPE, digits split one per piece, byte fallback (any UTF-8 encodes,
-so decoding gives the text back), identity normalization and whitespace kept as is. The special ids
-are fixed (unk 0, bos 1, eos 2, pad 3) and recorded in the manifest beside the model."""
+The trainer settings are those recorded in the trainer_spec of Meta's LLaMA tokenizer.model: BPE, digits
+split one per piece, byte fallback (any UTF-8 encodes, so decoding gives the text back), identity
+normalization, whitespace kept as is, character coverage 0.99995, sentences up to 4192 bytes, and the
+special ids unk 0, bos 1, eos 2 with no pad piece, so the 256 byte pieces sit at ids 3-258 as in LLaMA's
+vocabulary. They are recorded in the manifest beside the model."""
 
 from __future__ import annotations
 
@@ -27,7 +29,9 @@ import sentencepiece as spm
 from tokenizer.encode import UNKNOWN, open_dataset, write_json_atomically
 from tokenizer.shards import tokenizer_hash
 
-SPECIAL_IDS = {"unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": 3}
+SPECIAL_IDS = {"unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": -1}  # -1: no pad piece (LLaMA pads with eos or masks)
+CHARACTER_COVERAGE = 0.99995  # LLaMA's: the rarest 0.005 % of characters are left to byte fallback
+MAX_SENTENCE_BYTES = 4192  # LLaMA's max_sentence_length; SentencePiece skips longer lines when training
 BATCH_ROWS = 1024
 
 
@@ -90,7 +94,7 @@ def write_sample(input_path, sample_file, seed: int, max_chars: int, mix: dict[s
         raise ValueError(f"{input_path}: no documents with a non-empty raw_content")
     budgets = group_budgets(chars, mix, max_chars)
     rates = {g: min(1.0, budgets.get(g, 0) / n) for g, n in chars.items()}
-    docs, kept_chars, sentences = Counter(), Counter(), 0
+    docs, kept_chars, sentences, long_lines = Counter(), Counter(), 0, Counter()
     with open(sample_file, "w", encoding="utf-8") as out:
         for lang, bucket, text in iter_documents(dataset):
             if doc_fraction(text, seed) >= rates[(lang, bucket)]:
@@ -98,12 +102,17 @@ def write_sample(input_path, sample_file, seed: int, max_chars: int, mix: dict[s
             docs[(lang, bucket)] += 1
             kept_chars[(lang, bucket)] += len(text)
             for line in text.split("\n"):
-                if line.strip():
+                if len(line.encode("utf-8")) > MAX_SENTENCE_BYTES:
+                    # SentencePiece would skip it with a log line; counted here instead.
+                    long_lines["lines"] += 1
+                    long_lines["characters"] += len(line)
+                elif line.strip():
                     out.write(line + "\n")
                     sentences += 1
     if not sentences:
         raise ValueError(f"{input_path}: the sample is empty (mix {mix or 'natural'}, budget {max_chars} chars)")
     return {"documents": sum(docs.values()), "characters": sum(kept_chars.values()), "sentences": sentences,
+            "long_lines_left_out": {"lines": long_lines["lines"], "characters": long_lines["characters"]},
             "groups": {f"{l}/{b}": {"input_characters": chars[(l, b)], "documents": docs[(l, b)],
                                     "characters": kept_chars[(l, b)]} for l, b in sorted(chars)}}
 
@@ -113,8 +122,9 @@ def trainer_options(sample_file: str, model_prefix: str, vocab_size: int,
     return dict(input=sample_file, model_prefix=model_prefix, model_type="bpe", vocab_size=vocab_size,
                 split_digits=True, byte_fallback=True, normalization_rule_name="identity",
                 remove_extra_whitespaces=False, add_dummy_prefix=True, allow_whitespace_only_pieces=True,
-                split_by_unicode_script=True, character_coverage=character_coverage,
-                max_sentence_length=1 << 15, shuffle_input_sentence=True,
+                split_by_unicode_script=True, split_by_whitespace=True, split_by_number=True,
+                max_sentencepiece_length=16, character_coverage=character_coverage,
+                max_sentence_length=MAX_SENTENCE_BYTES, shuffle_input_sentence=True,
                 num_threads=threads, minloglevel=2, **SPECIAL_IDS)
 
 
@@ -136,7 +146,7 @@ def fitted_vocab_size(requested: int, sample_chars: int) -> int:
 
 
 def train(input_path, output_dir, vocab_size: int = 32000, seed: int = 0, max_chars: int = 200_000_000,
-          mix: dict[str, float] | None = None, character_coverage: float = 0.9995,
+          mix: dict[str, float] | None = None, character_coverage: float = CHARACTER_COVERAGE,
           threads: int | None = None) -> dict:
     """Samples, trains and publishes `tokenizer.model` + `manifest.json` in output_dir; returns the manifest."""
     output_dir = Path(output_dir)
@@ -146,7 +156,7 @@ def train(input_path, output_dir, vocab_size: int = 32000, seed: int = 0, max_ch
     with tempfile.TemporaryDirectory(dir=output_dir, prefix=".train-") as tmp:
         sample_file = os.path.join(tmp, "sample.txt")
         sample = write_sample(input_path, sample_file, seed, max_chars, mix or {})
-        trained_size = fitted_vocab_size(vocab_size, sample["characters"])
+        trained_size = fitted_vocab_size(vocab_size, sample["characters"] - sample["long_lines_left_out"]["characters"])
         options = trainer_options(sample_file, os.path.join(tmp, "tokenizer"), trained_size,
                                   character_coverage, threads)
         spm.set_random_generator_seed(seed)  # sentence shuffling draws from it: same seed, same model
@@ -174,7 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-chars", type=int, default=200_000_000, help="character budget of the sample")
     parser.add_argument("--mix", help="shares by language or language/bucket, e.g. en=0.7,ja/head=0.3")
-    parser.add_argument("--character-coverage", type=float, default=0.9995)
+    parser.add_argument("--character-coverage", type=float, default=CHARACTER_COVERAGE,
+                        help="LLaMA's 0.99995 (lower it for a small vocabulary over CJK text)")
     parser.add_argument("--threads", type=int, default=None, help="training threads (default: all cores)")
     args = parser.parse_args(argv)
     manifest = train(args.input, args.output, args.vocab_size, args.seed, args.max_chars,

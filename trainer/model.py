@@ -98,7 +98,8 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.dim, self.n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_heads * self.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x, cos, sin, cache: tuple[torch.Tensor, torch.Tensor] | None = None, start_pos: int = 0):
+    def forward(self, x, cos, sin, cache: tuple[torch.Tensor, torch.Tensor] | None = None, start_pos: int = 0,
+                mask: torch.Tensor | None = None):
         bsz, seqlen, _ = x.shape
         q = self.wq(x).view(bsz, seqlen, self.n_heads, self.head_dim)
         k = self.wk(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
@@ -114,7 +115,9 @@ class Attention(nn.Module):
         if self.n_kv_heads != self.n_heads:
             repeats = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
-        if start_pos == 0:
+        if mask is not None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif start_pos == 0:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             # Decoding: query i sits at start_pos + i and sees keys up to and including itself.
@@ -142,8 +145,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
 
-    def forward(self, x, cos, sin, cache=None, start_pos: int = 0):
-        h = x + self.attention(self.attention_norm(x), cos, sin, cache, start_pos)
+    def forward(self, x, cos, sin, cache=None, start_pos: int = 0, mask=None):
+        h = x + self.attention(self.attention_norm(x), cos, sin, cache, start_pos, mask)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -168,14 +171,15 @@ class Transformer(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None,
-                caches: list | None = None, start_pos: int = 0):
-        """Logits (batch, seq, vocab); with `targets`, also the mean cross-entropy."""
+                caches: list | None = None, start_pos: int = 0, mask: torch.Tensor | None = None):
+        """Logits (batch, seq, vocab); with `targets`, also the mean cross-entropy. `mask` (boolean, broadcast to
+        batch, heads, seq, keys), where given, replaces the causal mask: batched decoding hides padding with it."""
         seqlen = tokens.shape[1]
         cos = self.rope_cos[start_pos:start_pos + seqlen]
         sin = self.rope_sin[start_pos:start_pos + seqlen]
         h = self.tok_embeddings(tokens)
         for i, layer in enumerate(self.layers):
-            h = layer(h, cos, sin, caches[i] if caches is not None else None, start_pos)
+            h = layer(h, cos, sin, caches[i] if caches is not None else None, start_pos, mask)
         logits = self.output(self.norm(h)).float()
         if targets is None:
             return logits

@@ -1,4 +1,4 @@
-"""Curated Parquet into token shards, in steps that need no Spark (`jobs/tokenize.py` runs them on one).
+"""Curated Parquet into token shards, in steps that need no Spark (`jobs/shards.py` runs them on one).
 
 1. `list_units`: the input's Parquet row groups, cut in row ranges of at most UNIT_TEXT_BYTES of text,
    are the units of work; the driver reads only the files' footers.

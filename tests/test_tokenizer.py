@@ -178,7 +178,7 @@ def test_shards_accept_a_tokenizer_model_made_with_meta_settings(spark, shared_d
     spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(tmp_path / "llama" / "tokenizer"),
                                    vocab_size=1000, num_threads=1, minloglevel=2, **META_SPEC)
     model = tmp_path / "llama" / "tokenizer.model"
-    stats = tokenize.run(spark, str(curated[0]), model, tmp_path / "shards", seed=1, val_fraction=0.1,
+    stats = shard_job.run(spark, str(curated[0]), model, tmp_path / "shards", seed=1, val_fraction=0.1,
                          shard_tokens=10**9)
     sp = spm.SentencePieceProcessor(model_file=str(model))
     decoded, byte_tokens = [], 0

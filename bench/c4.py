@@ -5,15 +5,10 @@ Input: the 513 documents of the real 697-document WET file that pass the 300-cha
 ID (>= 0.5), repeated 40 times (20,520 documents, ≈100 M characters); the stage annotates (filter=false),
 so the same documents can be run again. CPU time, best of 3.
 
-    .venv/bin/python bench/c4.py
+    .venv/bin/python -m bench.c4
 """
 
-import os
-import sys
 import time
-
-# Run as a script, bench/ would come first on sys.path, where bench/tokenize.py shadows the stdlib's.
-sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from bench.common import SHARED_DATA, report, timed
 from curation.c4 import C4Rules, C4Settings, C4Stage

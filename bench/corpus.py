@@ -9,7 +9,6 @@ original falls to a target. The truth is the exact Jaccard of every pair, not th
 
 from __future__ import annotations
 
-import gzip
 import json
 import random
 import re
@@ -125,7 +124,8 @@ def make_corpus(shared_data: Path, originals: int = 60, seed: int = 0, words: in
                      "kind": "original", "target": 1.0})
         for k, target in enumerate((*dup_targets, *far_targets)):
             kind = rng.choice(EDITS)
-            docs.append({"url": f"https://example.org/{g}/v{k}-{kind}", "raw_content": variant(text, target, kind, rng, filler),
+            docs.append({"url": f"https://example.org/{g}/v{k}-{kind}",
+                         "raw_content": variant(text, target, kind, rng, filler),
                          "group": g, "kind": kind, "target": target})
     return docs
 

@@ -4,8 +4,6 @@
 Input: the 115 real HTML pages of ../shared/data/warc (CC excerpt + trafilatura pages), read
 from disk 10 times for our path, and the same HTML bytes 10 times for the bare path."""
 
-import os
-import sys
 
 
 from resiliparse.extract.html2text import extract_plain_text

@@ -3,13 +3,11 @@
 Input: the 554 documents of the real 697-document WET file that pass the 300-character floor,
 repeated 20 times (≈11k documents, ≈40 M characters)."""
 
-import os
-import sys
 
 
 from bench.common import SHARED_DATA, report, timed
 from curation.extract import ExtractStage
-from curation.langid import BATCH_SIZE, LanguageIdStage, load_model, default_model_path
+from curation.langid import BATCH_SIZE, LanguageIdStage, default_model_path, load_model
 from curation.warc import ArchiveReader
 
 REPEAT = 20

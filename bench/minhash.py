@@ -7,10 +7,6 @@ signatures asserted; then the dedup job's documents/s end to end on local Spark.
 
 from __future__ import annotations
 
-import os
-import sys
-
-
 import argparse
 import tempfile
 import time
@@ -22,8 +18,8 @@ from datasketch import MinHash
 
 from bench.common import SHARED_DATA, report
 from bench.common import timed as timed_best
-from curation.minhash import MinHashDedupStage, MinHasher, shingle_bytes, shingles
 from bench.corpus import make_corpus, real_texts
+from curation.minhash import MinHashDedupStage, MinHasher, shingle_bytes, shingles
 
 
 def datasketch_signatures(shingled: list[list[bytes]], num_perm: int = 128) -> np.ndarray:

@@ -9,10 +9,8 @@ trained here from ../shared/data/wikipedia (said in the output). Both sides appl
 """
 
 import os
-import sys
 import tempfile
 from pathlib import Path
-
 
 import kenlm
 import sentencepiece as spm

@@ -8,10 +8,8 @@ Input: the documents of the real 697-document WET file that pass the 300-charact
 Wikipedia article passages of the shared wikitext, repeated 5 times. The model is the one of
 `make classifier` (models/wikiref/wikiref.bin), or one trained here into a temporary folder."""
 
-import sys
 import tempfile
 from pathlib import Path
-
 
 from bench.common import REPO_ROOT, SHARED_DATA, report, timed
 from curation.extract import ExtractStage
@@ -30,7 +28,8 @@ def model_path() -> Path:
 
     output = Path(tempfile.mkdtemp(prefix="wikiref-bench-"))
     train(sorted(map(str, (SHARED_DATA / "wikipedia" / "wikitext").glob("*.txt"))),
-          sorted(map(str, (SHARED_DATA / "warc").glob("*.warc.gz"))) + sorted(map(str, (SHARED_DATA / "wet").glob("*.wet.gz"))),
+          sorted(map(str, (SHARED_DATA / "warc").glob("*.warc.gz")))
+          + sorted(map(str, (SHARED_DATA / "wet").glob("*.wet.gz"))),
           output, allow_fallback=True, log=lambda m: None)
     return output / "wikiref.bin"
 

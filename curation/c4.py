@@ -40,7 +40,8 @@ The lists are LDNOOBW's (CC BY 4.0), shipped in `curation/data/ldnoobw/`, entrie
 the lowercased text with the lists as written, so their capitalised entries never matched); lid.176's `tl`
 uses the `fil` list.
 
-`C4Settings.filter` false (the default) annotates only: every document passes with the `c4_*` signals (`curation.schema`)
+`C4Settings.filter` false (the default) annotates only: every document passes with the `c4_*` signals
+(`curation.schema`)
 and `c4_keep`, its text unchanged. True drops the documents without `c4_keep` (counted by reason) and
 replaces `raw_content` with the cleaned text, updating `length` and `nlines`.
 """
@@ -49,11 +50,10 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
-from typing import Callable, Iterable, Iterator
-
 
 from curation import schema
 from curation.pipeline import Stage
@@ -118,7 +118,7 @@ def occurs_flanked(text: str, entry: str) -> bool:
     return False
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def badword_matcher(language: str) -> Callable[[str], bool] | None:
     """A test `matcher(lowercased_text) -> bool` for the language's list, or None without a list."""
     language = BADWORDS_LANGUAGE.get(language, language)

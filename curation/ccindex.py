@@ -13,8 +13,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Iterator
 
 import requests
 from warcio.archiveiterator import ArchiveIterator
@@ -67,7 +67,7 @@ def fetch_range(filename: str, offset: int, length: int, data_base: str = DEFAUL
         log.warning("%s: no range support (HTTP %s)", url, response.status_code)
         body = body[offset:offset + length]
     if len(body) != length:
-        raise IOError(f"{url}: asked {length} bytes at {offset}, got {len(body)}")
+        raise OSError(f"{url}: asked {length} bytes at {offset}, got {len(body)}")
     return body
 
 
@@ -101,7 +101,7 @@ def fetch_pages(urls: Iterable[str], endpoint: str, data_base: str = DEFAULT_DAT
                 stats["not_in_index"] = stats.get("not_in_index", 0) + 1
                 return None
             page = fetch_capture(capture, data_base, retries=retries, backoff=backoff)
-        except (ConnectionError, IOError, requests.RequestException, ValueError) as error:
+        except (OSError, ConnectionError, requests.RequestException, ValueError) as error:
             log.warning("%s: %s", url, error)
             stats["failed"] = stats.get("failed", 0) + 1
             return None

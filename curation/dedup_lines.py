@@ -4,8 +4,9 @@ Every `\\n` line is normalized with `normalize_for_dedup` and hashed (SHA-1, fir
 the dedup scope, a line hash found in more than one document is a duplicate: it is removed from
 every document, the first one included. A line repeated inside a single document only keeps its
 first copy. Documents shorter than the length floor (300 characters) are dropped before counting
-(CCNet drops them before dedup), and so are documents left empty or under the floor after it. `length`/`nlines` are updated; `original_length`/`original_nlines`
-keep (or, when missing, get) the values before dedup.
+(CCNet drops them before dedup), and so are documents left empty or under the floor after it.
+`length`/`nlines` are updated; `original_length`/`original_nlines` keep (or, when missing, get) the
+values before dedup.
 
 The counting across the scope is the engine's job: `LineDedupStage` does it in memory for one
 process (the reference), `jobs.dedup.line_dedup` with a Spark shuffle; both call `dedup_document`.
@@ -15,8 +16,8 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Collection, Iterable, Iterator
 
 from curation.extract import ExtractSettings
 from curation.normalize import normalize_for_dedup

@@ -19,10 +19,10 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Iterable, Iterator
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from curation.langid import load_model as load_fasttext_model

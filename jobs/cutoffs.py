@@ -15,15 +15,14 @@ One process: a sample of a snapshot is enough for percentiles (CCNet used a samp
 
 from __future__ import annotations
 
-
-import sys
 import argparse
 import datetime as dt
 import gzip
 import json
+import sys
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -107,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     for lang in cutoffs:
         manifest.setdefault("cutoffs", {})[lang] = {
             "documents": counts[lang], "inputs": [str(i) for i in args.input], "per_line": args.per_line,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "p30": cutoffs[lang][30], "p60": cutoffs[lang][60]}
     manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     for lang in cutoffs:

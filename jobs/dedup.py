@@ -23,7 +23,6 @@ rows with the same url and content are the same document.
 
 from __future__ import annotations
 
-
 import argparse
 import json
 import logging

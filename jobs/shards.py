@@ -13,11 +13,10 @@ crosses between the JVM and Python. Every step is resumable:
 
 from __future__ import annotations
 
-
-import os
 import argparse
 import heapq
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict
@@ -27,8 +26,20 @@ from pyspark import SparkFiles, TaskContext
 from pyspark.sql import SparkSession
 
 from jobs.spark import spark_session
-from tokenizer.encode import (SPLITS, ShardSettings, Unit, assemble_shard, encode_unit, lay_out, list_units,
-                              load_processor, open_dataset, sidecar_path, unit_order, write_json_atomically)
+from tokenizer.encode import (
+    SPLITS,
+    ShardSettings,
+    Unit,
+    assemble_shard,
+    encode_unit,
+    lay_out,
+    list_units,
+    load_processor,
+    open_dataset,
+    sidecar_path,
+    unit_order,
+    write_json_atomically,
+)
 from tokenizer.shards import ShardReader, shard_exists, tokenizer_hash
 
 TASK_TEXT_BYTES = 256 << 20  # text per encoding task when there is plenty: tens of seconds on one core

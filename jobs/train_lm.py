@@ -17,20 +17,19 @@ Runs on one machine (no Spark): the work is SentencePiece and KenLM, both single
 
 from __future__ import annotations
 
-
-import os
-import sys
 import argparse
 import datetime as dt
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import urllib.error
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import sentencepiece as spm
 from tqdm import tqdm
@@ -92,7 +91,8 @@ def iter_articles(lang: str, inputs: list[str], limit: int, base_url: str,
             sources = [str(p) for p in offline_sources(lang)]
             if not sources:
                 raise SystemExit(f"{lang}: cannot reach {url} ({err}) and no text under {SHARED_WIKIPEDIA}; "
-                                 f"pass --input PATH… (make lm WIKI=PATH…): an XML dump, wikitext, or text files")
+                                 f"pass --input PATH… (make lm WIKI=PATH…): an XML dump, wikitext, or text files"
+                                 ) from None
             print(f"{lang}: {url} unreachable ({err}); using {', '.join(sources)}", file=sys.stderr)
             filter_language = True
 
@@ -203,7 +203,7 @@ def train_language(lang: str, inputs: list[str], output: Path, *, vocab_size: in
                    filter_language: bool = False, keep_arpa: bool = False) -> dict:
     """Trains `{lang}.sp.model` + `{lang}.arpa.bin` in `output`; returns the manifest entry."""
     output.mkdir(parents=True, exist_ok=True)
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     found, sources = iter_articles(lang, list(inputs), articles, base_url, filter_language)
     with tempfile.TemporaryDirectory(prefix=f"lm-{lang}-", dir=output) as tmp:
         tmp = Path(tmp)
@@ -229,7 +229,7 @@ def train_language(lang: str, inputs: list[str], output: Path, *, vocab_size: in
         "sizes": {"sp_model": (output / f"{lang}.sp.model").stat().st_size,
                   "lm": (output / f"{lang}.arpa.bin").stat().st_size},
         "created": started.isoformat(timespec="seconds"),
-        "seconds": round((dt.datetime.now(dt.timezone.utc) - started).total_seconds(), 1),
+        "seconds": round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1),
     }
     update_manifest(output, lang, entry)
     print(f"{lang}: {counts['articles']} articles, {counts['lines']} lines, vocab {used_vocab}, "
@@ -247,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab", type=int, default=DEFAULT_VOCAB)
     parser.add_argument("--order", type=int, default=DEFAULT_ORDER)
     parser.add_argument("--articles", type=int, default=DEFAULT_ARTICLES, help="at most this many articles")
-    parser.add_argument("--base-url", default=os.environ.get("WIKIMEDIA_BASE_URL", wikipedia.DEFAULT_WIKIMEDIA_BASE_URL))
+    parser.add_argument("--base-url",
+                        default=os.environ.get("WIKIMEDIA_BASE_URL", wikipedia.DEFAULT_WIKIMEDIA_BASE_URL))
     parser.add_argument("--memory", default="20%", help="lmplz/build_binary -S (e.g. 20%%, 1G)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--filter-language", action="store_true",

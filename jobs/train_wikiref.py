@@ -46,8 +46,17 @@ from curation.pipeline import run_stages, stage_stats
 from curation.settings import SettingsError, load_settings, section, setting
 from curation.warc import ArchiveReader
 from curation.wikipedia import read_wikitext
-from curation.wikiref import (LABEL_PREFIX, NEGATIVE, POSITIVE, WikirefSettings, article_passages, cited_urls,
-                              fasttext_line, reference_probabilities, url_key)
+from curation.wikiref import (
+    LABEL_PREFIX,
+    NEGATIVE,
+    POSITIVE,
+    WikirefSettings,
+    article_passages,
+    cited_urls,
+    fasttext_line,
+    reference_probabilities,
+    url_key,
+)
 
 MIN_WORDS = 10  # a line with no words left makes fastText's average 0/0 ("Encountered NaN")
 
@@ -317,7 +326,7 @@ def train(wikipedia: list[str], pages: list[str], output: Path, references: list
     manifest = {
         "model": model_path.name,
         "sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "labels": {"positive": LABEL_PREFIX + POSITIVE, "negative": LABEL_PREFIX + NEGATIVE},
         "text": "raw_content lowercased, whitespace (newlines included) collapsed to single spaces",
         "positives": {
@@ -356,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--curated", help="curated Parquet of the snapshot (`make curate` output): Spark join for "
                                           "path a, negatives sampled from it")
     parser.add_argument("--references", nargs="*", default=[], help="WARC files of referenced pages (path c)")
-    parser.add_argument("--cc-index", help="CDX endpoint, e.g. https://index.commoncrawl.org/CC-MAIN-2020-34-index (path b)")
+    parser.add_argument("--cc-index",
+                        help="CDX endpoint, e.g. https://index.commoncrawl.org/CC-MAIN-2020-34-index (path b)")
     parser.add_argument("--cc-data", help="WARC base URL for range requests (default https://data.commoncrawl.org)")
     parser.add_argument("--allow-wikipedia-fallback", action="store_true",
                         help="use Wikipedia article passages as positives when too few cited pages are found")

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from curation import schema
 from curation.c4 import (
     BADWORDS_ALLOWLIST,
     UNSPACED_LANGUAGES,
@@ -17,7 +18,6 @@ from curation.c4 import (
     badword_matcher,
     badwords_dir,
 )
-from curation import schema
 from curation.extract import ExtractStage
 from curation.langid import LanguageIdStage
 from curation.pipeline import merge_stats, nest_counters

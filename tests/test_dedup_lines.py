@@ -1,12 +1,10 @@
 """CCNet line dedup: hand-made cases, Spark == single process on real WET pages, scopes, the CLI."""
 
-import gzip
 import hashlib
 import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from curation.dedup_lines import LineDedupStage, dedup_document, line_hash
 from curation.normalize import normalize_for_dedup
@@ -108,7 +106,8 @@ def test_spark_equals_single_process_on_real_pages(spark, shared_data):
                    for d in local}
     assert stats["in"] == len(docs) and stats["out"] == len(local) == stage.stats["out"]
     assert stats["lines_removed"] == stage.stats["lines_removed"] > 0
-    assert stats["dropped"] == {k.removeprefix("dropped."): v for k, v in stage.stats.items() if k.startswith("dropped.")}
+    assert stats["dropped"] == {k.removeprefix("dropped."): v for k, v in stage.stats.items()
+                                if k.startswith("dropped.")}
 
     # Scope per segment: counts only within each group (CCNet's groups of files).
     kept_scoped, scoped = line_dedup(df, scope="cc_segment")

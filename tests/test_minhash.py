@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 from datasketch import MinHash, MinHashLSH
 
-from curation.minhash import (MinHashDedupStage, MinHasher, MinHashSettings, local_clusters,
-                              optimal_bands_rows, shingles)
 from bench.corpus import cluster_pairs, make_corpus, precision_recall, real_texts, truth_pairs
+from curation.minhash import MinHashDedupStage, MinHasher, MinHashSettings, local_clusters, optimal_bands_rows, shingles
 
 DUP_TARGETS = (1.0, 0.97, 0.95, 0.92)
 

@@ -41,8 +41,10 @@ def lm_dir(shared_data, tmp_path_factory) -> Path:
     wiki = shared_data / "wikipedia"
     all_wikitext = sorted(Path(p).stem for p in glob.glob(str(wiki / "wikitext" / "*.txt")))
     en_train = [n for n in all_wikitext if n not in NOT_EN and n not in EN_HELD_OUT]
-    train_language("en", [str(wiki / "en" / "wikitext2-valid.tokens.txt"), str(wiki / "en" / "wikitext2-test.tokens.txt"),
-                          str(wiki / "en" / "enwiki-pages-articles-sample.xml.bz2"), *wikitext_files(shared_data, en_train)],
+    train_language("en", [str(wiki / "en" / "wikitext2-valid.tokens.txt"),
+                          str(wiki / "en" / "wikitext2-test.tokens.txt"),
+                          str(wiki / "en" / "enwiki-pages-articles-sample.xml.bz2"),
+                          *wikitext_files(shared_data, en_train)],
                    out, vocab_size=6000, memory="64M")
     # de: CCNet's default vocabulary, which 8 articles cannot fill: shrunk automatically.
     train_language("de", wikitext_files(shared_data, [n for n in DE_ARTICLES if n not in DE_HELD_OUT]), out,
@@ -117,7 +119,8 @@ def test_models_and_manifest(lm_dir, capfd):
         assert entry["order"] == 5 and entry["model_type"] == "unigram"
         assert entry["lines"] > 0 and entry["pieces"] > entry["lines"] and len(entry["data_sha256"]) == 64
         assert entry["sizes"]["lm"] == (lm_dir / f"{lang}.arpa.bin").stat().st_size
-        assert spm.SentencePieceProcessor(model_file=str(lm_dir / f"{lang}.sp.model")).get_piece_size() == entry["vocab_size"]
+        sp = spm.SentencePieceProcessor(model_file=str(lm_dir / f"{lang}.sp.model"))
+        assert sp.get_piece_size() == entry["vocab_size"]
     assert manifest["en"]["vocab_size"] == 6000
     assert manifest["de"]["requested_vocab_size"] == 65536 and manifest["de"]["vocab_size"] < 65536
     assert manifest["en"]["articles"] > 150  # WikiText-2 (122) + dump (2) + wikitext articles
@@ -155,7 +158,8 @@ def test_german_and_chinese_models_score_sensibly(lm_dir, shared_data):
     assert len(passages) == 20
     chars_shuffled = ["".join(random.Random(i).sample(p, len(p))) for i, p in enumerate(passages)]
     zh_pp, zh_shuffled = zh.perplexities(passages), zh.perplexities(chars_shuffled)
-    print(f"\nde held-out {clean} shuffled {shuffled} english {english}; zh passages median {statistics.median(zh_pp)} shuffled {statistics.median(zh_shuffled)}")
+    print(f"\nde held-out {clean} shuffled {shuffled} english {english}; "
+          f"zh passages median {statistics.median(zh_pp)} shuffled {statistics.median(zh_shuffled)}")
     assert statistics.median(zh_pp) * 2 < statistics.median(zh_shuffled)
 
 
@@ -214,12 +218,14 @@ def test_stage_adds_perplexity_and_bucket(lm_dir, shared_data, tmp_path):
     assert out[0]["perplexity"] < out[1]["perplexity"]
     en = load_cutoffs(models)["en"]
     for doc in out[:3]:
-        assert doc["perplexity"] > 0 and doc["bucket"] == bucket(doc["perplexity"], load_cutoffs(models)[doc["language"]])
+        assert doc["perplexity"] > 0
+        assert doc["bucket"] == bucket(doc["perplexity"], load_cutoffs(models)[doc["language"]])
     assert out[1]["bucket"] == "tail" and out[1]["perplexity"] >= en[60]
     assert [d["bucket"] for d in out[3:]] == ["all", "all"] and out[3]["perplexity"] == -1.0
     assert stage.stats["in"] == stage.stats["out"] == 5 and stage.stats["no_model"] == 2
 
-    per_line = list(PerplexityStage(PerplexitySettings(str(models), per_line=True))([{"raw_content": wiki[0], "language": "en"}]))
+    per_line_stage = PerplexityStage(PerplexitySettings(str(models), per_line=True))
+    per_line = list(per_line_stage([{"raw_content": wiki[0], "language": "en"}]))
     assert per_line[0]["perplexity"] == ppl.load_model(models, "en").perplexity(wiki[0], per_line=True)
 
     # Without cutoffs beside the models, every scored document is in `all`.

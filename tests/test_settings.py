@@ -75,9 +75,9 @@ def test_readme_column_table_is_the_schema():
 
 
 def test_every_field_a_stage_writes_is_in_the_schema():
-    from jobs.curate import ROW_STAGES
     from curation.extract import ExtractStage
     from curation.minhash import MinHashDedupStage
+    from jobs.curate import ROW_STAGES
 
     for stage in (ExtractStage, *ROW_STAGES, MinHashDedupStage):
         assert stage.writes and set(stage.writes) <= set(schema.BY_NAME), stage

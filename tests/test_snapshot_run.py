@@ -53,9 +53,12 @@ def models(shared_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("models")
     wiki = shared_data / "wikipedia"
     train_language("en", [str(wiki / "en" / "wikitext2-valid.tokens.txt")], out / "lm", vocab_size=4000, memory="64M")
-    train_language("de", sorted(glob.glob(str(wiki / "wikitext" / "*BBDO*.txt")) + glob.glob(str(wiki / "wikitext" / "*Mozilla*.txt"))),
+    de_articles = sorted(glob.glob(str(wiki / "wikitext" / "*BBDO*.txt"))
+                         + glob.glob(str(wiki / "wikitext" / "*Mozilla*.txt")))
+    train_language("de", de_articles,
                    out / "lm", vocab_size=2000, memory="64M")
-    subprocess.run([sys.executable, "-m", "jobs.train_wikiref", "--wikipedia", *sorted(glob.glob(str(wiki / "wikitext" / "*.txt")))[:30],
+    articles = sorted(glob.glob(str(wiki / "wikitext" / "*.txt")))[:30]
+    subprocess.run([sys.executable, "-m", "jobs.train_wikiref", "--wikipedia", *articles,
                     "--pages", str(shared_data / "wet/CC-MAIN-2019-30-697-docs.warc.wet.gz"),
                     "--allow-wikipedia-fallback", "--output", str(out / "wikiref")],
                    cwd=REPO_ROOT, check=True, capture_output=True)

@@ -14,8 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from curation.wikipedia import (dump_url, read_articles, read_squad_json, read_wikitext_tokens, read_xml_dump,
-                                wikitext_to_text)
+from curation.wikipedia import (
+    dump_url,
+    read_articles,
+    read_squad_json,
+    read_wikitext_tokens,
+    read_xml_dump,
+    wikitext_to_text,
+)
 from jobs.train_lm import iter_articles, route_inputs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +36,8 @@ def test_xml_dump_streamed_redirects_skipped_markup_removed(shared_data):
             assert markup not in article.text, markup
     assert articles[0].text.startswith("In human–computer interaction, computer accessibility")
     assert "References" not in articles[0].text.split("\n")  # reference sections dropped
-    raw = list(read_xml_dump(shared_data / "wikipedia" / "en" / "enwiki-pages-articles-sample.xml.bz2", plain=False, limit=1))
+    dump = shared_data / "wikipedia" / "en" / "enwiki-pages-articles-sample.xml.bz2"
+    raw = list(read_xml_dump(dump, plain=False, limit=1))
     assert len(raw) == 1 and "<ref" in raw[0].text
 
 

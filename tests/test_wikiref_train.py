@@ -76,7 +76,8 @@ def test_ranks_unseen_wikipedia_text_above_cc_spam(trained, shared_data):
 
 def test_stage_scores_every_document_and_never_drops(trained, shared_data):
     output, _ = trained
-    docs = list(run_stages(ArchiveReader().read(str(shared_data / "warc" / SPAM)), [ExtractStage(ExtractSettings(min_length=0))]))
+    pages = ArchiveReader().read(str(shared_data / "warc" / SPAM))
+    docs = list(run_stages(pages, [ExtractStage(ExtractSettings(min_length=0))]))
     docs.append({"url": "wiki", "raw_content": article_passages(
         (shared_data / "wikipedia" / "wikitext" / "Bodmin.txt").read_text())[1]})
     docs.append({"url": "empty", "raw_content": ""})
@@ -127,7 +128,8 @@ def test_spark_join_on_a_curated_snapshot(spark, shared_data, tmp_path):
     # Cited as written in articles: other scheme, www., trailing slash, tracking parameter.
     article = tmp_path / "Article.txt"
     article.write_text("".join(
-        f"Fact.<ref>{{{{cite web|url={u.replace('https://', 'http://')}{'&' if '?' in u else '?'}utm_source=wp|title=T}}}}</ref>\n"
+        f"Fact.<ref>{{{{cite web|url={u.replace('https://', 'http://')}{'&' if '?' in u else '?'}"
+        f"utm_source=wp|title=T}}}}</ref>\n"
         for u in cited_urls))
     from curation.wikiref import cited_url_keys, url_key
 

@@ -181,7 +181,8 @@ def encode_unit(unit: Unit, filesystem, model_path: str, tokenizer_sha256: bytes
         raise
     counts = {"unit": unit.name, "empty": empty,
               "splits": {s: {"docs": writers[s].num_docs, "tokens": writers[s].num_tokens} for s in SPLITS},
-              "groups": {f"{'val' if val else 'train'}/{language}/{bucket}": {"docs": n, "tokens": tokens[(val, language, bucket)]}
+              "groups": {f"{'val' if val else 'train'}/{language}/{bucket}":
+                         {"docs": n, "tokens": tokens[(val, language, bucket)]}
                          for (val, language, bucket), n in sorted(docs.items())}}
     write_json_atomically(sidecar_path(parts_dir, unit.name), counts)
 

@@ -67,7 +67,8 @@ def parse_mix(spec: str | None) -> dict[str, float]:
     return mix
 
 
-def group_budgets(chars: dict[tuple[str, str], int], mix: dict[str, float], max_chars: int) -> dict[tuple[str, str], int]:
+def group_budgets(chars: dict[tuple[str, str], int], mix: dict[str, float],
+                  max_chars: int) -> dict[tuple[str, str], int]:
     """Characters to take per group. Without a mix, groups keep their natural proportions; with
     one, each named language (or language/bucket) gets its share, split among its buckets by size."""
     total = sum(chars.values())
@@ -113,8 +114,8 @@ def write_sample(input_path, sample_file, seed: int, max_chars: int, mix: dict[s
         raise ValueError(f"{input_path}: the sample is empty (mix {mix or 'natural'}, budget {max_chars} chars)")
     return {"documents": sum(docs.values()), "characters": sum(kept_chars.values()), "sentences": sentences,
             "long_lines_left_out": {"lines": long_lines["lines"], "characters": long_lines["characters"]},
-            "groups": {f"{l}/{b}": {"input_characters": chars[(l, b)], "documents": docs[(l, b)],
-                                    "characters": kept_chars[(l, b)]} for l, b in sorted(chars)}}
+            "groups": {f"{lang}/{b}": {"input_characters": chars[(lang, b)], "documents": docs[(lang, b)],
+                                       "characters": kept_chars[(lang, b)]} for lang, b in sorted(chars)}}
 
 
 def trainer_options(sample_file: str, model_prefix: str, vocab_size: int,

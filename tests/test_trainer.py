@@ -13,12 +13,12 @@ import sentencepiece as spm
 import torch
 
 from tokenizer.shards import ShardError, ShardReader, ShardWriter, tokenizer_hash
-from trainer.data import TrainLoader, open_shards, val_batches
+from trainer.data import TrainLoader, find_shards, val_batches
 from trainer.model import main as model_main
 from trainer.model import PRESETS, FeedForward, RMSNorm, Transformer, apply_rope, preset, rope_table
 from trainer.sample import generate, next_token
 from trainer.sample import main as sample_main
-from trainer.train import TrainConfig, load_checkpoint, lr_at, model_from_checkpoint, train
+from trainer.train import TrainConfig, checkpoints, load_checkpoint, lr_at, model_from_checkpoint, train, train_state
 from trainer.train import main as train_main
 
 VOCAB = 512
@@ -34,10 +34,8 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def corpus(shared_data, tmp_path_factory):
+def make_corpus(shared_data, root):
     """(tokenizer model path, shard directory): 2 train shards and 1 validation shard of botchan passages."""
-    root = tmp_path_factory.mktemp("trainer")
     text = (shared_data / "text" / "botchan.en.txt").read_text(encoding="utf-8")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     paragraphs = ["\n".join(lines[i:i + 20]) for i in range(0, len(lines), 20)]  # 20-line documents
@@ -58,6 +56,11 @@ def corpus(shared_data, tmp_path_factory):
             for doc in docs:
                 writer.add_document([sp.bos_id()] + sp.encode(doc))
     return model_path, shards
+
+
+@pytest.fixture(scope="module")
+def corpus(shared_data, tmp_path_factory):
+    return make_corpus(shared_data, tmp_path_factory.mktemp("trainer"))
 
 
 def tiny_run(corpus, out_dir, **overrides) -> TrainConfig:
@@ -167,7 +170,7 @@ def test_overfits_one_batch():
 def test_loader_windows_come_from_the_shards_and_resume_exactly(corpus):
     _, shards = corpus
     loader = TrainLoader(shards, seq_len=64, batch_size=4, seed=7)
-    stream = np.concatenate([np.asarray(r.tokens) for r in open_shards(shards, "train")])
+    stream = np.concatenate([ShardReader(s.prefix).tokens for s in find_shards(shards, "train")])
     x, y = loader.next_batch()
     assert x.shape == y.shape == (4, 64) and torch.equal(x[:, 1:], y[:, :-1])
     row = x[0].numpy()
@@ -210,9 +213,9 @@ def test_val_batches_are_fixed_and_mixed_tokenizers_are_refused(corpus, tmp_path
         with ShardWriter(mixed / name, VOCAB, sha) as writer:
             writer.add_document(np.arange(200) % VOCAB)
     with pytest.raises(ShardError, match="tokenizer or vocabulary differs"):
-        open_shards(mixed, "train")
+        find_shards(mixed, "train")
     with pytest.raises(FileNotFoundError, match="make shards"):
-        open_shards(tmp_path, "val")
+        find_shards(tmp_path, "val")
 
 
 # --- training ---
@@ -231,9 +234,10 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(corpus, tmp_path):
     assert len(first) == 4 and len(rest) == 4
     assert first + rest == straight  # bit for bit: same data, same optimizer state, same RNG
 
-    ckpt = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")  # weights_only=True
-    assert ckpt["step"] == 8 and ckpt["data"]["position"] == 8 * 2 * 8
-    assert ckpt["tokenizer_sha256"] == tokenizer_hash(corpus[0]).hex()
+    state = train_state(checkpoints(tmp_path / "resumed")[-1])
+    assert state["step"] == 8 and state["data"]["position"] == 8 * 2 * 8
+    assert state["tokenizer_sha256"] == tokenizer_hash(corpus[0]).hex()
+    assert [p.name for p in checkpoints(tmp_path / "resumed")] == ["step-00000008"]  # the older one is gone
 
 
 def test_ddp_under_torchrun_matches_one_process_on_the_global_batch(corpus, tmp_path):
@@ -247,7 +251,7 @@ def test_ddp_under_torchrun_matches_one_process_on_the_global_batch(corpus, tmp_
     rows = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     ddp = [r["loss"] for r in rows if "loss" in r]
     assert ddp == pytest.approx(single, abs=1e-4)
-    assert load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["data"]["position"] == 4 * 8
+    assert train_state(checkpoints(tmp_path / "ddp")[-1])["data"]["position"] == 4 * 8
 
 
 def test_training_on_real_shards_lowers_validation_loss_and_samples(corpus, tmp_path, capsys):
@@ -258,8 +262,8 @@ def test_training_on_real_shards_lowers_validation_loss_and_samples(corpus, tmp_
     assert initial == pytest.approx(math.log(VOCAB), abs=0.3)  # untrained: near uniform
     assert final < initial - 1.0
     # Below the unigram cross-entropy of the validation tokens: the model uses context, not just frequencies.
-    train_tokens = np.concatenate([np.asarray(r.tokens) for r in open_shards(corpus[1], "train")])
-    val_tokens = np.concatenate([np.asarray(r.tokens) for r in open_shards(corpus[1], "val")])
+    train_tokens = np.concatenate([ShardReader(s.prefix).tokens for s in find_shards(corpus[1], "train")])
+    val_tokens = np.concatenate([ShardReader(s.prefix).tokens for s in find_shards(corpus[1], "val")])
     unigram = (np.bincount(train_tokens, minlength=VOCAB) + 1) / (len(train_tokens) + VOCAB)
     assert final < -np.log(unigram[val_tokens]).mean()
     assert (out / "loss.png").stat().st_size > 10_000
@@ -267,7 +271,7 @@ def test_training_on_real_shards_lowers_validation_loss_and_samples(corpus, tmp_
     steps = [r for r in rows if "loss" in r]
     assert len(steps) == 60 and all({"lr", "grad_norm", "tokens_per_s"} <= set(r) for r in steps)
 
-    model = model_from_checkpoint(load_checkpoint(result["checkpoint"]))
+    model = model_from_checkpoint(load_checkpoint(result["model"]))
     sp = spm.SentencePieceProcessor(model_file=str(corpus[0]))
     prompt = [sp.bos_id()] + sp.encode("I said to him")
     cached = generate(model, prompt, 20)
@@ -275,7 +279,7 @@ def test_training_on_real_shards_lowers_validation_loss_and_samples(corpus, tmp_
     assert len(cached) == len(prompt) + 20 and isinstance(sp.decode(cached[1:]), str)
 
     capsys.readouterr()
-    sample_main(["--checkpoint", str(result["checkpoint"]), "--tokenizer", str(corpus[0]), "--prompt", "I said",
+    sample_main(["--checkpoint", str(result["model"]), "--tokenizer", str(corpus[0]), "--prompt", "I said",
                  "--max-new-tokens", "30", "--temperature", "0.8", "--top-k", "50", "--top-p", "0.95"])
     sampled = capsys.readouterr().out
     assert sampled.startswith("I said") and len(sampled) > len("I said") + 10

@@ -4,6 +4,8 @@ model trained in a temporary directory, documents written with tokenizer.shards.
 import json
 import math
 import os
+import resource
+import shutil
 import subprocess
 import sys
 
@@ -13,12 +15,32 @@ import sentencepiece as spm
 import torch
 
 from tokenizer.shards import ShardError, ShardReader, ShardWriter, tokenizer_hash
-from trainer.data import TrainLoader, find_shards, val_batches
+from trainer.data import TrainLoader, WindowOrder, find_shards, val_batches
+from trainer.model import (
+    PRESETS,
+    FeedForward,
+    RMSNorm,
+    Transformer,
+    apply_rope,
+    memory_plan,
+    preset,
+    rope_table,
+    saved_bytes_per_token,
+)
 from trainer.model import main as model_main
-from trainer.model import PRESETS, FeedForward, RMSNorm, Transformer, apply_rope, preset, rope_table
 from trainer.sample import generate, next_token
 from trainer.sample import main as sample_main
-from trainer.train import TrainConfig, checkpoints, load_checkpoint, lr_at, model_from_checkpoint, train, train_state
+from trainer.train import (
+    TrainConfig,
+    checkpoints,
+    grad_accumulation,
+    load_checkpoint,
+    lr_at,
+    model_from_checkpoint,
+    parse_config,
+    train,
+    train_state,
+)
 from trainer.train import main as train_main
 
 VOCAB = 512
@@ -165,6 +187,44 @@ def test_overfits_one_batch():
     assert loss.item() < 0.5  # from ln(512) ≈ 6.2: random targets are memorised
 
 
+def test_activation_memory_formula_is_what_autograd_saves():
+    """--plan's per-layer and head activation terms against the bytes autograd really saves, with bf16
+    parameters as under FSDP's mixed precision (a 2-layer minus a 1-layer model gives one layer)."""
+    def saved_per_token(n_layers):
+        torch.manual_seed(0)
+        model = Transformer(preset("tiny", n_layers=n_layers, **TINY)).to(torch.bfloat16)
+        owned = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+        saved = {}
+
+        def pack(t):
+            if t.untyped_storage().data_ptr() not in owned:
+                saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()  # views count once
+            return t
+
+        tokens = torch.randint(0, VOCAB, (2, 64))
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(tokens, torch.randint(0, VOCAB, (2, 64)))
+        return sum(saved.values()) / tokens.numel()
+
+    one, two = saved_per_token(1), saved_per_token(2)
+    layer, head = saved_bytes_per_token(preset("tiny", **TINY), residual_bytes=2)
+    assert two - one == layer
+    assert one - layer == pytest.approx(head, abs=0.05)  # + the 4-byte loss over 128 tokens
+
+
+def test_memory_plan_for_7b_on_eight_80gb_gpus(capsys):
+    model_main(["--preset", "7B", "--plan", "8", "--gpu-memory", "80"])
+    out = capsys.readouterr().out
+    plans = memory_plan(PRESETS["7B"], world=8, seq_len=2048, gpu_gib=80)
+    ddp, fsdp, fsdp_ac = plans["DDP"], plans["FSDP"], plans["FSDP + AC"]
+    assert ddp["weights"] + ddp["gradients"] + ddp["optimizer"] == 16 * 6_738_415_616  # 16 B per parameter
+    assert ddp["max micro-batch"] == plans["DDP + AC"]["max micro-batch"] == 0  # 100 GiB before activations
+    assert fsdp["optimizer"] == ddp["optimizer"] / 8
+    assert fsdp_ac["activations / sequence"] < fsdp["activations / sequence"] / 5
+    assert fsdp_ac["max micro-batch"] > fsdp["max micro-batch"] > 0
+    assert "max micro-batch" in out and "FSDP + AC" in out and "micro-batch x accumulation" in out
+
+
 # --- data ---
 
 def test_loader_windows_come_from_the_shards_and_resume_exactly(corpus):
@@ -205,7 +265,8 @@ def test_val_batches_are_fixed_and_mixed_tokenizers_are_refused(corpus, tmp_path
     model_path, shards = corpus
     first = list(val_batches(shards, 64, 4, max_batches=3))
     assert len(first) == 3 and all(torch.equal(a[0], b[0]) for a, b in zip(first, val_batches(shards, 64, 4, 3)))
-    assert ShardReader(shards / "val-00000").tokens[0] == spm.SentencePieceProcessor(model_file=str(model_path)).bos_id()
+    bos = spm.SentencePieceProcessor(model_file=str(model_path)).bos_id()
+    assert ShardReader(shards / "val-00000").tokens[0] == bos
 
     mixed = tmp_path / "mixed"
     mixed.mkdir()
@@ -218,6 +279,86 @@ def test_val_batches_are_fixed_and_mixed_tokenizers_are_refused(corpus, tmp_path
         find_shards(tmp_path, "val")
 
 
+def test_thousands_of_shards_train_under_a_low_open_file_limit(corpus, tmp_path):
+    """1100 shards, 256 file handles: the old reader (two memory maps, each with a handle, per shard) cannot
+    even open them; the trainer reads each shard only while it reads it."""
+    model_path, _ = corpus
+    sha = tokenizer_hash(model_path)
+    many = tmp_path / "many"
+    many.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(1100):
+        with ShardWriter(many / f"train-{i:05d}", VOCAB, sha, durable=False) as writer:
+            writer.add_document(rng.integers(0, VOCAB, 40))
+    with ShardWriter(many / "val-00000", VOCAB, sha, durable=False) as writer:
+        writer.add_document(rng.integers(0, VOCAB, 400))
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    all_open = subprocess.run(
+        [sys.executable, "-c", "import sys, pathlib; from tokenizer.shards import ShardReader; "
+         "readers = [ShardReader(p.with_suffix('')) for p in pathlib.Path(sys.argv[1]).glob('train-*.idx')]",
+         str(many)], preexec_fn=limited, env=env, capture_output=True, text=True)
+    assert all_open.returncode != 0 and "Too many open files" in all_open.stderr  # the limit bites
+    run = subprocess.run([sys.executable, "-m", "trainer.train", f"data_dir={many}", f"out_dir={tmp_path / 'run'}",
+                          "preset=tiny", "seq_len=16", "batch_size=64", "max_steps=3", "eval_interval=0",
+                          "eval_batches=2"], preexec_fn=limited, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "2,200 training windows" in run.stdout  # 1100 shards × 2 windows of 16 + 1 tokens
+    assert train_state(checkpoints(tmp_path / "run")[-1])["data"]["position"] == 3 * 64
+
+
+def test_window_order_is_a_permutation_computed_per_position():
+    for n in (1, 2, 3, 7, 64, 1000, 4097):
+        assert sorted(WindowOrder(n, seed=5, epoch=0)[np.arange(n)]) == list(range(n))
+    order = WindowOrder(100, seed=5, epoch=0)[np.arange(100)]
+    assert not np.array_equal(order, np.arange(100))  # shuffled
+    assert not np.array_equal(order, WindowOrder(100, seed=5, epoch=1)[np.arange(100)])  # a new order each epoch
+    assert not np.array_equal(order, WindowOrder(100, seed=6, epoch=0)[np.arange(100)])
+    assert np.array_equal(order[40:50], WindowOrder(100, seed=5, epoch=0)[np.arange(40, 50)])  # random access
+    # 300B tokens at seq_len 128 are 2.3e9 windows: a permutation array would be 19 GB; this holds 4 keys.
+    huge = WindowOrder(2_343_750_000, seed=1, epoch=0)
+    positions = huge[np.arange(1_000_000)]
+    assert len(np.unique(positions)) == 1_000_000 and positions.max() < 2_343_750_000
+    assert sum(a.nbytes for a in vars(huge).values() if isinstance(a, np.ndarray)) <= 64
+
+
+def test_resume_refuses_a_changed_shard_list_unless_allowed(corpus, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(corpus[1], data)
+    train(tiny_run(corpus, tmp_path / "run", data_dir=str(data), max_steps=4, stop_at=1))
+    state = train_state(checkpoints(tmp_path / "run")[-1])
+    assert state["data"]["shards"] == [[s.prefix.name, s.num_tokens] for s in find_shards(data, "train")]
+    with ShardWriter(data / "train-00002", VOCAB, tokenizer_hash(corpus[0])) as writer:
+        writer.add_document(np.arange(300) % VOCAB)
+    with pytest.raises(ValueError, match=r"added \['train-00002'\], removed \[\].*allow_shard_change"):
+        train(tiny_run(corpus, tmp_path / "run", data_dir=str(data), max_steps=4, stop_at=2))
+    (data / "train-00002.idx").unlink()
+    (data / "train-00001.idx").unlink()
+    with pytest.raises(ValueError, match=r"added \[\], removed \['train-00001'\]"):
+        train(tiny_run(corpus, tmp_path / "run", data_dir=str(data), max_steps=4, stop_at=2))
+    resumed = train(tiny_run(corpus, tmp_path / "run", data_dir=str(data), max_steps=4, stop_at=2,
+                             allow_shard_change=True))
+    assert len(resumed["losses"]) == 1 and train_state(resumed["checkpoint"])["data"]["shards"] == [
+        ["train-00000", find_shards(data, "train")[0].num_tokens]]
+
+
+def test_token_ids_outside_the_vocabulary_fail_naming_the_shard(corpus, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    with ShardWriter(bad / "train-00000", VOCAB, tokenizer_hash(corpus[0])) as writer:
+        writer.add_document(np.arange(1000) % VOCAB)
+    tokens = np.memmap(bad / "train-00000.bin", dtype=np.uint16, mode="r+")
+    tokens[500] = VOCAB + 7  # a corrupt shard: the header's vocabulary is 512
+    tokens.flush()
+    del tokens
+    loader = TrainLoader(bad, seq_len=64, batch_size=15, seed=0)  # 15 of the 15 windows: one holds token 500
+    with pytest.raises(ShardError, match=r"train-00000\.bin: token id 519 .* outside the vocabulary of 512"):
+        loader.next_batch()
+
+
 # --- training ---
 
 def test_schedule_warms_up_then_decays_to_ten_percent():
@@ -225,6 +366,16 @@ def test_schedule_warms_up_then_decays_to_ten_percent():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
     assert lrs[100] == pytest.approx(0.1)
+
+
+def test_7b_recipe_takes_4m_tokens_per_step_at_any_power_of_two_world_size():
+    cfg = parse_config(["--config", "trainer/configs/7B.json"])
+    assert (cfg.seq_len, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio) == (2048, 3e-4, 2000, 0.1)
+    assert cfg.parallelism == "fsdp" and cfg.activation_checkpointing
+    for world in (8, 64):
+        assert grad_accumulation(cfg, world) * cfg.batch_size * cfg.seq_len * world == 4 * 1024 ** 2
+    with pytest.raises(ValueError, match="not a multiple of batch_size × seq_len × world size"):
+        grad_accumulation(cfg, 6)
 
 
 def test_resume_gives_the_same_losses_as_an_uninterrupted_run(corpus, tmp_path):

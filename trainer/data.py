@@ -83,8 +83,9 @@ class TokenWindows:
         start = (index - int(self.starts[shard_index])) * self.seq_len
         tokens = shard.read(start, self.seq_len + 1)
         # A corrupt or foreign shard would otherwise surface as an IndexError deep in the embedding.
-        if int(tokens.max()) >= self.vocab_size:
-            raise ShardError(f"{shard.bin_path}: token id {int(tokens.max())} at tokens {start}..{start + self.seq_len} "
+        largest = int(tokens.max())
+        if largest >= self.vocab_size:
+            raise ShardError(f"{shard.bin_path}: token id {largest} at tokens {start}..{start + self.seq_len} "
                              f"is outside the vocabulary of {self.vocab_size}")
         return tokens
 

@@ -271,7 +271,8 @@ def memory_plan(cfg: ModelConfig, world: int, seq_len: int, gpu_gib: float) -> d
                    "working copies": working,
                    "activations / sequence": seq_len * activation_bytes_per_token(cfg, residual, checkpointing)}
             row["fixed"] = row["weights"] + row["gradients"] + row["optimizer"] + row["working copies"]
-            row["max micro-batch"] = max(0, int((USABLE * gpu_gib * GIB - row["fixed"]) // row["activations / sequence"]))
+            free = USABLE * gpu_gib * GIB - row["fixed"]
+            row["max micro-batch"] = max(0, int(free // row["activations / sequence"]))
             plans[name + (" + AC" if checkpointing else "")] = row
     return plans
 

@@ -30,7 +30,12 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
@@ -48,7 +53,7 @@ class TrainConfig:
     seq_len: int = 128  # tokens of context per training window
     batch_size: int = 16  # windows per micro-batch per process
     grad_accum: int = 1  # micro-batches summed into one optimizer step (unless global_batch_tokens is set)
-    global_batch_tokens: int | None = None  # tokens per optimizer step over all ranks; sets grad_accum from the world size
+    global_batch_tokens: int | None = None  # tokens per optimizer step, all ranks; sets grad_accum from the world size
     max_steps: int = 300  # optimizer steps in the whole run; the schedule spans these
     stop_at: int | None = None  # end this invocation after this step (a time-limited job slot); resume later
     lr: float | None = None  # peak learning rate; None takes the preset's
@@ -65,11 +70,11 @@ class TrainConfig:
     seed: int = 1337  # model init and data order
     compile: bool = False  # torch.compile each transformer block
     parallelism: str = "ddp"  # under torchrun: "ddp" replicates the model (small models), "fsdp" shards it (FSDP2)
-    mixed_precision: bool = True  # bf16 compute on CUDA (FSDP: bf16 parameters, fp32 gradient reduction; DDP: autocast); CPU: fp32
+    mixed_precision: bool = True  # bf16 compute on CUDA (FSDP: bf16 params, fp32 reduction; DDP: autocast); CPU fp32
     activation_checkpointing: bool = False  # each block keeps only its input and recomputes the rest in backward
     device: str = "auto"  # auto: cuda when available, else cpu
     resume: bool = True  # continue from the newest out_dir/checkpoint/step-N when there is one
-    allow_shard_change: bool = False  # resume although the training shards differ from the checkpoint's (new data order)
+    allow_shard_change: bool = False  # resume although the training shards differ from the checkpoint's (new order)
 
 
 # Dense bf16 peak FLOP/s by device name, for MFU.
@@ -139,6 +144,10 @@ class Run:
     def checkpoint_dir(self) -> Path:
         return Path(self.cfg.out_dir) / "checkpoint"
 
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.batch_size * self.cfg.seq_len * self.grad_accum * self.world
+
 
 def init_processes(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     """(rank, world size, device); under torchrun also the process group."""
@@ -156,7 +165,7 @@ def init_processes(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def build_model(cfg: TrainConfig, model_cfg: ModelConfig, world: int, device: torch.device, bf16: bool) -> Transformer:
+def build_model(cfg: TrainConfig, model_cfg: ModelConfig, device: torch.device, bf16: bool, fsdp: bool) -> Transformer:
     """Built on `meta` (no memory), wrapped for activation checkpointing, sharded under FSDP, then only
     this rank's share is allocated on `device` and initialised from the seed: under FSDP no rank ever
     holds the whole model."""
@@ -167,8 +176,8 @@ def build_model(cfg: TrainConfig, model_cfg: ModelConfig, world: int, device: to
             model.layers[i] = block = checkpoint_wrapper(block, preserve_rng_state=False)  # nothing random to replay
         if cfg.compile:
             block.compile()  # per block, as torchtitan: one graph reused by every layer
-    if cfg.parallelism == "fsdp" and world > 1:
-        mesh = init_device_mesh(device.type, (world,))
+    if fsdp:
+        mesh = init_device_mesh(device.type, (dist.get_world_size(),))
         policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
                   else MixedPrecisionPolicy())
         for i, block in enumerate(model.layers):
@@ -200,7 +209,7 @@ def setup(cfg: TrainConfig) -> Run:
     model_cfg = preset(cfg.preset, vocab_size=loader.vocab_size, max_seq_len=max(cfg.seq_len, base.max_seq_len))
     bf16 = cfg.mixed_precision and device.type == "cuda" and torch.cuda.is_bf16_supported()
     fsdp = cfg.parallelism == "fsdp" and world > 1
-    model = build_model(cfg, model_cfg, world, device, bf16)
+    model = build_model(cfg, model_cfg, device, bf16, fsdp)
     step_model = model
     if world > 1 and not fsdp:
         # The buckets are the gradients (no second copy); the RoPE buffers are equal everywhere by construction.
@@ -345,60 +354,68 @@ def plot_losses(log_path: Path, png_path: Path) -> None:
     plt.close(fig)
 
 
+def open_log(run: Run):
+    """Rank 0's log.jsonl (a resumed run continues it) and its opening line; None on the other ranks."""
+    if not run.master:
+        return None
+    out = Path(run.cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    layout = "FSDP" if run.fsdp else "DDP" if run.world > 1 else "one process"
+    print(f"{run.cfg.preset}: {run.model.num_params():,} parameters, {len(run.loader.windows):,} training windows, "
+          f"{run.tokens_per_step:,} tokens/step ({run.grad_accum} accumulated), {run.world} × {run.device}, {layout}"
+          f"{', activation checkpointing' if run.cfg.activation_checkpointing else ''}")
+    return open(out / "log.jsonl", "a" if run.step else "w")
+
+
+def log_step(run: Run, log, loss: float, lr: float, grad_norm: float, seconds: float) -> None:
+    row = {"step": run.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+           "tokens_per_s": run.tokens_per_step / seconds, "dt": seconds}
+    peak = peak_flops(run.device)
+    if peak:
+        row["mfu"] = run.model.flops_per_token(run.cfg.seq_len) * row["tokens_per_s"] / (peak * run.world)
+    log.write(json.dumps(row) + "\n")
+    log.flush()
+    if run.step % run.cfg.log_interval == 0 or run.step == run.cfg.max_steps:
+        mfu = f", MFU {row['mfu']:.1%}" if peak else ""
+        print(f"step {run.step}/{run.cfg.max_steps}: loss {loss:.4f}, lr {lr:.2e}, grad norm {grad_norm:.2f}, "
+              f"{row['tokens_per_s']:,.0f} tokens/s{mfu}")
+
+
+def validate(run: Run, log) -> tuple[int, float]:
+    loss = evaluate(run)
+    if log:
+        log.write(json.dumps({"step": run.step, "val_loss": loss}) + "\n")
+        log.flush()
+        print(f"step {run.step}: validation loss {loss:.4f}")
+    return run.step, loss
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) training; returns this call's per-step training losses and (step, validation loss) pairs."""
     run = setup(cfg)
-    out = Path(cfg.out_dir)
-    previous = checkpoints(out) if cfg.resume else []
+    previous = checkpoints(cfg.out_dir) if cfg.resume else []
     if previous:
         restore_state(run, previous[-1])
         if run.master:
             print(f"resumed from {previous[-1]} at step {run.step}")
-    peak = peak_flops(run.device)
-    flops_per_token = run.model.flops_per_token(cfg.seq_len)
-    tokens_per_step = cfg.batch_size * cfg.seq_len * run.grad_accum * run.world
-    log = None
-    if run.master:
-        out.mkdir(parents=True, exist_ok=True)
-        log = open(out / "log.jsonl", "a" if run.step else "w")  # a resumed run continues its log
-        print(f"{cfg.preset}: {run.model.num_params():,} parameters, {len(run.loader.windows):,} training windows, "
-              f"{tokens_per_step:,} tokens/step ({run.grad_accum} accumulated), {run.world} × {run.device}, "
-              f"{'FSDP' if run.fsdp else 'DDP' if run.world > 1 else 'one process'}"
-              f"{', activation checkpointing' if cfg.activation_checkpointing else ''}")
+    log = open_log(run)
     losses, val_losses = [], []
-
-    def validate() -> None:
-        val_losses.append((run.step, evaluate(run)))
-        if log:
-            log.write(json.dumps({"step": run.step, "val_loss": val_losses[-1][1]}) + "\n")
-            print(f"step {run.step}: validation loss {val_losses[-1][1]:.4f}")
-
     if run.step == 0:
-        validate()  # the curve starts from the untrained model
+        val_losses.append(validate(run, log))  # the curve starts from the untrained model
     end = min(cfg.max_steps, cfg.stop_at or cfg.max_steps)
     while run.step < end:
         started = time.perf_counter()
         lr = lr_at(run.step, run.peak_lr, run.warmup, cfg.max_steps, cfg.min_lr_ratio)
         loss, grad_norm = train_step(run, lr)
-        dt = time.perf_counter() - started
         losses.append(loss)
         if log:
-            row = {"step": run.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                   "tokens_per_s": tokens_per_step / dt, "dt": dt}
-            if peak:
-                row["mfu"] = flops_per_token * row["tokens_per_s"] / (peak * run.world)
-            log.write(json.dumps(row) + "\n")
-            if run.step % cfg.log_interval == 0 or run.step == cfg.max_steps:
-                mfu = f", MFU {row['mfu']:.1%}" if peak else ""
-                print(f"step {run.step}/{cfg.max_steps}: loss {loss:.4f}, lr {lr:.2e}, grad norm {grad_norm:.2f}, "
-                      f"{row['tokens_per_s']:,.0f} tokens/s{mfu}")
+            log_step(run, log, loss, lr, grad_norm, time.perf_counter() - started)
         if (cfg.eval_interval and run.step % cfg.eval_interval == 0) or run.step == cfg.max_steps:
-            validate()
+            val_losses.append(validate(run, log))
         if run.step % cfg.ckpt_interval == 0 or run.step == end:
             save_state(run)
-        if log:
-            log.flush()
     weights = export_model(run)
+    out = Path(cfg.out_dir)
     if log:
         log.close()
         plot_losses(out / "log.jsonl", out / "loss.png")

@@ -15,6 +15,7 @@ with the data is only the first-window table, one entry per shard.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,10 +40,15 @@ class Shard:
 
     def read(self, start: int, count: int) -> np.ndarray:
         """`count` tokens from `start`: one open/read/close, so no handle outlives the call."""
-        tokens = np.fromfile(self.bin_path, dtype=self.dtype, count=count, offset=start * self.dtype.itemsize)
-        if tokens.size != count:
-            raise ShardError(f"{self.bin_path}: {tokens.size} tokens at {start}, expected {count} (file shrank?)")
-        return tokens
+        fd = os.open(self.bin_path, os.O_RDONLY)
+        try:
+            data = os.pread(fd, count * self.dtype.itemsize, start * self.dtype.itemsize)
+        finally:
+            os.close(fd)
+        if len(data) != count * self.dtype.itemsize:
+            raise ShardError(f"{self.bin_path}: {len(data) // self.dtype.itemsize} tokens at {start}, "
+                             f"expected {count} (file shrank?)")
+        return np.frombuffer(data, dtype=self.dtype)
 
 
 def find_shards(directory: str | Path, split: str, expected_tokenizer_sha256: bytes | None = None) -> list[Shard]:
@@ -77,20 +83,25 @@ class TokenWindows:
     def __len__(self) -> int:
         return int(self.starts[-1])
 
+    def locate(self, index: int) -> tuple[Shard, int]:
+        """The shard of global window `index` and the window's first token in it."""
+        shard = int(np.searchsorted(self.starts, index, side="right")) - 1
+        return self.shards[shard], (index - int(self.starts[shard])) * self.seq_len
+
     def window(self, index: int) -> np.ndarray:
-        shard_index = int(np.searchsorted(self.starts, index, side="right")) - 1
-        shard = self.shards[shard_index]
-        start = (index - int(self.starts[shard_index])) * self.seq_len
-        tokens = shard.read(start, self.seq_len + 1)
-        # A corrupt or foreign shard would otherwise surface as an IndexError deep in the embedding.
-        largest = int(tokens.max())
-        if largest >= self.vocab_size:
-            raise ShardError(f"{shard.bin_path}: token id {largest} at tokens {start}..{start + self.seq_len} "
-                             f"is outside the vocabulary of {self.vocab_size}")
-        return tokens
+        shard, start = self.locate(index)
+        return shard.read(start, self.seq_len + 1)
 
     def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = torch.from_numpy(np.stack([self.window(int(i)) for i in indices]).astype(np.int64))
+        indices = [int(i) for i in indices]
+        rows = np.stack([self.window(i) for i in indices])
+        # One max per batch; a corrupt or foreign shard would otherwise be an IndexError deep in the embedding.
+        if int(rows.max()) >= self.vocab_size:
+            row = int(np.argmax(rows.max(axis=1) >= self.vocab_size))
+            shard, start = self.locate(indices[row])
+            raise ShardError(f"{shard.bin_path}: token id {int(rows[row].max())} at tokens {start}.."
+                             f"{start + self.seq_len} is outside the vocabulary of {self.vocab_size}")
+        rows = torch.from_numpy(rows.astype(np.int64))
         return rows[:, :-1], rows[:, 1:]
 
 
@@ -99,37 +110,36 @@ class WindowOrder:
 
     A 4-round Feistel network over the smallest even number of bits that holds n is a bijection on
     [0, 2^bits); "cycle walking" (apply it again while the result is >= n) restricts it to [0, n).
-    As 2^bits < 4n, a position needs fewer than 4 walks on average. Memory: four round keys."""
+    As 2^bits < 4n, a position needs fewer than 4 walks on average. Memory: four round keys.
+    Plain Python integers: for the few positions of a batch they beat numpy's per-call overhead."""
 
     ROUNDS = 4
+    MASK64 = (1 << 64) - 1
 
     def __init__(self, n: int, seed: int, epoch: int):
         self.n = n
         self.half = max(1, (int(n - 1).bit_length() + 1) // 2)
-        self.mask = np.uint64((1 << self.half) - 1)
-        self.keys = np.random.default_rng([seed, epoch]).integers(0, 2**63, self.ROUNDS, dtype=np.uint64)
+        self.mask = (1 << self.half) - 1
+        self.keys = [int(k) for k in np.random.default_rng([seed, epoch]).integers(0, 2**63, self.ROUNDS)]
 
-    def _round(self, right: np.ndarray, key: np.uint64) -> np.ndarray:
+    def _round(self, right: int, key: int) -> int:
         # splitmix64's finaliser: every input bit reaches every output bit.
-        z = (right ^ key) * np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return (z ^ (z >> np.uint64(31))) & self.mask
+        z = ((right ^ key) * 0x9E3779B97F4A7C15) & self.MASK64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & self.MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & self.MASK64
+        return (z ^ (z >> 31)) & self.mask
 
-    def _feistel(self, x: np.ndarray) -> np.ndarray:
-        half = np.uint64(self.half)
-        left, right = x >> half, x & self.mask
+    def _feistel(self, x: int) -> int:
+        left, right = x >> self.half, x & self.mask
         for key in self.keys:
             left, right = right, left ^ self._round(right, key)
-        return (left << half) | right
+        return (left << self.half) | right
 
-    def __getitem__(self, positions: np.ndarray) -> np.ndarray:
-        out = self._feistel(np.asarray(positions, dtype=np.uint64))
-        outside = out >= np.uint64(self.n)
-        while outside.any():
-            out[outside] = self._feistel(out[outside])
-            outside = out >= np.uint64(self.n)
-        return out.astype(np.int64)
+    def __getitem__(self, position: int) -> int:
+        x = self._feistel(position)
+        while x >= self.n:
+            x = self._feistel(x)
+        return x
 
 
 def shard_list(shards: list[Shard]) -> list[list]:
@@ -161,7 +171,7 @@ class TrainLoader:
             self._order = WindowOrder(len(self.windows), self.seed, self.epoch)
         first = self.position + self.rank * self.batch_size
         self.position += global_batch
-        return self.windows.batch(self._order[np.arange(first, first + self.batch_size)])
+        return self.windows.batch([self._order[p] for p in range(first, first + self.batch_size)])
 
     def state_dict(self) -> dict:
         return {"seed": self.seed, "epoch": self.epoch, "position": self.position, "shards": shard_list(self.shards)}

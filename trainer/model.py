@@ -237,7 +237,9 @@ class Transformer(nn.Module):
 #                  the loss (bf16 logits, their fp32 copy, the fp32 gradient of the logits)
 # With activation checkpointing per block, a block saves only its input (r·d) and one block's activations
 # are alive again while it is recomputed in backward:  L·r·d + per_layer + head  instead of  L·per_layer + head.
-# tests/test_trainer_dist.py checks the per-layer and head terms against the bytes autograd really saves.
+# tests/test_trainer.py checks the per-layer and head terms against the bytes autograd really saves with
+# bf16 parameters (the FSDP column). The DDP column assumes CUDA's autocast, which runs attention in bf16
+# (CPU's autocast runs it in fp32, so it cannot be checked on a CPU).
 
 GIB = 1024 ** 3
 USABLE = 0.9  # of GPU memory: the rest goes to the CUDA context, NCCL buffers and allocator fragmentation

@@ -212,9 +212,9 @@ def setup(cfg: TrainConfig) -> Run:
     model = build_model(cfg, model_cfg, device, bf16, fsdp)
     step_model = model
     if world > 1 and not fsdp:
-        # The buckets are the gradients (no second copy); the RoPE buffers are equal everywhere by construction.
+        # The buckets are the gradients (no second copy); the RoPE tables are equal everywhere: no sync per forward.
         step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                             gradient_as_bucket_view=True, broadcast_buffers=False)
+                                             gradient_as_bucket_view=True, forward_sync_buffers=False)
     peak_lr = cfg.lr if cfg.lr is not None else model_cfg.lr
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(2000, cfg.max_steps // 10)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and not fsdp

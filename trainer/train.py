@@ -22,6 +22,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -43,6 +44,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from trainer.data import TrainLoader, val_batches
 from trainer.model import ModelConfig, Transformer, preset
+
+# DCP warns on every save and load by one process that it assumes one process: that is the intent here.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 
 @dataclass
@@ -239,6 +243,10 @@ def save_state(run: Run) -> None:
     and configs, then publishes the directory by renaming it and drops the previous checkpoint."""
     final = run.checkpoint_dir / f"step-{run.step:08d}"
     tmp = final.with_name(final.name + ".tmp")
+    if run.master and tmp.exists():
+        shutil.rmtree(tmp)  # cut short earlier, perhaps at another world size: no stale shard files
+    if dist.is_initialized():
+        dist.barrier()
     model_state, optimizer_state = get_state_dict(run.model, run.optimizer)
     dcp.save({"model": model_state, "optimizer": optimizer_state, "rng": torch.get_rng_state()}, checkpoint_id=tmp,
              no_dist=not dist.is_initialized())

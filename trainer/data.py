@@ -22,21 +22,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tokenizer.shards import ShardError, ShardReader
+from tokenizer.shards import ShardError, ShardReader, shard_paths
 
 
 @dataclass(frozen=True)
 class Shard:
     """What the trainer keeps of one published shard: its header facts, no open file."""
     prefix: Path  # NAME of NAME.bin / NAME.idx
-    num_tokens: int
+    num_tokens: int  # tokens in NAME.bin
     dtype: np.dtype  # token dtype of NAME.bin
-    vocab_size: int
-    tokenizer_sha256: bytes
+    vocab_size: int  # from the header: every id must be below it
+    tokenizer_sha256: bytes  # from the header: the tokenizer model that made the shard
 
     @property
     def bin_path(self) -> Path:
-        return self.prefix.with_name(self.prefix.name + ".bin")
+        return shard_paths(self.prefix)[0]
 
     def read(self, start: int, count: int) -> np.ndarray:
         """`count` tokens from `start`: one open/read/close, so no handle outlives the call."""

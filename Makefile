@@ -82,14 +82,20 @@ bench:
 
 # --- trainer ---
 # `make pretrain` trains the tiny CPU preset on the shards of `make shards` for a few minutes.
-# PRETRAIN_CONFIG picks another JSON config; ARGS passes key=value overrides (e.g. max_steps=1000).
+# PRETRAIN_CONFIG picks another JSON config; ARGS passes key=value overrides (e.g. max_steps=1000);
+# NPROC=8 runs that many processes on this machine under torchrun (the config says DDP or FSDP), e.g.
+# `make pretrain NPROC=8 PRETRAIN_CONFIG=trainer/configs/7B.json` (LLaMA's 7B recipe; see its memory
+# with `python -m trainer.model --preset 7B --plan 8 --gpu-memory 80`). Several machines: run
+# `torchrun --nnodes … -m trainer.train --config …` on each, with out_dir on a filesystem all of them see.
 .PHONY: pretrain
 PRETRAIN_CONFIG ?= trainer/configs/tiny.json
 PRETRAIN_DATA ?= runs/local/shards
+NPROC ?= 1
+PRETRAIN_LAUNCH := $(if $(filter 1,$(NPROC)),$(PY),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC))
 pretrain:
 	@if ! ls $(PRETRAIN_DATA)/train-*.idx >/dev/null 2>&1; then \
 		echo "no token shards in $(PRETRAIN_DATA): run \`make shards\` first"; exit 2; fi
-	$(PY) -m trainer.train --config $(PRETRAIN_CONFIG) data_dir=$(PRETRAIN_DATA) $(ARGS)
+	$(PRETRAIN_LAUNCH) -m trainer.train --config $(PRETRAIN_CONFIG) data_dir=$(PRETRAIN_DATA) $(ARGS)
 # --- trainer ---
 
 # --- perplexity ---

@@ -22,8 +22,8 @@ import sentencepiece as spm
 import torch
 
 from bench.common import SHARED_DATA
-from tokenizer.shards import ShardWriter, tokenizer_hash
-from trainer.data import open_shards
+from tokenizer.shards import ShardReader, ShardWriter, tokenizer_hash
+from trainer.data import find_shards
 from trainer.model import Transformer, preset
 from trainer.train import PEAK_FLOPS, TrainConfig, peak_flops, train
 
@@ -54,7 +54,7 @@ def ours(cfg: TrainConfig, skip: int) -> list[float]:
 def plain_loop(cfg: TrainConfig, vocab_size: int, device: torch.device, skip: int) -> list[float]:
     """nanoGPT's loop: random windows from the memmap, forward, backward, AdamW step."""
     torch.manual_seed(cfg.seed)
-    data = open_shards(cfg.data_dir, "train")[0].tokens
+    data = ShardReader(find_shards(cfg.data_dir, "train")[0].prefix).tokens
     model = Transformer(preset(cfg.preset, vocab_size=vocab_size, max_seq_len=cfg.seq_len)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1,
                                   fused=device.type == "cuda")
@@ -90,7 +90,7 @@ def main() -> None:
     skip = 3  # first steps warm allocators (and compile, on GPU)
     with tempfile.TemporaryDirectory() as tmp:
         shards = make_shards(Path(tmp), args.vocab)
-        vocab_size = open_shards(shards, "train")[0].vocab_size
+        vocab_size = find_shards(shards, "train")[0].vocab_size
         best_ours, best_plain = 0.0, 0.0
         for r in range(args.rounds):
             cfg = TrainConfig(preset=args.preset, data_dir=str(shards), out_dir=f"{tmp}/run{r}", seq_len=args.seq_len,

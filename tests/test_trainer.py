@@ -4,6 +4,8 @@ model trained in a temporary directory, documents written with tokenizer.shards.
 import json
 import math
 import os
+import resource
+import shutil
 import subprocess
 import sys
 
@@ -13,12 +15,32 @@ import sentencepiece as spm
 import torch
 
 from tokenizer.shards import ShardError, ShardReader, ShardWriter, tokenizer_hash
-from trainer.data import TrainLoader, open_shards, val_batches
+from trainer.data import TrainLoader, WindowOrder, find_shards, val_batches
+from trainer.model import (
+    PRESETS,
+    FeedForward,
+    RMSNorm,
+    Transformer,
+    apply_rope,
+    memory_plan,
+    preset,
+    rope_table,
+    saved_bytes_per_token,
+)
 from trainer.model import main as model_main
-from trainer.model import PRESETS, FeedForward, RMSNorm, Transformer, apply_rope, preset, rope_table
 from trainer.sample import generate, next_token
 from trainer.sample import main as sample_main
-from trainer.train import TrainConfig, load_checkpoint, lr_at, model_from_checkpoint, train
+from trainer.train import (
+    TrainConfig,
+    checkpoints,
+    grad_accumulation,
+    load_checkpoint,
+    lr_at,
+    model_from_checkpoint,
+    parse_config,
+    train,
+    train_state,
+)
 from trainer.train import main as train_main
 
 VOCAB = 512
@@ -34,10 +56,8 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def corpus(shared_data, tmp_path_factory):
+def make_corpus(shared_data, root):
     """(tokenizer model path, shard directory): 2 train shards and 1 validation shard of botchan passages."""
-    root = tmp_path_factory.mktemp("trainer")
     text = (shared_data / "text" / "botchan.en.txt").read_text(encoding="utf-8")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     paragraphs = ["\n".join(lines[i:i + 20]) for i in range(0, len(lines), 20)]  # 20-line documents
@@ -58,6 +78,11 @@ def corpus(shared_data, tmp_path_factory):
             for doc in docs:
                 writer.add_document([sp.bos_id()] + sp.encode(doc))
     return model_path, shards
+
+
+@pytest.fixture(scope="module")
+def corpus(shared_data, tmp_path_factory):
+    return make_corpus(shared_data, tmp_path_factory.mktemp("trainer"))
 
 
 def tiny_run(corpus, out_dir, **overrides) -> TrainConfig:
@@ -162,12 +187,50 @@ def test_overfits_one_batch():
     assert loss.item() < 0.5  # from ln(512) ≈ 6.2: random targets are memorised
 
 
+def test_activation_memory_formula_is_what_autograd_saves():
+    """--plan's per-layer and head activation terms against the bytes autograd really saves, with bf16
+    parameters as under FSDP's mixed precision (a 2-layer minus a 1-layer model gives one layer)."""
+    def saved_per_token(n_layers):
+        torch.manual_seed(0)
+        model = Transformer(preset("tiny", n_layers=n_layers, **TINY)).to(torch.bfloat16)
+        owned = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+        saved = {}
+
+        def pack(t):
+            if t.untyped_storage().data_ptr() not in owned:
+                saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()  # views count once
+            return t
+
+        tokens = torch.randint(0, VOCAB, (2, 64))
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(tokens, torch.randint(0, VOCAB, (2, 64)))
+        return sum(saved.values()) / tokens.numel()
+
+    one, two = saved_per_token(1), saved_per_token(2)
+    layer, head = saved_bytes_per_token(preset("tiny", **TINY), residual_bytes=2)
+    assert two - one == layer
+    assert one - layer == pytest.approx(head, abs=0.05)  # + the 4-byte loss over 128 tokens
+
+
+def test_memory_plan_for_7b_on_eight_80gb_gpus(capsys):
+    model_main(["--preset", "7B", "--plan", "8", "--gpu-memory", "80"])
+    out = capsys.readouterr().out
+    plans = memory_plan(PRESETS["7B"], world=8, seq_len=2048, gpu_gib=80)
+    ddp, fsdp, fsdp_ac = plans["DDP"], plans["FSDP"], plans["FSDP + AC"]
+    assert ddp["weights"] + ddp["gradients"] + ddp["optimizer"] == 16 * 6_738_415_616  # 16 B per parameter
+    assert ddp["max micro-batch"] == plans["DDP + AC"]["max micro-batch"] == 0  # 100 GiB before activations
+    assert fsdp["optimizer"] == ddp["optimizer"] / 8
+    assert fsdp_ac["activations / sequence"] < fsdp["activations / sequence"] / 5
+    assert fsdp_ac["max micro-batch"] > fsdp["max micro-batch"] > 0
+    assert "max micro-batch" in out and "FSDP + AC" in out and "micro-batch x accumulation" in out
+
+
 # --- data ---
 
 def test_loader_windows_come_from_the_shards_and_resume_exactly(corpus):
     _, shards = corpus
     loader = TrainLoader(shards, seq_len=64, batch_size=4, seed=7)
-    stream = np.concatenate([np.asarray(r.tokens) for r in open_shards(shards, "train")])
+    stream = np.concatenate([ShardReader(s.prefix).tokens for s in find_shards(shards, "train")])
     x, y = loader.next_batch()
     assert x.shape == y.shape == (4, 64) and torch.equal(x[:, 1:], y[:, :-1])
     row = x[0].numpy()
@@ -202,7 +265,8 @@ def test_val_batches_are_fixed_and_mixed_tokenizers_are_refused(corpus, tmp_path
     model_path, shards = corpus
     first = list(val_batches(shards, 64, 4, max_batches=3))
     assert len(first) == 3 and all(torch.equal(a[0], b[0]) for a, b in zip(first, val_batches(shards, 64, 4, 3)))
-    assert ShardReader(shards / "val-00000").tokens[0] == spm.SentencePieceProcessor(model_file=str(model_path)).bos_id()
+    bos = spm.SentencePieceProcessor(model_file=str(model_path)).bos_id()
+    assert ShardReader(shards / "val-00000").tokens[0] == bos
 
     mixed = tmp_path / "mixed"
     mixed.mkdir()
@@ -210,9 +274,90 @@ def test_val_batches_are_fixed_and_mixed_tokenizers_are_refused(corpus, tmp_path
         with ShardWriter(mixed / name, VOCAB, sha) as writer:
             writer.add_document(np.arange(200) % VOCAB)
     with pytest.raises(ShardError, match="tokenizer or vocabulary differs"):
-        open_shards(mixed, "train")
+        find_shards(mixed, "train")
     with pytest.raises(FileNotFoundError, match="make shards"):
-        open_shards(tmp_path, "val")
+        find_shards(tmp_path, "val")
+
+
+def test_thousands_of_shards_train_under_a_low_open_file_limit(corpus, tmp_path):
+    """1100 shards, 256 file handles: the old reader (two memory maps, each with a handle, per shard) cannot
+    even open them; the trainer reads each shard only while it reads it."""
+    model_path, _ = corpus
+    sha = tokenizer_hash(model_path)
+    many = tmp_path / "many"
+    many.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(1100):
+        with ShardWriter(many / f"train-{i:05d}", VOCAB, sha, durable=False) as writer:
+            writer.add_document(rng.integers(0, VOCAB, 40))
+    with ShardWriter(many / "val-00000", VOCAB, sha, durable=False) as writer:
+        writer.add_document(rng.integers(0, VOCAB, 400))
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    all_open = subprocess.run(
+        [sys.executable, "-c", "import sys, pathlib; from tokenizer.shards import ShardReader; "
+         "readers = [ShardReader(p.with_suffix('')) for p in pathlib.Path(sys.argv[1]).glob('train-*.idx')]",
+         str(many)], preexec_fn=limited, env=env, capture_output=True, text=True)
+    assert all_open.returncode != 0 and "Too many open files" in all_open.stderr  # the limit bites
+    run = subprocess.run([sys.executable, "-m", "trainer.train", f"data_dir={many}", f"out_dir={tmp_path / 'run'}",
+                          "preset=tiny", "seq_len=16", "batch_size=64", "max_steps=3", "eval_interval=0",
+                          "eval_batches=2"], preexec_fn=limited, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "2,200 training windows" in run.stdout  # 1100 shards × 2 windows of 16 + 1 tokens
+    assert train_state(checkpoints(tmp_path / "run")[-1])["data"]["position"] == 3 * 64
+
+
+def test_window_order_is_a_permutation_computed_per_position():
+    def order(n, seed=5, epoch=0, positions=None):
+        permutation = WindowOrder(n, seed, epoch)
+        return [permutation[p] for p in (range(n) if positions is None else positions)]
+
+    for n in (1, 2, 3, 7, 64, 1000, 4097):
+        assert sorted(order(n)) == list(range(n))
+    assert order(100) != list(range(100))  # shuffled
+    assert order(100) != order(100, epoch=1) and order(100) != order(100, seed=6)  # per epoch, per seed
+    assert order(100)[40:50] == order(100, positions=range(40, 50))  # random access
+    # 300B tokens at seq_len 128 are 2.3e9 windows: a permutation array would take 19 GB; this, 4 keys.
+    positions = order(2_343_750_000, positions=range(100_000))
+    assert len(set(positions)) == 100_000 and max(positions) < 2_343_750_000
+    assert len(WindowOrder(2_343_750_000, 1, 0).keys) == 4
+
+
+def test_resume_refuses_a_changed_shard_list_unless_allowed(corpus, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(corpus[1], data)
+    train(tiny_run(corpus, tmp_path / "run", data_dir=str(data), max_steps=4, stop_at=1))
+    state = train_state(checkpoints(tmp_path / "run")[-1])
+    assert state["data"]["shards"] == [[s.prefix.name, s.num_tokens] for s in find_shards(data, "train")]
+    with ShardWriter(data / "train-00002", VOCAB, tokenizer_hash(corpus[0])) as writer:
+        writer.add_document(np.arange(300) % VOCAB)
+    with pytest.raises(ValueError, match=r"added \['train-00002'\], removed \[\].*allow_shard_change"):
+        train(tiny_run(corpus, tmp_path / "run", data_dir=str(data), max_steps=4, stop_at=2))
+    (data / "train-00002.idx").unlink()
+    (data / "train-00001.idx").unlink()
+    with pytest.raises(ValueError, match=r"added \[\], removed \['train-00001'\]"):
+        train(tiny_run(corpus, tmp_path / "run", data_dir=str(data), max_steps=4, stop_at=2))
+    resumed = train(tiny_run(corpus, tmp_path / "run", data_dir=str(data), max_steps=4, stop_at=2,
+                             allow_shard_change=True))
+    assert len(resumed["losses"]) == 1 and train_state(resumed["checkpoint"])["data"]["shards"] == [
+        ["train-00000", find_shards(data, "train")[0].num_tokens]]
+
+
+def test_token_ids_outside_the_vocabulary_fail_naming_the_shard(corpus, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    with ShardWriter(bad / "train-00000", VOCAB, tokenizer_hash(corpus[0])) as writer:
+        writer.add_document(np.arange(1000) % VOCAB)
+    tokens = np.memmap(bad / "train-00000.bin", dtype=np.uint16, mode="r+")
+    tokens[500] = VOCAB + 7  # a corrupt shard: the header's vocabulary is 512
+    tokens.flush()
+    del tokens
+    loader = TrainLoader(bad, seq_len=64, batch_size=15, seed=0)  # 15 of the 15 windows: one holds token 500
+    with pytest.raises(ShardError, match=r"train-00000\.bin: token id 519 .* outside the vocabulary of 512"):
+        loader.next_batch()
 
 
 # --- training ---
@@ -224,6 +369,16 @@ def test_schedule_warms_up_then_decays_to_ten_percent():
     assert lrs[100] == pytest.approx(0.1)
 
 
+def test_7b_recipe_takes_4m_tokens_per_step_at_any_power_of_two_world_size():
+    cfg = parse_config(["--config", "trainer/configs/7B.json"])
+    assert (cfg.seq_len, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio) == (2048, 3e-4, 2000, 0.1)
+    assert cfg.parallelism == "fsdp" and cfg.activation_checkpointing
+    for world in (8, 64):
+        assert grad_accumulation(cfg, world) * cfg.batch_size * cfg.seq_len * world == 4 * 1024 ** 2
+    with pytest.raises(ValueError, match="not a multiple of batch_size × seq_len × world size"):
+        grad_accumulation(cfg, 6)
+
+
 def test_resume_gives_the_same_losses_as_an_uninterrupted_run(corpus, tmp_path):
     straight = train(tiny_run(corpus, tmp_path / "straight", grad_accum=2))["losses"]
     first = train(tiny_run(corpus, tmp_path / "resumed", grad_accum=2, stop_at=4))["losses"]
@@ -231,9 +386,10 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(corpus, tmp_path):
     assert len(first) == 4 and len(rest) == 4
     assert first + rest == straight  # bit for bit: same data, same optimizer state, same RNG
 
-    ckpt = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")  # weights_only=True
-    assert ckpt["step"] == 8 and ckpt["data"]["position"] == 8 * 2 * 8
-    assert ckpt["tokenizer_sha256"] == tokenizer_hash(corpus[0]).hex()
+    state = train_state(checkpoints(tmp_path / "resumed")[-1])
+    assert state["step"] == 8 and state["data"]["position"] == 8 * 2 * 8
+    assert state["tokenizer_sha256"] == tokenizer_hash(corpus[0]).hex()
+    assert [p.name for p in checkpoints(tmp_path / "resumed")] == ["step-00000008"]  # the older one is gone
 
 
 def test_ddp_under_torchrun_matches_one_process_on_the_global_batch(corpus, tmp_path):
@@ -247,7 +403,7 @@ def test_ddp_under_torchrun_matches_one_process_on_the_global_batch(corpus, tmp_
     rows = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     ddp = [r["loss"] for r in rows if "loss" in r]
     assert ddp == pytest.approx(single, abs=1e-4)
-    assert load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["data"]["position"] == 4 * 8
+    assert train_state(checkpoints(tmp_path / "ddp")[-1])["data"]["position"] == 4 * 8
 
 
 def test_training_on_real_shards_lowers_validation_loss_and_samples(corpus, tmp_path, capsys):
@@ -258,8 +414,8 @@ def test_training_on_real_shards_lowers_validation_loss_and_samples(corpus, tmp_
     assert initial == pytest.approx(math.log(VOCAB), abs=0.3)  # untrained: near uniform
     assert final < initial - 1.0
     # Below the unigram cross-entropy of the validation tokens: the model uses context, not just frequencies.
-    train_tokens = np.concatenate([np.asarray(r.tokens) for r in open_shards(corpus[1], "train")])
-    val_tokens = np.concatenate([np.asarray(r.tokens) for r in open_shards(corpus[1], "val")])
+    train_tokens = np.concatenate([ShardReader(s.prefix).tokens for s in find_shards(corpus[1], "train")])
+    val_tokens = np.concatenate([ShardReader(s.prefix).tokens for s in find_shards(corpus[1], "val")])
     unigram = (np.bincount(train_tokens, minlength=VOCAB) + 1) / (len(train_tokens) + VOCAB)
     assert final < -np.log(unigram[val_tokens]).mean()
     assert (out / "loss.png").stat().st_size > 10_000
@@ -267,7 +423,7 @@ def test_training_on_real_shards_lowers_validation_loss_and_samples(corpus, tmp_
     steps = [r for r in rows if "loss" in r]
     assert len(steps) == 60 and all({"lr", "grad_norm", "tokens_per_s"} <= set(r) for r in steps)
 
-    model = model_from_checkpoint(load_checkpoint(result["checkpoint"]))
+    model = model_from_checkpoint(load_checkpoint(result["model"]))
     sp = spm.SentencePieceProcessor(model_file=str(corpus[0]))
     prompt = [sp.bos_id()] + sp.encode("I said to him")
     cached = generate(model, prompt, 20)
@@ -275,7 +431,7 @@ def test_training_on_real_shards_lowers_validation_loss_and_samples(corpus, tmp_
     assert len(cached) == len(prompt) + 20 and isinstance(sp.decode(cached[1:]), str)
 
     capsys.readouterr()
-    sample_main(["--checkpoint", str(result["checkpoint"]), "--tokenizer", str(corpus[0]), "--prompt", "I said",
+    sample_main(["--checkpoint", str(result["model"]), "--tokenizer", str(corpus[0]), "--prompt", "I said",
                  "--max-new-tokens", "30", "--temperature", "0.8", "--top-k", "50", "--top-p", "0.95"])
     sampled = capsys.readouterr().out
     assert sampled.startswith("I said") and len(sampled) > len("I said") + 10

@@ -5,7 +5,8 @@ Pre-norm RMSNorm, SwiGLU feed-forward, rotary position embeddings (interleaved p
 attention through `scaled_dot_product_attention`, no biases, untied embeddings.
 
 `python -m trainer.model --preset 7B` prints a preset's config and parameter count, built on the
-`meta` device so that no memory is allocated.
+`meta` device so that no memory is allocated; `--plan 8 --gpu-memory 80` prints what each of 8 GPUs
+of 80 GiB holds under DDP and FSDP, with and without activation checkpointing.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 
 @dataclass
@@ -158,17 +160,33 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        cos, sin = rope_table(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
-        # Not saved in checkpoints: recomputed from the config.
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
-        self.apply(self._init_weights)
+        # Not saved in checkpoints: recomputed from the config by init_weights.
+        self.register_buffer("rope_cos", torch.empty(cfg.max_seq_len, cfg.head_dim // 2), persistent=False)
+        self.register_buffer("rope_sin", torch.empty(cfg.max_seq_len, cfg.head_dim // 2), persistent=False)
+        self.init_weights()
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        # GPT-2 style N(0, 0.02): Meta did not publish LLaMA's initialisation.
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    @torch.no_grad()
+    def init_weights(self, seed: int | None = None) -> None:
+        """RoPE tables, RMSNorm gains 1, matrices N(0, 0.02) (GPT-2 style: Meta did not publish LLaMA's init).
+
+        With `seed`, each matrix is drawn at its full shape, in parameter order, from one generator seeded
+        with it, and a sharded (FSDP) parameter keeps only its own shard: any world size gets the same
+        weights, and no more than one full matrix exists at a time. Without, the global RNG is used."""
+        cos, sin = rope_table(self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta)
+        self.rope_cos.copy_(cos)
+        self.rope_sin.copy_(sin)
+        device = self.rope_cos.device
+        generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
+        for param in self.parameters():
+            if param.dim() < 2:
+                param.fill_(1.0)
+            elif generator is None:
+                param.normal_(mean=0.0, std=0.02)
+            else:
+                full = torch.empty(param.shape, device=device).normal_(mean=0.0, std=0.02, generator=generator)
+                if isinstance(param, DTensor):
+                    full = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
+                param.copy_(full)
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None,
                 caches: list | None = None, start_pos: int = 0, mask: torch.Tensor | None = None):
@@ -202,12 +220,100 @@ class Transformer(nn.Module):
         return 6 * matrices + 12 * self.cfg.n_layers * self.cfg.dim * seq_len
 
 
+# --- memory plan: what one GPU holds per training step ---
+#
+# Per parameter (N of them), AdamW with fp32 master weights: weights 4 B, gradients 4 B, Adam's m and
+# v 8 B; DDP keeps all of it on every GPU (its buckets are the gradients: gradient_as_bucket_view), FSDP
+# keeps 1/W of it. Working copies: DDP's autocast keeps a bf16 copy of every matrix from forward to
+# backward (2 B/param); FSDP gathers bf16 parameters of the root (embeddings, output, final norm: never
+# resharded) and of up to 2 blocks (the current and the prefetched one), and the bf16 gradients plus the
+# fp32 reduce-scatter buffers (6 B/param) of the largest of those units.
+#
+# Activations: the tensors autograd saves, per token, read off this file's forward with bf16 compute
+# (d = dim, f = ffn_hidden, h = n_heads, v = vocab_size; r = bytes of the residual stream: 2 under
+# FSDP's bf16 parameters, 4 under DDP's autocast, where the embedding output is fp32):
+#   RMSNorm        4d (fp32 input for the mean of squares) + r·d (normed) + 2d (bf16 output, the
+#                  linears' input) + 4 (fp32 reciprocal RMS)
+#   attention      6d (q, k after RoPE, v) + 2d (output, which wo reads in place) + 4h (log-sum-exp)
+#   feed-forward   8f (w1 out, its SiLU, w3 out, their product)
+#   per layer      2·RMSNorm + attention + feed-forward = (12 + 2r)·d + 8f + 4h + 8
+#   head           RMSNorm + 16 (token ids, targets) + 4v (fp32 log-softmax) saved, plus 10v transient at
+#                  the loss (bf16 logits, their fp32 copy, the fp32 gradient of the logits)
+# With activation checkpointing per block, a block saves only its input (r·d) and one block's activations
+# are alive again while it is recomputed in backward:  L·r·d + per_layer + head  instead of  L·per_layer + head.
+# tests/test_trainer.py checks the per-layer and head terms against the bytes autograd really saves with
+# bf16 parameters (the FSDP column). The DDP column assumes CUDA's autocast, which runs attention in bf16
+# (CPU's autocast runs it in fp32, so it cannot be checked on a CPU).
+
+GIB = 1024 ** 3
+USABLE = 0.9  # of GPU memory: the rest goes to the CUDA context, NCCL buffers and allocator fragmentation
+
+
+def saved_bytes_per_token(cfg: ModelConfig, residual_bytes: int) -> tuple[int, int]:
+    """Bytes autograd saves per token: (one transformer block, the head: final norm and loss)."""
+    d, f, h, v = cfg.dim, cfg.ffn_hidden, cfg.n_heads, cfg.vocab_size
+    norm = 4 * d + residual_bytes * d + 2 * d + 4
+    return 2 * norm + 6 * d + 2 * d + 4 * h + 8 * f, norm + 16 + 4 * v
+
+
+def activation_bytes_per_token(cfg: ModelConfig, residual_bytes: int, checkpointing: bool) -> int:
+    layer, head = saved_bytes_per_token(cfg, residual_bytes)
+    layers = cfg.n_layers * residual_bytes * cfg.dim + layer if checkpointing else cfg.n_layers * layer
+    return layers + head + 10 * cfg.vocab_size
+
+
+def memory_plan(cfg: ModelConfig, world: int, seq_len: int, gpu_gib: float) -> dict[str, dict[str, float]]:
+    """Per-GPU bytes for DDP / FSDP, with and without activation checkpointing, and the largest micro-batch."""
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    n = model.num_params()
+    block = sum(p.numel() for p in model.layers[0].parameters())
+    root = n - cfg.n_layers * block
+    plans = {}
+    for name, shards, residual in (("DDP", 1, 4), ("FSDP", world, 2)):
+        working = 2 * n if name == "DDP" else 2 * (root + 2 * block) + 6 * max(root, block)
+        for checkpointing in (False, True):
+            row = {"weights": 4 * n / shards, "gradients": 4 * n / shards, "optimizer": 8 * n / shards,
+                   "working copies": working,
+                   "activations / sequence": seq_len * activation_bytes_per_token(cfg, residual, checkpointing)}
+            row["fixed"] = row["weights"] + row["gradients"] + row["optimizer"] + row["working copies"]
+            free = USABLE * gpu_gib * GIB - row["fixed"]
+            row["max micro-batch"] = max(0, int(free // row["activations / sequence"]))
+            plans[name + (" + AC" if checkpointing else "")] = row
+    return plans
+
+
+def print_plan(cfg: ModelConfig, world: int, seq_len: int, gpu_gib: float, tokens_per_step: int) -> None:
+    plans = memory_plan(cfg, world, seq_len, gpu_gib)
+    print(f"per-GPU memory, GiB: {world} GPUs of {gpu_gib:g} GiB ({USABLE:.0%} usable), seq_len {seq_len}, "
+          f"bf16 compute, fp32 weights and AdamW state")
+    print(f"{'':26s}" + "".join(f"{name:>12s}" for name in plans))
+    for key in ("weights", "gradients", "optimizer", "working copies", "fixed", "activations / sequence"):
+        print(f"{key:26s}" + "".join(f"{row[key] / GIB:12.2f}" for row in plans.values()))
+    print(f"{'max micro-batch':26s}" + "".join(f"{row['max micro-batch']:12d}" for row in plans.values()))
+    sequences = tokens_per_step // seq_len
+    line = f"{'grad_accum for ' + format(tokens_per_step, ',') + ' tok':26s}"
+    for row in plans.values():
+        # The largest micro-batch that fits and divides the global batch evenly.
+        fits = [b for b in range(row["max micro-batch"], 0, -1) if sequences % (world * b) == 0]
+        line += f"{(f'{fits[0]}x{sequences // (world * fits[0])}' if fits else '-'):>12s}"
+    print(line + "   (micro-batch x accumulation)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="7B", choices=sorted(PRESETS))
+    parser.add_argument("--plan", type=int, metavar="GPUS", help="print the per-GPU memory plan for this many GPUs")
+    parser.add_argument("--gpu-memory", type=float, default=80, help="GiB per GPU, for --plan")
+    parser.add_argument("--seq-len", type=int, default=2048, help="for --plan")
+    parser.add_argument("--tokens-per-step", type=int, default=4 * 1024 ** 2, help="for --plan (LLaMA: 4M)")
     args = parser.parse_args(argv)
+    cfg = PRESETS[args.preset]
+    if args.plan:
+        print_plan(cfg, args.plan, args.seq_len, args.gpu_memory, args.tokens_per_step)
+        return
     with torch.device("meta"):
-        model = Transformer(PRESETS[args.preset])
+        model = Transformer(cfg)
     for key, value in asdict(model.cfg).items():
         print(f"{key:12s} {value}")
     print(f"{'ffn_hidden':12s} {model.cfg.ffn_hidden}")

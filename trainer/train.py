@@ -1,7 +1,16 @@
 """Pretrain LLaMA on token shards: `python -m trainer.train --config trainer/configs/tiny.json [key=value …]`.
 
-Single process on CPU or one GPU, or several GPUs under `torchrun` (DDP). The run directory holds
-`checkpoint.pt` (replaced atomically; a rerun resumes from it), `log.jsonl` and `loss.png`.
+Single process on CPU or one GPU, or several processes under `torchrun`: DDP (every rank holds the
+model) or FSDP2 (parameters, gradients and AdamW state sharded per transformer block), optionally with
+activation checkpointing per block. The model is built on the `meta` device and materialised only as
+each rank's share, then initialised from the seed (the same weights at any world size).
+
+The run directory holds `checkpoint/step-N/` (a `torch.distributed.checkpoint` written by all ranks,
+loadable at another world size, plus `train_state.json`: step, data cursor, shard list; a rerun
+resumes from the newest), `model.pt` (consolidated weights for inference, written at the end:
+`{"model": state dict, "model_config", "train_config", "tokenizer_sha256", "step"}`, read by
+`load_checkpoint` / `model_from_checkpoint`), `log.jsonl` and `loss.png`. `out_dir` must be a
+filesystem every rank sees.
 """
 
 from __future__ import annotations
@@ -11,16 +20,33 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer.data import TrainLoader, val_batches
 from trainer.model import ModelConfig, Transformer, preset
+
+# DCP warns on every save and load by one process that it assumes one process: that is the intent here.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 
 @dataclass
@@ -30,7 +56,8 @@ class TrainConfig:
     out_dir: str = "runs/local/pretrain"  # checkpoint, log and loss curve go here
     seq_len: int = 128  # tokens of context per training window
     batch_size: int = 16  # windows per micro-batch per process
-    grad_accum: int = 1  # micro-batches summed into one optimizer step
+    grad_accum: int = 1  # micro-batches summed into one optimizer step (unless global_batch_tokens is set)
+    global_batch_tokens: int | None = None  # tokens per optimizer step, all ranks; sets grad_accum from the world size
     max_steps: int = 300  # optimizer steps in the whole run; the schedule spans these
     stop_at: int | None = None  # end this invocation after this step (a time-limited job slot); resume later
     lr: float | None = None  # peak learning rate; None takes the preset's
@@ -45,9 +72,13 @@ class TrainConfig:
     ckpt_interval: int = 100  # steps between checkpoints (one is always written at the end)
     log_interval: int = 10  # steps between printed lines (every step goes to log.jsonl)
     seed: int = 1337  # model init and data order
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile each transformer block
+    parallelism: str = "ddp"  # under torchrun: "ddp" replicates the model (small models), "fsdp" shards it (FSDP2)
+    mixed_precision: bool = True  # bf16 compute on CUDA (FSDP: bf16 params, fp32 reduction; DDP: autocast); CPU fp32
+    activation_checkpointing: bool = False  # each block keeps only its input and recomputes the rest in backward
     device: str = "auto"  # auto: cuda when available, else cpu
-    resume: bool = True  # continue from out_dir/checkpoint.pt when it exists
+    resume: bool = True  # continue from the newest out_dir/checkpoint/step-N when there is one
+    allow_shard_change: bool = False  # resume although the training shards differ from the checkpoint's (new order)
 
 
 # Dense bf16 peak FLOP/s by device name, for MFU.
@@ -77,14 +108,8 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, lr: float, fused: b
     return torch.optim.AdamW(groups, lr=lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
-def save_atomic(obj, path: Path) -> None:
-    # Write beside, then rename: a crash mid-write leaves the previous checkpoint intact.
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """The consolidated weights file (`model.pt`) a run exports for inference."""
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
@@ -94,14 +119,226 @@ def model_from_checkpoint(ckpt: dict) -> Transformer:
     return model
 
 
+# --- setup: processes, model, optimizer ---
+
+@dataclass
+class Run:
+    """What one invocation of `train` holds; `setup` builds it, the functions below use it."""
+    cfg: TrainConfig
+    model_cfg: ModelConfig
+    model: Transformer  # the model itself (sharded in place under FSDP): evaluation, state dicts
+    step_model: nn.Module  # what training steps run through: DDP's wrapper, or `model`
+    optimizer: torch.optim.AdamW
+    loader: TrainLoader
+    device: torch.device
+    rank: int
+    world: int
+    fsdp: bool
+    autocast: contextlib.AbstractContextManager  # bf16 autocast for DDP / one process on CUDA, else a no-op
+    grad_accum: int
+    peak_lr: float
+    warmup: int
+    step: int = 0
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.cfg.out_dir) / "checkpoint"
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.batch_size * self.cfg.seq_len * self.grad_accum * self.world
+
+
+def init_processes(cfg: TrainConfig) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); under torchrun also the process group."""
+    rank, world = 0, 1
+    if "RANK" in os.environ:
+        dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+    if cfg.device == "auto":
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+    return rank, world, device
+
+
+def build_model(cfg: TrainConfig, model_cfg: ModelConfig, device: torch.device, bf16: bool, fsdp: bool) -> Transformer:
+    """Built on `meta` (no memory), wrapped for activation checkpointing, sharded under FSDP, then only
+    this rank's share is allocated on `device` and initialised from the seed: under FSDP no rank ever
+    holds the whole model."""
+    with torch.device("meta"):
+        model = Transformer(model_cfg)
+    for i, block in enumerate(model.layers):
+        if cfg.activation_checkpointing:
+            model.layers[i] = block = checkpoint_wrapper(block, preserve_rng_state=False)  # nothing random to replay
+        if cfg.compile:
+            block.compile()  # per block, as torchtitan: one graph reused by every layer
+    if fsdp:
+        mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+        policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
+                  else MixedPrecisionPolicy())
+        for i, block in enumerate(model.layers):
+            # Backward needs the last block again at once: keep it gathered rather than gather it twice.
+            fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=i < len(model.layers) - 1)
+        fully_shard(model, mesh=mesh, mp_policy=policy)  # the root: embeddings, final norm, output
+    model.to_empty(device=device)
+    model.init_weights(seed=cfg.seed)
+    return model
+
+
+def grad_accumulation(cfg: TrainConfig, world: int) -> int:
+    if cfg.global_batch_tokens is None:
+        return cfg.grad_accum
+    per_micro_batch = cfg.batch_size * cfg.seq_len * world
+    if cfg.global_batch_tokens % per_micro_batch:
+        raise ValueError(f"global_batch_tokens={cfg.global_batch_tokens} is not a multiple of batch_size × seq_len × "
+                         f"world size = {cfg.batch_size} × {cfg.seq_len} × {world} = {per_micro_batch}")
+    return cfg.global_batch_tokens // per_micro_batch
+
+
+def setup(cfg: TrainConfig) -> Run:
+    if cfg.parallelism not in ("ddp", "fsdp"):
+        raise ValueError(f"parallelism={cfg.parallelism!r}: expected 'ddp' or 'fsdp'")
+    rank, world, device = init_processes(cfg)
+    torch.manual_seed(cfg.seed)
+    loader = TrainLoader(cfg.data_dir, cfg.seq_len, cfg.batch_size, cfg.seed, rank, world)
+    base = preset(cfg.preset)
+    model_cfg = preset(cfg.preset, vocab_size=loader.vocab_size, max_seq_len=max(cfg.seq_len, base.max_seq_len))
+    bf16 = cfg.mixed_precision and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    fsdp = cfg.parallelism == "fsdp" and world > 1
+    model = build_model(cfg, model_cfg, device, bf16, fsdp)
+    step_model = model
+    if world > 1 and not fsdp:
+        # The buckets are the gradients (no second copy); the RoPE tables are equal everywhere: no sync per forward.
+        step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                             gradient_as_bucket_view=True, forward_sync_buffers=False)
+    peak_lr = cfg.lr if cfg.lr is not None else model_cfg.lr
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(2000, cfg.max_steps // 10)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and not fsdp
+                else contextlib.nullcontext())  # FSDP casts through its policy
+    return Run(cfg, model_cfg, model, step_model, make_optimizer(model, cfg, peak_lr, fused=device.type == "cuda"),
+               loader, device, rank, world, fsdp, autocast, grad_accumulation(cfg, world), peak_lr, warmup)
+
+
+# --- checkpoints: sharded training state, consolidated weights ---
+
+def checkpoints(out_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (a `.tmp` one was cut short and is ignored)."""
+    return sorted(p for p in (Path(out_dir) / "checkpoint").glob("step-*") if not p.name.endswith(".tmp"))
+
+
+def train_state(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / "train_state.json").read_text())
+
+
+def save_state(run: Run) -> None:
+    """Every rank writes its shards of the model and AdamW state (DCP); rank 0 adds the step, data cursor
+    and configs, then publishes the directory by renaming it and drops the previous checkpoint."""
+    final = run.checkpoint_dir / f"step-{run.step:08d}"
+    tmp = final.with_name(final.name + ".tmp")
+    if run.master and tmp.exists():
+        shutil.rmtree(tmp)  # cut short earlier, perhaps at another world size: no stale shard files
+    if dist.is_initialized():
+        dist.barrier()
+    model_state, optimizer_state = get_state_dict(run.model, run.optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state, "rng": torch.get_rng_state()}, checkpoint_id=tmp,
+             no_dist=not dist.is_initialized())
+    if run.master:
+        state = {"step": run.step, "data": run.loader.state_dict(), "world_size": run.world,
+                 "model_config": asdict(run.model_cfg), "train_config": asdict(run.cfg),
+                 "tokenizer_sha256": run.loader.tokenizer_sha256.hex()}
+        (tmp / "train_state.json").write_text(json.dumps(state, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in checkpoints(run.cfg.out_dir)[:-1]:
+            shutil.rmtree(old)
+    if dist.is_initialized():
+        dist.barrier()  # nobody reads or writes checkpoints until this one is published
+
+
+def restore_state(run: Run, checkpoint: Path) -> None:
+    """Load a checkpoint written at any world size: DCP reshards the model and AdamW state to this one."""
+    state = train_state(checkpoint)
+    if state["tokenizer_sha256"] != run.loader.tokenizer_sha256.hex():
+        raise ValueError(f"{checkpoint} was trained with another tokenizer than the shards in {run.cfg.data_dir}")
+    run.loader.load_state_dict(state["data"], allow_shard_change=run.cfg.allow_shard_change)
+    model_state, optimizer_state = get_state_dict(run.model, run.optimizer)  # templates, filled in place
+    loaded = {"model": model_state, "optimizer": optimizer_state, "rng": torch.get_rng_state()}
+    dcp.load(loaded, checkpoint_id=checkpoint, no_dist=not dist.is_initialized())
+    set_state_dict(run.model, run.optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optimizer"])
+    torch.set_rng_state(loaded["rng"])
+    run.step = state["step"]
+
+
+def export_model(run: Run) -> Path:
+    """`model.pt`: the whole model's fp32 weights on rank 0's CPU, gathered one parameter at a time."""
+    path = Path(run.cfg.out_dir) / "model.pt"
+    full = StateDictOptions(full_state_dict=True, cpu_offload=True) if dist.is_initialized() else None
+    weights = get_model_state_dict(run.model, options=full)  # names without the FSDP/checkpoint wrappers
+    if run.master:
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"model": {k: v.cpu() for k, v in weights.items()}, "model_config": asdict(run.model_cfg),
+                    "train_config": asdict(run.cfg), "tokenizer_sha256": run.loader.tokenizer_sha256.hex(),
+                    "step": run.step}, tmp)
+        os.replace(tmp, path)  # a crash mid-write leaves the previous export intact
+    return path
+
+
+# --- one step, evaluation, the loop ---
+
+def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads)
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()  # FSDP: each rank has the norm of its shards; combine them
+    torch.nn.utils.clip_grads_with_norm_(model.parameters(), max_norm, norm)
+    return norm
+
+
+def train_step(run: Run, lr: float) -> tuple[float, float]:
+    """One optimizer step over grad_accum micro-batches; (mean loss over the global batch, gradient norm)."""
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = torch.zeros((), device=run.device)
+    for micro in range(run.grad_accum):
+        x, y = run.loader.next_batch()
+        x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+        # DDP all-reduces only on the last micro-batch. FSDP reduce-scatters every one: skipping would keep
+        # whole unsharded gradients, the memory FSDP exists to save.
+        last = micro == run.grad_accum - 1
+        sync = run.step_model.no_sync() if isinstance(run.step_model, DistributedDataParallel) and not last \
+            else contextlib.nullcontext()
+        with sync, run.autocast:
+            loss = run.step_model(x, y)[1]  # the logits are not kept alive through backward
+        (loss / run.grad_accum).backward()
+        loss_sum += loss.detach()
+    if run.world > 1:
+        dist.all_reduce(loss_sum)  # log the loss of the whole global batch, not rank 0's share
+        loss_sum /= run.world
+    grad_norm = clip_gradients(run.model, run.cfg.grad_clip)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step += 1
+    return (loss_sum / run.grad_accum).item(), grad_norm.item()  # .item() also waits for the GPU
+
+
 @torch.no_grad()
-def evaluate(model, cfg: TrainConfig, device, autocast) -> float:
-    model.eval()
+def evaluate(run: Run) -> float:
+    """Mean loss on the fixed validation batches. Every rank runs it: under FSDP each forward gathers
+    parameters from all ranks."""
+    run.model.eval()
     losses = []
-    for x, y in val_batches(cfg.data_dir, cfg.seq_len, cfg.batch_size, cfg.eval_batches):
-        with autocast:
-            losses.append(model(x.to(device), y.to(device))[1].item())
-    model.train()
+    for x, y in val_batches(run.cfg.data_dir, run.cfg.seq_len, run.cfg.batch_size, run.cfg.eval_batches):
+        with run.autocast:
+            losses.append(run.model(x.to(run.device), y.to(run.device))[1].item())
+    run.model.train()
     return sum(losses) / len(losses)
 
 
@@ -125,138 +362,75 @@ def plot_losses(log_path: Path, png_path: Path) -> None:
     plt.close(fig)
 
 
+def open_log(run: Run):
+    """Rank 0's log.jsonl (a resumed run continues it) and its opening line; None on the other ranks."""
+    if not run.master:
+        return None
+    out = Path(run.cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    layout = "FSDP" if run.fsdp else "DDP" if run.world > 1 else "one process"
+    print(f"{run.cfg.preset}: {run.model.num_params():,} parameters, {len(run.loader.windows):,} training windows, "
+          f"{run.tokens_per_step:,} tokens/step ({run.grad_accum} accumulated), {run.world} × {run.device}, {layout}"
+          f"{', activation checkpointing' if run.cfg.activation_checkpointing else ''}")
+    return open(out / "log.jsonl", "a" if run.step else "w")
+
+
+def log_step(run: Run, log, loss: float, lr: float, grad_norm: float, seconds: float) -> None:
+    row = {"step": run.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+           "tokens_per_s": run.tokens_per_step / seconds, "dt": seconds}
+    peak = peak_flops(run.device)
+    if peak:
+        row["mfu"] = run.model.flops_per_token(run.cfg.seq_len) * row["tokens_per_s"] / (peak * run.world)
+    log.write(json.dumps(row) + "\n")
+    log.flush()
+    if run.step % run.cfg.log_interval == 0 or run.step == run.cfg.max_steps:
+        mfu = f", MFU {row['mfu']:.1%}" if peak else ""
+        print(f"step {run.step}/{run.cfg.max_steps}: loss {loss:.4f}, lr {lr:.2e}, grad norm {grad_norm:.2f}, "
+              f"{row['tokens_per_s']:,.0f} tokens/s{mfu}")
+
+
+def validate(run: Run, log) -> tuple[int, float]:
+    loss = evaluate(run)
+    if log:
+        log.write(json.dumps({"step": run.step, "val_loss": loss}) + "\n")
+        log.flush()
+        print(f"step {run.step}: validation loss {loss:.4f}")
+    return run.step, loss
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) training; returns this call's per-step training losses and (step, validation loss) pairs."""
-    ddp = "RANK" in os.environ
-    if ddp:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
-    else:
-        rank, world = 0, 1
-    if cfg.device == "auto":
-        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-    master = rank == 0
-    out = Path(cfg.out_dir)
-    if master:
-        out.mkdir(parents=True, exist_ok=True)
-
-    torch.manual_seed(cfg.seed)
-    loader = TrainLoader(cfg.data_dir, cfg.seq_len, cfg.batch_size, cfg.seed, rank, world)
-    base = preset(cfg.preset)
-    model_cfg = preset(cfg.preset, vocab_size=loader.vocab_size, max_seq_len=max(cfg.seq_len, base.max_seq_len))
-    model = Transformer(model_cfg).to(device)
-    peak_lr = cfg.lr if cfg.lr is not None else model_cfg.lr
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(2000, cfg.max_steps // 10)
-    optimizer = make_optimizer(model, cfg, peak_lr, fused=device.type == "cuda")
-
-    step = 0
-    ckpt_path = out / "checkpoint.pt"
-    if cfg.resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
-        if ckpt["tokenizer_sha256"] != loader.tokenizer_sha256.hex():
-            raise ValueError(f"{ckpt_path} was trained with another tokenizer than the shards in {cfg.data_dir}")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        loader.load_state_dict(ckpt["data"])
-        torch.set_rng_state(ckpt["rng"]["cpu"].cpu())
-        if device.type == "cuda" and "cuda" in ckpt["rng"]:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), device)
-        step = ckpt["step"]
-        if master:
-            print(f"resumed from {ckpt_path} at step {step}")
-
-    raw_model = model
-    if cfg.compile:
-        model = torch.compile(model)
-    if ddp:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else contextlib.nullcontext())  # float32 on CPU
-    peak = peak_flops(device)
-    flops_per_token = raw_model.flops_per_token(cfg.seq_len)
-    tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * world
-
-    def checkpoint() -> None:
-        if not master:
-            return
-        rng = {"cpu": torch.get_rng_state()}
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(device)
-        save_atomic({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "data": loader.state_dict(), "rng": rng, "step": step,
-                     "model_config": asdict(model_cfg), "train_config": asdict(cfg),
-                     "tokenizer_sha256": loader.tokenizer_sha256.hex()}, ckpt_path)
-
-    # A fresh run starts a new log; a resumed one continues it.
-    log = open(out / "log.jsonl", "a" if step else "w") if master else None
+    run = setup(cfg)
+    previous = checkpoints(cfg.out_dir) if cfg.resume else []
+    if previous:
+        restore_state(run, previous[-1])
+        if run.master:
+            print(f"resumed from {previous[-1]} at step {run.step}")
+    log = open_log(run)
     losses, val_losses = [], []
-
-    def validate() -> None:
-        if master:
-            val_losses.append((step, evaluate(raw_model, cfg, device, autocast)))
-            log.write(json.dumps({"step": step, "val_loss": val_losses[-1][1]}) + "\n")
-            print(f"step {step}: validation loss {val_losses[-1][1]:.4f}")
-
-    if master:
-        print(f"{cfg.preset}: {raw_model.num_params():,} parameters, {len(loader.windows):,} training windows, "
-              f"{tokens_per_step:,} tokens/step, device {device}")
-    if step == 0:
-        validate()  # the curve starts from the untrained model
-    model.train()
+    if run.step == 0:
+        val_losses.append(validate(run, log))  # the curve starts from the untrained model
     end = min(cfg.max_steps, cfg.stop_at or cfg.max_steps)
-    while step < end:
+    while run.step < end:
         started = time.perf_counter()
-        lr = lr_at(step, peak_lr, warmup, cfg.max_steps, cfg.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss_sum = torch.zeros((), device=device)
-        for micro in range(cfg.grad_accum):
-            x, y = loader.next_batch()
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            # Under DDP, all-reduce gradients only on the last micro-batch.
-            sync = contextlib.nullcontext() if not ddp or micro == cfg.grad_accum - 1 else model.no_sync()
-            with sync, autocast:
-                _, loss = model(x, y)
-            (loss / cfg.grad_accum).backward()
-            loss_sum += loss.detach()
-        if ddp:
-            dist.all_reduce(loss_sum)  # log the loss of the whole global batch, not rank 0's share
-            loss_sum /= world
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        loss_value = (loss_sum / cfg.grad_accum).item()  # also waits for the GPU, so the timing is real
-        dt = time.perf_counter() - started
-        losses.append(loss_value)
-        if master:
-            tokens_per_s = tokens_per_step / dt
-            row = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm.item(),
-                   "tokens_per_s": tokens_per_s, "dt": dt}
-            if peak:
-                row["mfu"] = flops_per_token * tokens_per_s / (peak * world)
-            log.write(json.dumps(row) + "\n")
-            if step % cfg.log_interval == 0 or step == cfg.max_steps:
-                mfu = f", MFU {row['mfu']:.1%}" if peak else ""
-                print(f"step {step}/{cfg.max_steps}: loss {loss_value:.4f}, lr {lr:.2e}, "
-                      f"grad norm {row['grad_norm']:.2f}, {tokens_per_s:,.0f} tokens/s{mfu}")
-        if (cfg.eval_interval and step % cfg.eval_interval == 0) or step == cfg.max_steps:
-            validate()
-        if step % cfg.ckpt_interval == 0 or step == end:
-            checkpoint()
+        lr = lr_at(run.step, run.peak_lr, run.warmup, cfg.max_steps, cfg.min_lr_ratio)
+        loss, grad_norm = train_step(run, lr)
+        losses.append(loss)
         if log:
-            log.flush()
-    if master:
+            log_step(run, log, loss, lr, grad_norm, time.perf_counter() - started)
+        if (cfg.eval_interval and run.step % cfg.eval_interval == 0) or run.step == cfg.max_steps:
+            val_losses.append(validate(run, log))
+        if run.step % cfg.ckpt_interval == 0 or run.step == end:
+            save_state(run)
+    weights = export_model(run)
+    out = Path(cfg.out_dir)
+    if log:
         log.close()
         plot_losses(out / "log.jsonl", out / "loss.png")
-    if ddp:
+    if dist.is_initialized():
         dist.destroy_process_group()
-    return {"losses": losses, "val_losses": val_losses, "checkpoint": ckpt_path, "loss_curve": out / "loss.png"}
+    return {"losses": losses, "val_losses": val_losses, "checkpoint": checkpoints(out)[-1], "model": weights,
+            "loss_curve": out / "loss.png"}
 
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
@@ -286,6 +460,7 @@ def main(argv: list[str] | None = None) -> None:
     result = train(cfg)
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"checkpoint: {result['checkpoint']}")
+        print(f"weights: {result['model']}")
         print(f"loss curve: {result['loss_curve']}")
 
 

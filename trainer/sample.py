@@ -1,4 +1,4 @@
-"""Generate text: `python -m trainer.sample --checkpoint runs/local/pretrain/checkpoint.pt
+"""Generate text: `python -m trainer.sample --checkpoint runs/local/pretrain/model.pt
 --tokenizer models/tokenizer/tokenizer.model --prompt "Once upon a time" [--prompt …] [--beams 4]`.
 
 The checkpoint is any format trainer.convert reads (ours, a Meta directory, a Hugging Face directory). On a
@@ -176,7 +176,7 @@ def default_device_and_dtype() -> tuple[torch.device, torch.dtype]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default="runs/local/pretrain/checkpoint.pt",
+    parser.add_argument("--checkpoint", default="runs/local/pretrain/model.pt",
                         help="our checkpoint or weights file, a Meta directory or a Hugging Face directory")
     parser.add_argument("--tokenizer", help="SentencePiece model (default: the one beside a Meta or HF checkpoint)")
     parser.add_argument("--prompt", action="append", help="repeat for a batch of prompts")

@@ -22,6 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow.dataset as ds  # noqa: E402
 
+from curation.redact import redact_text  # noqa: E402
+
 SCORE_COLUMNS = ["language", "length", "perplexity", "bucket", "wikiref_score", "minhash_cluster_size"]
 MAX_SAMPLES_PER_LANGUAGE = 100_000
 
@@ -135,7 +137,8 @@ def write_report(run_dir: str | Path, cutoffs: dict | None = None) -> Path:
             sizes, "MinHash cluster size per document", "cluster size", out, "clusters.png", log=True)))
     if stages:
         plots.append(("Throughput", plot_throughput(stages, out)))
-    failed = "".join(f"<li>{html.escape(f['source'])}: {html.escape(str(f.get('error')))}</li>"
+    # stats.json is written redacted; a run directory from before redaction existed may not be.
+    failed = "".join("<li>" + html.escape(redact_text(f"{f['source']}: {f.get('error')}")) + "</li>"
                      for f in stats.get("failed_segments", []))
     figures = "".join(f'<h2>{html.escape(title)}</h2><img src="report/{name}" alt="{html.escape(title)}">'
                       for title, name in plots)

@@ -48,6 +48,7 @@ import numpy as np
 from curation.extract import ExtractStage
 from curation.langid import LanguageIdStage
 from curation.pipeline import run_stages, stage_stats
+from curation.redact import install_redaction, redact_config
 from curation.warc import ArchiveReader
 from curation.wikiref import (LABEL_PREFIX, NEGATIVE, POSITIVE, article_passages, articles,
                               cited_url_keys, fasttext_line, reference_probabilities, url_key)
@@ -329,7 +330,7 @@ def train(wikipedia: list[str], pages: list[str], output: Path, references: list
         "held_out_metrics": held_out,
         "seconds": round(time.time() - started, 1),
     }
-    (output / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (output / "manifest.json").write_text(json.dumps(redact_config(manifest), indent=2) + "\n")
     return manifest
 
 
@@ -348,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="models/wikiref")
     parser.add_argument("overrides", nargs="*", help=f"KEY=VALUE: {sorted(HYPERPARAMETERS) + sorted(SETTINGS)}")
     args = parser.parse_args(argv)
+    install_redaction()
     if not args.pages and not args.curated:
         parser.error("give the snapshot as --curated PARQUET_DIR and/or --pages WARC/WET…")
     hyper, settings = parse_overrides(args.overrides)

@@ -20,6 +20,7 @@ from tokenizer import train
 from tokenizer.shards import ShardReader
 
 from .conftest import REPO_ROOT
+from .listening_sockets import is_loopback, sockets_of_tree
 from .test_tokenizer import COVERAGE, VOCAB, write_curated
 
 BIN = REPO_ROOT / ".venv" / "bin"
@@ -69,6 +70,8 @@ def standalone_cluster(tmp_path_factory):
             with urllib.request.urlopen(f"http://127.0.0.1:{master_ui}/json/", timeout=5) as answer:
                 return json.load(answer).get("aliveworkers", 0) >= 1
         wait_for(worker_registered, what="the worker to register with the master")
+        held = sockets_of_tree(master.pid) | sockets_of_tree(worker.pid)
+        assert len(held) >= 4 and all(is_loopback(address) for _, address, _ in held), held
         yield f"spark://127.0.0.1:{port}", env, work
     finally:
         for process in (worker, master):

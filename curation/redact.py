@@ -82,7 +82,11 @@ class RedactingFilter(logging.Filter):
     """Redacts a log record's message and its exception text before any handler formats it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = redact_text(record.getMessage()), None
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError, KeyError):  # a malformed call: keep its parts, redacted
+            message = f"{record.msg} (arguments: {record.args!r})"
+        record.msg, record.args = redact_text(message), None
         if record.exc_info and not record.exc_text:
             record.exc_text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
         if record.exc_text:

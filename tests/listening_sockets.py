@@ -45,10 +45,14 @@ def sockets_of_tree(root: int) -> set[tuple[str, str, int]]:
     for pid in process_tree(root):
         try:
             program = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
-            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+            fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:  # the process ended meanwhile
             continue
-        for link in links:
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:  # closed meanwhile: a busy JVM opens and closes files all the time
+                continue
             if link.startswith("socket:[") and int(link[8:-1]) in listening:
                 held.add((program, *listening[int(link[8:-1])]))
     return held

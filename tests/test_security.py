@@ -84,6 +84,7 @@ def test_logs_and_uncaught_errors_are_redacted():
     script = ("import logging, os\nfrom curation.redact import install_redaction\ninstall_redaction()\n"
               "password, sig, token = os.environ['SECRETS'].split()\n"
               "logging.getLogger('x').warning('%s: retrying', f'http://u:{password}@h/x?token={token}')\n"
+              "logging.getLogger('x').warning('%s %s: malformed', f'http://u:{password}@h/')\n"
               "try:\n    raise OSError(f'cannot open http://h/x?X-Amz-Signature={sig}')\n"
               "except OSError:\n    logging.getLogger('x').exception('failed')\n"
               "raise ValueError(f'fatal: https://u:{password}@h/')\n")
@@ -93,6 +94,7 @@ def test_logs_and_uncaught_errors_are_redacted():
     assert "http://***@h/x?token=***: retrying" in result.stderr
     assert "OSError: cannot open http://h/x?X-Amz-Signature=***" in result.stderr
     assert "ValueError: fatal: https://***@h/" in result.stderr
+    assert "%s %s: malformed (arguments: ('http://***@h/',))" in result.stderr
     assert not [secret for secret in SECRETS if secret in result.stderr]
 
 
@@ -197,7 +199,9 @@ def test_a_local_run_listens_on_loopback_only(secret_run):
     assert len([s for s in secret_run.sockets if s[0] == "java"]) >= 3  # RPC, block manager, UI, Py4J…
     exposed = {s for s in secret_run.sockets if not is_loopback(s[1])}
     assert not exposed, f"listening beyond loopback: {exposed}"
-    ui = re.search(r"Start Jetty 127\.0\.0\.1:(\d+) for SparkUI", (secret_run.run / "logs" / "spark.log").read_text())
+    log = (secret_run.run / "logs" / "spark.log").read_text()
+    assert set(re.findall(r"Start Jetty (\S+):\d+ for SparkUI", log)) == {"127.0.0.1"}
+    ui = re.search(r"Successfully started service 'SparkUI' on port (\d+)", log)  # 4040, or the next free one
     assert ui and any(port == int(ui[1]) for _, _, port in secret_run.sockets)  # the UI was on, and seen
 
 

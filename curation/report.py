@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import pyarrow.dataset as ds  # noqa: E402
 
 from curation import schema  # noqa: E402
+from curation.redact import redact_text  # noqa: E402
 
 SCORE_COLUMNS = ["language", *schema.SCORES]
 MAX_SAMPLES_PER_LANGUAGE = 100_000
@@ -150,7 +151,8 @@ def write_report(run_dir: str | Path, cutoffs: dict | None = None) -> Path:
             plots.append((f"Rules of {name}", plot_rule_hits(name, stage, out)))
     if stages:
         plots.append(("Throughput", plot_throughput(stages, out)))
-    failed = "".join(f"<li>{html.escape(f['source'])}: {html.escape(str(f.get('error')))}</li>"
+    # stats.json is written redacted; a run directory from before redaction existed may not be.
+    failed = "".join("<li>" + html.escape(redact_text(f"{f['source']}: {f.get('error')}")) + "</li>"
                      for f in stats.get("failed_segments", []))
     figures = "".join(f'<h2>{html.escape(title)}</h2><img src="report/{name}" alt="{html.escape(title)}">'
                       for title, name in plots)

@@ -41,7 +41,6 @@ from pyspark import AccumulatorParam
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
-
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from curation import schema
@@ -51,9 +50,19 @@ from curation.dedup_lines import LineDedupSettings
 from curation.extract import ExtractSettings, ExtractStage
 from curation.langid import LanguageIdSettings, LanguageIdStage
 from curation.minhash import MinHashSettings
-from curation.perplexity import (HEAD_PERCENTILE, TAIL_PERCENTILE, PerplexitySettings, PerplexityStage,
-                                 available_languages, bucket, load_cutoffs, read_cutoffs, write_cutoffs)
+from curation.perplexity import (
+    HEAD_PERCENTILE,
+    TAIL_PERCENTILE,
+    PerplexitySettings,
+    PerplexityStage,
+    available_languages,
+    bucket,
+    load_cutoffs,
+    read_cutoffs,
+    write_cutoffs,
+)
 from curation.pipeline import merge_stats, nest_counters, run_stages, stage_stats
+from curation.redact import install_redaction, redact_config, redact_text
 from curation.report import write_report
 from curation.settings import InputSettings, RunSettings, SettingsError, as_dict, describe, load_settings, section
 from curation.warc import ArchiveReader, cc_segment
@@ -139,7 +148,7 @@ def extract_segment(source: str, segments_dir: str, settings: CurateSettings) ->
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    stats = {"source": source, "seconds": round(time.time() - started, 3),
+    stats = {"source": redact_text(source), "seconds": round(time.time() - started, 3),
              "stages": {"read": nest_counters(reader.stats), "extract": nest_counters(extract.stats)}}
     tmp_json = f"{final[:-8]}.json.tmp-{uuid.uuid4().hex}"
     with open(tmp_json, "w") as f:
@@ -150,6 +159,7 @@ def extract_segment(source: str, segments_dir: str, settings: CurateSettings) ->
 
 def extract_segments(sources, segments_dir: str, settings: CurateSettings):
     """A task's share of phase 1; a failed input is reported, never fatal to the job."""
+    install_redaction()  # this runs in a Python worker: its log goes to the console
     for source in sources:
         try:
             extract_segment(source, segments_dir, settings)
@@ -331,7 +341,7 @@ def remove_leftovers(run_dir: Path) -> None:
 
 def write_json(path: Path, value) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2))  # insertion order: stages in pipeline order
+    tmp.write_text(json.dumps(redact_config(value), indent=2))  # insertion order: stages in pipeline order
     tmp.replace(path)
 
 
@@ -348,6 +358,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    install_redaction()
     args = parse_args(argv)
     if args.print_settings:
         print(SETTINGS_HEADER + describe(CurateSettings))
@@ -361,7 +372,7 @@ def main(argv=None) -> int:
         resolve_inputs(settings.input)  # fail fast on a bad snapshot name, an unreachable URL, no input
         enabled = model_stages(settings)  # … and on a model path that is not there
     except (SettingsError, ValueError, FileNotFoundError, ConnectionError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {redact_text(str(error))}", file=sys.stderr)
         return 2
     output = Path(args.output)
     spark = spark_session("ccurate-curate", master=args.master, log_file=output / "logs" / "spark.log")
@@ -383,7 +394,7 @@ def print_summary(stats: dict, output: Path) -> None:
     print(f"  output:   {stats['output']}\n  stats:    {output / 'stats.json'}\n  manifest: {output / 'manifest.json'}"
           f"\n  report:   {stats['report']}")
     for failure in stats["failed_segments"]:
-        print(f"  FAILED {failure['source']}: {failure['error']}")
+        print(redact_text(f"  FAILED {failure['source']}: {failure['error']}"))
 
 
 if __name__ == "__main__":

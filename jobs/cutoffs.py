@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from curation.langid import LanguageIdSettings, LanguageIdStage
 from curation.perplexity import CUTOFF_FILE, available_languages, load_model, read_cutoffs, write_cutoffs
+from curation.redact import install_redaction, redact_config
 
 
 def read_documents(sources: Iterable[str], lid_model: str | None = None) -> Iterator[dict]:
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-line", action="store_true")
     parser.add_argument("--lid-model")
     args = parser.parse_args(argv)
+    install_redaction()
     if not available_languages(args.models):
         parser.error(f"no models in {args.models}: run `make lm` first")
     output = args.output or args.models / CUTOFF_FILE
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             "documents": counts[lang], "inputs": [str(i) for i in args.input], "per_line": args.per_line,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "p30": cutoffs[lang][30], "p60": cutoffs[lang][60]}
-    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    manifest_path.write_text(json.dumps(redact_config(manifest), indent=2, sort_keys=True) + "\n")
     for lang in cutoffs:
         print(f"{lang}: {counts[lang]} documents, head < {cutoffs[lang][30]} ≤ middle < {cutoffs[lang][60]} ≤ tail",
               file=sys.stderr)

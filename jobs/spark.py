@@ -8,8 +8,12 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+from curation.redact import SPARK_REDACTION_REGEX, install_redaction
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOG4J_CONFIG = Path(__file__).resolve().parent / "log4j2.properties"
+LOOPBACK = "127.0.0.1"
+UI_SETTING = "CCURATE_SPARK_UI"  # environment variable: 1 turns Spark's web UI on for a local run
 
 
 def launched_by_spark_submit() -> bool:
@@ -17,10 +21,41 @@ def launched_by_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+def process_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def local_conf(log_file: Path) -> dict[str, str]:
+    """Spark settings of a local run: its log in `log_file`, and nothing reachable from another
+    machine. The driver's RPC server and its block manager (local mode has no other) listen on
+    127.0.0.1; the web UI is off unless CCURATE_SPARK_UI=1, and then on 127.0.0.1 without its
+    kill links."""
+    ui = os.environ.get(UI_SETTING, "").lower() in {"1", "true", "yes", "on"}
+    return {
+        "spark.driver.extraJavaOptions":
+            f"-Dlog4j2.configurationFile=file:{LOG4J_CONFIG} -Dccurate.log.file={log_file}",
+        "spark.ui.showConsoleProgress": "true",
+        "spark.sql.shuffle.partitions": str(2 * (os.cpu_count() or 1)),
+        "spark.driver.memory": os.environ.get("SPARK_DRIVER_MEMORY", "4g"),
+        "spark.driver.host": LOOPBACK,
+        "spark.driver.bindAddress": LOOPBACK,
+        "spark.ui.enabled": str(ui).lower(),
+        "spark.ui.killEnabled": "false",
+        "spark.redaction.regex": SPARK_REDACTION_REGEX,
+        # Hadoop's local file system sets the mode of the files it writes from its own umask (022
+        # by default), not the process's: give it the user's.
+        "spark.hadoop.fs.permissions.umask-mode": f"{process_umask():03o}",
+    }
+
+
 def spark_session(app_name: str, master: str | None = None, log_file: str | os.PathLike | None = None,
                   conf: dict[str, str] | None = None) -> SparkSession:
-    """The session for a job: under spark-submit, the one it configured; from `python -m jobs.X`,
-    local mode (`master`, default local[*]) with Spark's log in `log_file` and its progress bar on."""
+    """The session for a job: under spark-submit, the one it configured (the cluster's addresses, UI
+    and redaction settings stand); from `python -m jobs.X`, local mode (`master`, default local[*])
+    with `local_conf`. Either way, what this process logs or prints when it fails is redacted."""
+    install_redaction()
     builder = SparkSession.builder.appName(app_name)
     if not launched_by_spark_submit():
         # Local Python workers must import this checkout's packages with this interpreter.
@@ -28,14 +63,13 @@ def spark_session(app_name: str, master: str | None = None, log_file: str | os.P
         os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
         paths = [str(REPO_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
         os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        # Read by the JVM that PySpark launches: its default address, and the only address other
+        # than every interface that Spark's web UI binds to.
+        os.environ["SPARK_LOCAL_IP"] = LOOPBACK
         log_file = Path(log_file or "spark.log").resolve()
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        builder = (builder.master(master or "local[*]")
-                   .config("spark.driver.extraJavaOptions",
-                           f"-Dlog4j2.configurationFile=file:{LOG4J_CONFIG} -Dccurate.log.file={log_file}")
-                   .config("spark.ui.showConsoleProgress", "true")
-                   .config("spark.sql.shuffle.partitions", str(2 * (os.cpu_count() or 1)))
-                   .config("spark.driver.memory", os.environ.get("SPARK_DRIVER_MEMORY", "4g")))
+        builder = builder.master(master or "local[*]")
+        conf = {**local_conf(log_file), **(conf or {})}
     for key, value in (conf or {}).items():
         builder = builder.config(key, value)
     return builder.getOrCreate()

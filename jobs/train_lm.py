@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from curation import wikipedia
 from curation.normalize import normalize
+from curation.redact import install_redaction, redact_config, redact_text
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_WIKIPEDIA = (REPO_ROOT / ".." / "shared" / "data" / "wikipedia").resolve()
@@ -90,10 +91,10 @@ def iter_articles(lang: str, inputs: list[str], limit: int, base_url: str,
         except (urllib.error.URLError, OSError) as err:
             sources = [str(p) for p in offline_sources(lang)]
             if not sources:
-                raise SystemExit(f"{lang}: cannot reach {url} ({err}) and no text under {SHARED_WIKIPEDIA}; "
-                                 f"pass --input PATH… (make lm WIKI=PATH…): an XML dump, wikitext, or text files"
-                                 ) from None
-            print(f"{lang}: {url} unreachable ({err}); using {', '.join(sources)}", file=sys.stderr)
+                raise SystemExit(redact_text(
+                    f"{lang}: cannot reach {url} ({err}) and no text under {SHARED_WIKIPEDIA}; "
+                    f"pass --input PATH… (make lm WIKI=PATH…): an XML dump, wikitext, or text files")) from None
+            print(redact_text(f"{lang}: {url} unreachable ({err}); using {', '.join(sources)}"), file=sys.stderr)
             filter_language = True
 
     def articles() -> Iterator[wikipedia.Article]:
@@ -192,7 +193,7 @@ def update_manifest(output: Path, lang: str, entry: dict) -> None:
     manifest = json.loads(path.read_text()) if path.exists() else {}
     manifest.setdefault("languages", {})[lang] = entry
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(json.dumps(redact_config(manifest), indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
 
 
@@ -210,7 +211,7 @@ def train_language(lang: str, inputs: list[str], output: Path, *, vocab_size: in
         text_file = tmp / f"{lang}.txt"
         counts = write_normalized(found, text_file, set(exclude_titles))
         if counts["lines"] == 0:
-            raise SystemExit(f"{lang}: no text found in {', '.join(sources)}")
+            raise SystemExit(redact_text(f"{lang}: no text found in {', '.join(sources)}"))
         used_vocab = train_sentencepiece(text_file, tmp / lang, lang, vocab_size, threads, max_sentences)
         encoded = tmp / f"{lang}.sp.txt"
         n_pieces = encode_file(tmp / f"{lang}.model", text_file, encoded)
@@ -255,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep only the local articles fastText lid.176 assigns to the language")
     parser.add_argument("--keep-arpa", action="store_true")
     args = parser.parse_args(argv)
+    install_redaction()
     langs = [lang.strip() for lang in args.lang.split(",") if lang.strip()]
     routed = route_inputs(args.input, langs)
     for lang in langs:

@@ -43,6 +43,7 @@ import numpy as np
 from curation.extract import ExtractStage
 from curation.langid import LanguageIdSettings, LanguageIdStage
 from curation.pipeline import run_stages, stage_stats
+from curation.redact import install_redaction, redact_config
 from curation.settings import SettingsError, load_settings, section, setting
 from curation.warc import ArchiveReader
 from curation.wikipedia import read_wikitext
@@ -354,7 +355,7 @@ def train(wikipedia: list[str], pages: list[str], output: Path, references: list
         "held_out_metrics": held_out,
         "seconds": round(time.time() - started, 1),
     }
-    (output / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (output / "manifest.json").write_text(json.dumps(redact_config(manifest), indent=2) + "\n")
     return manifest
 
 
@@ -375,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="settings, e.g. min_positives=500 fasttext.epoch=20 (WikirefTrainingSettings)")
     args = parser.parse_args(argv)
+    install_redaction()
     if not args.pages and not args.curated:
         parser.error("give the snapshot as --curated PARQUET_DIR and/or --pages WARC/WET…")
     try:

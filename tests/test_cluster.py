@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -21,6 +20,7 @@ from tokenizer import train
 from tokenizer.shards import ShardReader
 
 from .conftest import REPO_ROOT
+from .listening_sockets import is_loopback, sockets_of_tree
 from .test_tokenizer import COVERAGE, VOCAB, write_curated
 
 BIN = REPO_ROOT / ".venv" / "bin"
@@ -34,15 +34,18 @@ def free_port() -> int:
 
 
 def wait_for(condition, timeout=120, what="condition"):
+    """Polls `condition` until it is true; any error counts as not yet (a half-started server
+    refuses, answers nothing or half an answer)."""
     deadline = time.time() + timeout
+    last_error = None
     while time.time() < deadline:
         try:
             if condition():
                 return
-        except OSError:
-            pass
+        except Exception as error:  # retried until the deadline, reported then
+            last_error = error
         time.sleep(0.5)
-    raise TimeoutError(f"timed out waiting for {what}")
+    raise TimeoutError(f"timed out waiting for {what} (last error: {last_error!r})")
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +53,15 @@ def standalone_cluster(tmp_path_factory):
     work = tmp_path_factory.mktemp("cluster")
     # Executors must import the project from --py-files only, never from this checkout.
     env = {key: value for key, value in os.environ.items() if key not in {"PYTHONPATH", "PYSPARK_PYTHON"}}
-    env.update(SPARK_HOME=str(SPARK_HOME), SPARK_LOCAL_IP="127.0.0.1", SPARK_WORKER_DIR=str(work / "worker"), SPARK_LOG_DIR=str(work))
+    # Master, worker, their web UIs, and the drivers and executors they start: on loopback only.
+    env.update(SPARK_HOME=str(SPARK_HOME), SPARK_LOCAL_IP="127.0.0.1", SPARK_WORKER_DIR=str(work / "worker"),
+               SPARK_LOG_DIR=str(work))
     port, master_ui, worker_ui = free_port(), free_port(), free_port()
-    master = subprocess.Popen([SPARK_HOME / "bin" / "spark-class", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+    spark_class = SPARK_HOME / "bin" / "spark-class"
+    master = subprocess.Popen([spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
                                "--port", str(port), "--webui-port", str(master_ui)], cwd=work, env=env,
                               stdout=open(work / "master.log", "w"), stderr=subprocess.STDOUT)
-    worker = subprocess.Popen([SPARK_HOME / "bin" / "spark-class", "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
+    worker = subprocess.Popen([spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
                                "--cores", "2", "--memory", "2g", "--webui-port", str(worker_ui),
                                f"spark://127.0.0.1:{port}"], cwd=work, env=env,
                               stdout=open(work / "worker.log", "w"), stderr=subprocess.STDOUT)
@@ -64,6 +70,8 @@ def standalone_cluster(tmp_path_factory):
             with urllib.request.urlopen(f"http://127.0.0.1:{master_ui}/json/", timeout=5) as answer:
                 return json.load(answer).get("aliveworkers", 0) >= 1
         wait_for(worker_registered, what="the worker to register with the master")
+        held = sockets_of_tree(master.pid) | sockets_of_tree(worker.pid)
+        assert len(held) >= 4 and all(is_loopback(address) for _, address, _ in held), held
         yield f"spark://127.0.0.1:{port}", env, work
     finally:
         for process in (worker, master):

@@ -314,24 +314,37 @@ def lora_parameters(cfg: ModelConfig, rank: int, targets: tuple[str, ...]) -> in
                               if isinstance(m, nn.Linear) and name.split(".")[-1] in targets)
 
 
-def print_lora_plan(cfg: ModelConfig, seq_len: int, rank: int, targets: tuple[str, ...],
-                    gpus_gib: tuple[float, ...] = (24, 80)) -> None:
+def lora_plan(cfg: ModelConfig, seq_len: int, gpu_gib: float, rank: int, targets: tuple[str, ...]) -> dict[str, float]:
+    """Bytes on one GPU for LoRA fine-tuning, the largest micro-batch without and with activation checkpointing,
+    and what full fine-tuning would need on that one GPU (weights, gradients, AdamW state, one sequence)."""
     with torch.device("meta"):
         n = Transformer(cfg).num_params()
     adapters = lora_parameters(cfg, rank, targets)
-    frozen, trained = 2 * n, 16 * adapters
-    print(f"\nLoRA fine-tuning on one GPU, GiB: rank {rank} on {','.join(targets)}: {adapters:,} trainable parameters "
-          f"({adapters / n:.3%} of {n:,}); seq_len {seq_len}, frozen weights bf16, adapters fp32 + AdamW")
+    row = {"adapter parameters": adapters, "parameters": n, "frozen weights": 2 * n, "adapters": 16 * adapters}
+    free = USABLE * gpu_gib * GIB - row["frozen weights"] - row["adapters"]
+    for key, checkpointing in (("", False), (" + AC", True)):
+        row["activations / sequence" + key] = seq_len * activation_bytes_per_token(cfg, 2, checkpointing)
+        row["max micro-batch" + key] = max(0, int(free // row["activations / sequence" + key]))
+    full = memory_plan(cfg, 1, seq_len, gpu_gib)["FSDP + AC"]  # one GPU: nothing sharded
+    row["full fine-tuning"] = full["fixed"] + full["activations / sequence"]
+    row["full fine-tuning fits"] = full["max micro-batch"] > 0
+    return row
+
+
+def print_lora_plan(cfg: ModelConfig, seq_len: int, rank: int, targets: tuple[str, ...],
+                    gpus_gib: tuple[float, ...] = (24, 80)) -> None:
+    rows = {gib: lora_plan(cfg, seq_len, gib, rank, targets) for gib in gpus_gib}
+    first = rows[gpus_gib[0]]
+    print(f"\nLoRA fine-tuning on one GPU, GiB: rank {rank} on {','.join(targets)}: {first['adapter parameters']:,} "
+          f"trainable parameters ({first['adapter parameters'] / first['parameters']:.3%} of {first['parameters']:,});"
+          f" seq_len {seq_len}, frozen weights bf16, adapters fp32 + AdamW")
     print(f"{'GPU GiB':>8s}{'frozen':>9s}{'adapters':>10s}{'act/seq':>9s}{'AC act/seq':>12s}{'max micro-batch':>17s}"
           f"{'with AC':>9s}{'full FT, 1 GPU':>16s}")
-    for gib in gpus_gib:
-        free = USABLE * gib * GIB - frozen - trained
-        per_seq = [seq_len * activation_bytes_per_token(cfg, 2, ac) for ac in (False, True)]
-        fits = [max(0, int(free // a)) for a in per_seq]
-        full = memory_plan(cfg, 1, seq_len, gib)["FSDP + AC"]  # one GPU: everything unsharded
-        need = full["fixed"] + full["activations / sequence"]
-        print(f"{gib:>8g}{frozen / GIB:9.2f}{trained / GIB:10.3f}{per_seq[0] / GIB:9.2f}{per_seq[1] / GIB:12.2f}"
-              f"{fits[0]:17d}{fits[1]:9d}{need / GIB:10.1f}{' fits' if full['max micro-batch'] else ' no':>6s}")
+    for gib, row in rows.items():
+        print(f"{gib:>8g}{row['frozen weights'] / GIB:9.2f}{row['adapters'] / GIB:10.3f}"
+              f"{row['activations / sequence'] / GIB:9.2f}{row['activations / sequence + AC'] / GIB:12.2f}"
+              f"{row['max micro-batch']:17d}{row['max micro-batch + AC']:9d}{row['full fine-tuning'] / GIB:10.1f}"
+              f"{' fits' if row['full fine-tuning fits'] else ' no':>6s}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -96,6 +96,18 @@ pretrain:
 	@if ! ls $(PRETRAIN_DATA)/train-*.idx >/dev/null 2>&1; then \
 		echo "no token shards in $(PRETRAIN_DATA): run \`make shards\` first"; exit 2; fi
 	$(PRETRAIN_LAUNCH) -m trainer.train --config $(PRETRAIN_CONFIG) data_dir=$(PRETRAIN_DATA) $(ARGS)
+
+# `make finetune DATA=alpaca_data.json CHECKPOINT=runs/local/pretrain/model.pt`: instruction tuning with LoRA
+# adapters (alpaca-lora's settings) into FINETUNE_OUT; MODE=full trains every weight (Alpaca's recipe; with
+# NPROC=8 under FSDP). ARGS passes flags: --merge (write model.pt with the adapters folded in), --epochs 1, …
+.PHONY: finetune
+DATA ?= $(SHARED)/instruct/self-instruct-seed-tasks.jsonl
+CHECKPOINT ?= runs/local/pretrain/model.pt
+FINETUNE_OUT ?= runs/local/finetune
+MODE ?= lora
+finetune:
+	$(PRETRAIN_LAUNCH) -m trainer.finetune --data $(DATA) --checkpoint $(CHECKPOINT) \
+		--tokenizer $(TOKENIZER_DIR)/tokenizer.model --out-dir $(FINETUNE_OUT) --mode $(MODE) $(ARGS)
 # --- trainer ---
 
 # --- perplexity ---

@@ -6,7 +6,8 @@ attention through `scaled_dot_product_attention`, no biases, untied embeddings.
 
 `python -m trainer.model --preset 7B` prints a preset's config and parameter count, built on the
 `meta` device so that no memory is allocated; `--plan 8 --gpu-memory 80` prints what each of 8 GPUs
-of 80 GiB holds under DDP and FSDP, with and without activation checkpointing.
+of 80 GiB holds under DDP and FSDP, with and without activation checkpointing; `--lora` adds the memory of
+LoRA fine-tuning on one 24 GiB and one 80 GiB GPU beside full fine-tuning.
 """
 
 from __future__ import annotations
@@ -300,6 +301,52 @@ def print_plan(cfg: ModelConfig, world: int, seq_len: int, gpu_gib: float, token
     print(line + "   (micro-batch x accumulation)")
 
 
+# LoRA fine-tuning (trainer.finetune) on one GPU: the frozen model in bf16 (2 B/param: no gradients, no
+# optimizer state, no fp32 master copy), the adapters in fp32 with gradients and AdamW state (16 B/param).
+# Activations as the FSDP column's (bf16 residual stream): autograd still saves what backward needs to carry
+# gradients down to the lowest adapter; an upper bound, as frozen linears need not keep their inputs.
+
+def lora_parameters(cfg: ModelConfig, rank: int, targets: tuple[str, ...]) -> int:
+    """A (rank × in) and B (out × rank) per targeted linear layer of every block."""
+    with torch.device("meta"):
+        block = TransformerBlock(cfg)
+    return cfg.n_layers * sum(rank * (m.in_features + m.out_features) for name, m in block.named_modules()
+                              if isinstance(m, nn.Linear) and name.split(".")[-1] in targets)
+
+
+def lora_plan(cfg: ModelConfig, seq_len: int, gpu_gib: float, rank: int, targets: tuple[str, ...]) -> dict[str, float]:
+    """Bytes on one GPU for LoRA fine-tuning, the largest micro-batch without and with activation checkpointing,
+    and what full fine-tuning would need on that one GPU (weights, gradients, AdamW state, one sequence)."""
+    with torch.device("meta"):
+        n = Transformer(cfg).num_params()
+    adapters = lora_parameters(cfg, rank, targets)
+    row = {"adapter parameters": adapters, "parameters": n, "frozen weights": 2 * n, "adapters": 16 * adapters}
+    free = USABLE * gpu_gib * GIB - row["frozen weights"] - row["adapters"]
+    for key, checkpointing in (("", False), (" + AC", True)):
+        row["activations / sequence" + key] = seq_len * activation_bytes_per_token(cfg, 2, checkpointing)
+        row["max micro-batch" + key] = max(0, int(free // row["activations / sequence" + key]))
+    full = memory_plan(cfg, 1, seq_len, gpu_gib)["FSDP + AC"]  # one GPU: nothing sharded
+    row["full fine-tuning"] = full["fixed"] + full["activations / sequence"]
+    row["full fine-tuning fits"] = full["max micro-batch"] > 0
+    return row
+
+
+def print_lora_plan(cfg: ModelConfig, seq_len: int, rank: int, targets: tuple[str, ...],
+                    gpus_gib: tuple[float, ...] = (24, 80)) -> None:
+    rows = {gib: lora_plan(cfg, seq_len, gib, rank, targets) for gib in gpus_gib}
+    first = rows[gpus_gib[0]]
+    print(f"\nLoRA fine-tuning on one GPU, GiB: rank {rank} on {','.join(targets)}: {first['adapter parameters']:,} "
+          f"trainable parameters ({first['adapter parameters'] / first['parameters']:.3%} of {first['parameters']:,});"
+          f" seq_len {seq_len}, frozen weights bf16, adapters fp32 + AdamW")
+    print(f"{'GPU GiB':>8s}{'frozen':>9s}{'adapters':>10s}{'act/seq':>9s}{'AC act/seq':>12s}{'max micro-batch':>17s}"
+          f"{'with AC':>9s}{'full FT, 1 GPU':>16s}")
+    for gib, row in rows.items():
+        print(f"{gib:>8g}{row['frozen weights'] / GIB:9.2f}{row['adapters'] / GIB:10.3f}"
+              f"{row['activations / sequence'] / GIB:9.2f}{row['activations / sequence + AC'] / GIB:12.2f}"
+              f"{row['max micro-batch']:17d}{row['max micro-batch + AC']:9d}{row['full fine-tuning'] / GIB:10.1f}"
+              f"{' fits' if row['full fine-tuning fits'] else ' no':>6s}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="7B", choices=sorted(PRESETS))
@@ -307,10 +354,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpu-memory", type=float, default=80, help="GiB per GPU, for --plan")
     parser.add_argument("--seq-len", type=int, default=2048, help="for --plan")
     parser.add_argument("--tokens-per-step", type=int, default=4 * 1024 ** 2, help="for --plan (LLaMA: 4M)")
+    parser.add_argument("--lora", action="store_true",
+                        help="with --plan: also LoRA fine-tuning on one 24 GiB and one 80 GiB GPU (trainer.finetune)")
+    parser.add_argument("--lora-r", type=int, default=8, help="adapter rank, for --lora (alpaca-lora: 8)")
+    parser.add_argument("--lora-targets", default="wq,wv", help="adapted layers, for --lora")
     args = parser.parse_args(argv)
     cfg = PRESETS[args.preset]
     if args.plan:
         print_plan(cfg, args.plan, args.seq_len, args.gpu_memory, args.tokens_per_step)
+        if args.lora:
+            print_lora_plan(cfg, args.seq_len, args.lora_r, tuple(args.lora_targets.split(",")))
         return
     with torch.device("meta"):
         model = Transformer(cfg)

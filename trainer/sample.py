@@ -6,6 +6,9 @@ GPU the model runs in bfloat16, on the CPU in float32. Several prompts decode to
 are padded on the left and the padding is masked out (RoPE only sees relative positions, so a shifted
 prompt scores the same). Greedy (temperature 0), temperature, top-k and top-p (nucleus) sampling, or beam
 search; keys and values of past positions are kept in a cache so that each new token costs one position.
+
+`--instruction "…" [--input "…"]` asks an instruction-tuned model (trainer.finetune): the text is wrapped in
+Alpaca's template, the model writes until EOS, and only the response is printed.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import sentencepiece as spm
 import torch
 
 from trainer.convert import read
+from trainer.finetune import alpaca_prompt
 from trainer.model import Transformer
 
 
@@ -181,6 +185,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokenizer", help="SentencePiece model (default: the one beside a Meta or HF checkpoint)")
     parser.add_argument("--prompt", action="append", help="repeat for a batch of prompts")
     parser.add_argument("--prompt-file", help="one prompt a line")
+    parser.add_argument("--instruction", action="append",
+                        help="an instruction for a fine-tuned model, wrapped in Alpaca's template; repeat for a batch")
+    parser.add_argument("--input", action="append",
+                        help="context for the instruction at the same position (Alpaca's template with input)")
     parser.add_argument("--max-new-tokens", type=int, default=100)
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     parser.add_argument("--top-k", type=int)
@@ -207,8 +215,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.prompt_file:
         with open(args.prompt_file, encoding="utf-8") as f:
             texts += [line.rstrip("\n") for line in f]
+    instructions = args.instruction or []
+    inputs = args.input or []
+    if len(inputs) > len(instructions):
+        raise SystemExit("--input without its --instruction")
+    texts += [alpaca_prompt(text, inputs[i] if i < len(inputs) else "") for i, text in enumerate(instructions)]
     texts = texts or [""]
     prompts = [[sp.bos_id()] + sp.encode(t) for t in texts]
+    # An instruction's template is not printed back: only the response.
+    shown = [1] * (len(texts) - len(instructions)) + [len(p) for p in prompts[len(texts) - len(instructions):]]
     eos_id = sp.eos_id() if sp.eos_id() >= 0 else None
     if args.beams:
         outputs = [beam_search(model, p, args.max_new_tokens, args.beams, args.length_penalty, eos_id)[0]
@@ -216,10 +231,11 @@ def main(argv: list[str] | None = None) -> None:
     else:
         generator = torch.Generator(device).manual_seed(args.seed)
         batch = [p for p in prompts for _ in range(args.num_samples)]
+        shown = [start for start in shown for _ in range(args.num_samples)]
         outputs = generate_batch(model, batch, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
                                  eos_id, generator)
-    for ids in outputs:
-        print(sp.decode(ids[1:]))
+    for ids, start in zip(outputs, shown):
+        print(sp.decode(ids[start:]))
         print("---")
     sys.stdout.flush()
 

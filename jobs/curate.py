@@ -63,6 +63,7 @@ from jobs.dedup import line_dedup, minhash_dedup
 from jobs.spark import spark_session
 
 log = logging.getLogger("curate")
+DEDUP_GROUP = "_dedup_group"
 
 
 @dataclass(frozen=True)
@@ -197,8 +198,17 @@ def annotate(rows, stats, settings: CurateSettings, enabled: dict[str, bool]):
     stats.add({"stages": stage_stats(stages)})
 
 
+def with_dedup_group(spark: SparkSession, documents, segments: list[str], group_size: int):
+    """`documents` with their line dedup group: the index of their segment (`cc_segment`) among the
+    run's done segments, in order, divided by `group_size` (0: one group)."""
+    groups = [(segment, index // group_size if group_size else 0) for index, segment in enumerate(segments)]
+    table = spark.createDataFrame(groups, T.StructType([T.StructField("cc_segment", T.StringType()),
+                                                        T.StructField(DEDUP_GROUP, T.LongType())]))
+    return documents.join(F.broadcast(table), on="cc_segment", how="left")
+
+
 def write_curated(spark: SparkSession, run_dir: Path, done_files: list[str], settings: CurateSettings,
-                  enabled: dict[str, bool]) -> dict:
+                  enabled: dict[str, bool], segments: list[str] = ()) -> dict:
     accumulated = spark.sparkContext.accumulator({}, StatsAccumulator())
     stats: dict = {"stages": {}}
     curated, tmp = run_dir / "curated", run_dir / f"curated.tmp-{uuid.uuid4().hex}"
@@ -206,7 +216,9 @@ def write_curated(spark: SparkSession, run_dir: Path, done_files: list[str], set
     documents = spark.read.schema(extracted_schema).parquet(*done_files) if done_files else \
         spark.createDataFrame([], extracted_schema)
     if settings.line_dedup.enabled:
-        documents, stats["stages"]["line_dedup"] = line_dedup(documents, min_length=settings.extract.min_length)
+        documents = with_dedup_group(spark, documents, segments, settings.line_dedup.group_size)
+        documents, stats["stages"]["line_dedup"] = line_dedup(documents, DEDUP_GROUP, settings.line_dedup)
+        documents = documents.drop(DEDUP_GROUP)
     else:
         documents = documents.withColumn(DOC_ID, F.xxhash64("url", "raw_content"))
     rows = (documents.select(*EXTRACTED.names, DOC_ID).rdd
@@ -302,7 +314,7 @@ def run(spark: SparkSession, settings: CurateSettings, run_dir: str | Path,
     for source in done:  # phase-1 counters survive a resume: they are stored per segment
         merge_stats(stats, {"stages": json.loads((segments_dir / f"{segment_id(source)}.json").read_text())["stages"]})
     done_files = [str(segments_dir / f"{segment_id(s)}.parquet") for s in done]
-    merge_stats(stats, write_curated(spark, run_dir, done_files, settings, enabled))
+    merge_stats(stats, write_curated(spark, run_dir, done_files, settings, enabled, [cc_segment(s) for s in done]))
     failed = [seg for seg in manifest["segments"] if seg["state"] == "failed"]
     result = {**stats, "inputs": len(inputs), "segments_done": len(done), "segments_resumed": len(inputs) - len(todo),
               "failed_segments": failed, "output": str(run_dir / "curated"),

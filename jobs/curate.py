@@ -87,6 +87,7 @@ ROW_STAGES = (LanguageIdStage, C4Stage, PerplexityStage, WikirefStage)
 EXTRACTED = schema.arrow_schema(schema.EXTRACTED)
 # Phase 2's columns before MinHash: phase 1's, then those the row-wise stages write.
 ANNOTATED = schema.arrow_schema(schema.ordered([*schema.EXTRACTED, *(f for stage in ROW_STAGES for f in stage.writes)]))
+ANNOTATED_WITH_ID = ANNOTATED.append(pa.field(DOC_ID, pa.int64()))
 ROW_GROUP_DOCS = 1000
 SETTINGS_HEADER = """\
 # Every setting of the curate job with its default and meaning: the output of
@@ -187,14 +188,22 @@ def row_stages(settings: CurateSettings, enabled: dict[str, bool]) -> list:
     return [stage(getattr(settings, stage.name)) for stage in ROW_STAGES if enabled.get(stage.name, True)]
 
 
-def annotate(rows, stats, settings: CurateSettings, enabled: dict[str, bool]):
-    """Row-wise stages of phase 2, streamed per partition; counters go to the accumulator."""
+def annotate(batches, stats, settings: CurateSettings, enabled: dict[str, bool]):
+    """Row-wise stages of phase 2, streamed per partition as Arrow batches (no Row objects cross
+    between the JVM and Python); counters go to the accumulator."""
     stages = row_stages(settings, enabled)
     internal = frozenset([DOC_ID])
-    for doc in run_stages((row.asDict() for row in rows), stages):
+    docs = (doc for batch in batches for doc in batch.to_pylist())
+    out: list[dict] = []
+    for doc in run_stages(docs, stages):
         schema.check_document(doc, internal)
         doc.setdefault("bucket", "all")
-        yield tuple(doc.get(name) for name in ANNOTATED.names) + (doc[DOC_ID],)
+        out.append(doc)
+        if len(out) == ROW_GROUP_DOCS:
+            yield pa.RecordBatch.from_pylist(out, ANNOTATED_WITH_ID)
+            out = []
+    if out:
+        yield pa.RecordBatch.from_pylist(out, ANNOTATED_WITH_ID)
     stats.add({"stages": stage_stats(stages)})
 
 
@@ -221,9 +230,9 @@ def write_curated(spark: SparkSession, run_dir: Path, done_files: list[str], set
         documents = documents.drop(DEDUP_GROUP)
     else:
         documents = documents.withColumn(DOC_ID, F.xxhash64("url", "raw_content"))
-    rows = (documents.select(*EXTRACTED.names, DOC_ID).rdd
-            .mapPartitions(lambda part: annotate(part, accumulated, settings, enabled)))
-    frame = spark.createDataFrame(rows, from_arrow_schema(ANNOTATED).add(DOC_ID, T.LongType()))
+    frame = (documents.select(*EXTRACTED.names, DOC_ID)
+             .mapInArrow(lambda batches: annotate(batches, accumulated, settings, enabled),
+                         from_arrow_schema(ANNOTATED_WITH_ID)))
     frame = frame.persist()  # the row-wise stages run once, not once per later pass
     if enabled["perplexity"]:
         frame, stats["cutoffs_from_run"] = bucket_from_run(frame, run_dir)

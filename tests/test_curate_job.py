@@ -35,7 +35,7 @@ def test_curate_job_writes_parquet_by_language_and_stats(spark, shared_data, tmp
 
     written = json.loads((tmp_path / "run" / "stats.json").read_text())
     stages = written["stages"]
-    assert list(stages) == ["read", "extract", "line_dedup", "langid", "minhash"]
+    assert list(stages) == ["read", "extract", "line_dedup", "langid", "c4", "minhash"]
     assert stages["read"]["out"] == 16 + 697
     assert stages["extract"]["dropped"]["too_short"] == 5 + 153
     assert stages["line_dedup"]["in"] == stages["extract"]["out"] == 11 + 544

@@ -185,7 +185,8 @@ def run_ours(files: list[Path], models: Path, dedup: bool) -> int:
 def measure(engine: str, files: list[Path], models: Path, dedup: bool, profile: bool, code: Path = REPO_ROOT) -> dict:
     """Runs one engine in a fresh process (ours from the checkout at `code`); its wall time and the
     CPU time of its process tree."""
-    cmd = [sys.executable, "-m", "bench.ccnet", "--one", engine, "--dedup", str(dedup).lower(),
+    cmd = [sys.executable, "-m", "bench.ccnet", "--one", "ccnet" if engine == "ccnet" else "ours",
+           "--dedup", str(dedup).lower(),
            "--models", str(models), *(["--profile"] if profile else []), *map(str, files)]
     load = os.getloadavg()[0]
     started = time.perf_counter()
@@ -207,8 +208,8 @@ def main() -> None:
     parser.add_argument("--models", type=Path, default=REPO_ROOT / "models" / "lm")
     parser.add_argument("--profile", action="store_true", help="cProfile each run's driver process "
                         "(runs/bench-ccnet/profile-*.txt)")
-    parser.add_argument("--ours-from", type=Path, default=REPO_ROOT, help="checkout whose `jobs.curate` is "
-                        "ours (e.g. an export of an older commit, for before/after figures)")
+    parser.add_argument("--before", type=Path, help="an export of an older commit: its `jobs.curate` runs too, "
+                        "as `before` (with this file copied into it), for before/after figures")
     parser.add_argument("--one", choices=["ccnet", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--dedup", default="false", help=argparse.SUPPRESS)
     parser.add_argument("files", nargs="*", type=Path, help=argparse.SUPPRESS)
@@ -236,19 +237,23 @@ def main() -> None:
         dedup = mode == "on"
         best: dict[str, dict] = {}
         for attempt in range(args.repeat):
-            for engine in ("ccnet", "ours"):  # alternating, so both see the same load
+            for engine in ("ccnet", "ours", *(["before"] if args.before else [])):  # alternating: same load
                 result = measure(engine, files, models, dedup, args.profile,
-                                 args.ours_from if engine == "ours" else REPO_ROOT)
+                                 args.before if engine == "before" else REPO_ROOT)
                 print(f"  line dedup {mode}, {engine}: {result['wall']:.1f} s wall, {result['cpu']:.1f} s CPU, "
                       f"{result['out']} docs out, load {result['load']:.1f}", flush=True)
                 if engine not in best or result["wall"] < best[engine]["wall"]:
                     best[engine] = result
-        cc, ours = best["ccnet"], best["ours"]
-        cc_core, ours_core = docs / cc["wall"], docs / ours["wall"] / OUR_CORES
-        print(f"line dedup {mode}: cc_net {cc_core:,.0f} docs/s/core (1 core), ours {ours_core:,.0f} docs/s/core "
-              f"({OUR_CORES} cores, Spark start-up included); ratio ours/cc_net = {ours_core / cc_core:.2f}; "
-              f"per CPU-second: cc_net {docs / cc['cpu']:,.0f}, ours {docs / ours['cpu']:,.0f}, "
-              f"ratio {cc['cpu'] / ours['cpu']:.2f}; documents out: cc_net {cc['out']}, ours {ours['out']}")
+        cc = best["ccnet"]
+        cc_core = docs / cc["wall"]
+        print(f"line dedup {mode}: cc_net {cc_core:,.0f} docs/s/core (1 core), {docs / cc['cpu']:,.0f} docs per "
+              f"CPU-second, {cc['out']} documents out")
+        for engine in best.keys() - {"ccnet"}:
+            ours = best[engine]
+            ours_core = docs / ours["wall"] / OUR_CORES
+            print(f"  {engine}: {ours_core:,.0f} docs/s/core ({OUR_CORES} cores, Spark start-up included), ratio to "
+                  f"cc_net {ours_core / cc_core:.2f}; {docs / ours['cpu']:,.0f} docs per CPU-second, ratio "
+                  f"{cc['cpu'] / ours['cpu']:.2f}; {ours['out']} documents out")
 
 
 if __name__ == "__main__":

@@ -234,8 +234,9 @@ def write_curated(spark: SparkSession, run_dir: Path, done_files: list[str], set
              .mapInArrow(lambda batches: annotate(batches, accumulated, settings, enabled),
                          from_arrow_schema(ANNOTATED_WITH_ID)))
     frame = frame.persist()  # the row-wise stages run once, not once per later pass
-    if enabled["perplexity"]:
-        frame, stats["cutoffs_from_run"] = bucket_from_run(frame, run_dir)
+    models = settings.perplexity.models
+    if enabled["perplexity"] and set(available_languages(models)) - set(load_cutoffs(models)):
+        frame, stats["cutoffs_from_run"] = bucket_from_run(frame, run_dir)  # a Spark job only when needed
     scored: dict = {}
     if settings.minhash.enabled:
         frame, scored = minhash_dedup(frame, settings.minhash)

@@ -236,7 +236,7 @@ def main() -> None:
     for mode in args.modes.split(","):
         dedup = mode == "on"
         best: dict[str, dict] = {}
-        for attempt in range(args.repeat):
+        for _ in range(args.repeat):
             for engine in ("ccnet", "ours", *(["before"] if args.before else [])):  # alternating: same load
                 result = measure(engine, files, models, dedup, args.profile,
                                  args.before if engine == "before" else REPO_ROOT)

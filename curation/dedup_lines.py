@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -31,7 +31,8 @@ from curation.settings import setting
 
 HASH_SIZE = 8
 # `normalize_for_dedup`'s removals, minus the newline: applied to a whole text, lines stay apart.
-_REMOVED_KEEP_NEWLINE_RE = re.compile(f"[{re.escape(''.join(UNICODE_PUNCT) + NON_PRINTING_CHARS.replace(chr(10), ''))}]")
+_REMOVED_KEEP_NEWLINE_RE = re.compile(
+    f"[{re.escape(''.join(UNICODE_PUNCT) + NON_PRINTING_CHARS.replace(chr(10), ''))}]")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ FIELDS: tuple[Field, ...] = (
     Field("digest", pa.string(), "read", "the record's digest (sha1:…; WET: WARC-Block-Digest)", True),
     Field("length", pa.int64(), "extract", "characters of `raw_content` (after line dedup, as cc_net's dedup sets it)",
           True),
-    Field("nlines", pa.int64(), "extract", "lines of `raw_content` (after line dedup, as cc_net's dedup sets it)", True),
+    Field("nlines", pa.int64(), "extract", "lines of `raw_content` (after line dedup, as cc_net's dedup sets it)",
+          True),
     Field("source_domain", pa.string(), "read", "host of `url`, lowercased (cc_net: as written)"),
     Field("title", pa.string(), "extract", "the page's title (WET: the record's first line, stripped)", True),
     Field("raw_content", pa.string(), "extract", "the text, one block a line, stripped, title line apart (after line "

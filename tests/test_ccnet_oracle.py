@@ -11,7 +11,6 @@ so cc_net's `split_by_lang.predict` calls it with a one-item list (the same C++ 
 from __future__ import annotations
 
 import gzip
-import io
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +42,8 @@ def in_commoncrawl_header_order(path: Path, output: Path) -> Path:
     with open(path, "rb") as stream, gzip.open(output, "wb") as out:
         for record in ArchiveIterator(stream):
             headers = record.rec_headers
-            out.write(b"WARC/1.0\r\n" + b"".join(f"{name}: {headers.get_header(name)}\r\n".encode() for name in CC_HEADERS)
-                      + b"\r\n" + record.content_stream().read() + b"\r\n\r\n")
+            fields = b"".join(f"{name}: {headers.get_header(name)}\r\n".encode() for name in CC_HEADERS)
+            out.write(b"WARC/1.0\r\n" + fields + b"\r\n" + record.content_stream().read() + b"\r\n\r\n")
     return output
 
 

@@ -1,14 +1,11 @@
 """CCNet line dedup: hand-made cases, Spark == single process on real WET pages, scopes, the CLI."""
 
-import gzip
 import hashlib
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
-
-import numpy as np
 
 from curation.dedup_lines import LineDedupSettings, LineDedupStage, apply_dedup, document_hashes, line_hash
 from curation.normalize import normalize_for_dedup

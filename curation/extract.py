@@ -1,6 +1,7 @@
 """HTML → text with resiliparse: charset from the HTTP header, else the page's meta tag, else
 detection (uchardet); main-content extraction that keeps one block (paragraph, heading, list item)
-a line. Documents shorter than CCNet's floor (300 characters) are dropped here, before dedup."""
+a line. Documents whose `raw_content` is shorter than CCNet's floor (300 characters) are dropped
+here, on the text as read, where cc_net's reader applies its `min_len`."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from curation.settings import setting
 @dataclass(frozen=True)
 class ExtractSettings:
     """HTML → text."""
-    min_length: int = setting(300, "CCNet's floor, in characters, before dedup", minimum=0)
+    min_length: int = setting(300, "CCNet's floor: characters of `raw_content` as read (before dedup)", minimum=0)
 
 
 def decode_html(html: bytes, declared_charset: str | None = None) -> str:
@@ -45,7 +46,11 @@ def html_to_text(html: bytes, declared_charset: str | None = None) -> tuple[str,
 
 class ExtractStage(Stage):
     """Pages from `ArchiveReader` → documents with `title`, `raw_content` and CCNet's length fields.
-    WET documents arrive with CommonCrawl's text, kept as it is (as CCNet does); they get lengths."""
+    WET documents arrive already read as cc_net reads them (`curation.warc.wet_text`: title line
+    apart, lines stripped) with cc_net's `original_length` (the record's Content-Length) and
+    `original_nlines`. An HTML page gets the same meanings: `original_length` is the UTF-8 size of
+    its title line and text (what its WET record would hold), `original_nlines` the lines of its
+    text. `length`/`nlines` start as `raw_content`'s characters and lines (line dedup updates them)."""
 
     name = "extract"
     writes = ("title", "raw_content", "length", "nlines", "original_length", "original_nlines")
@@ -65,8 +70,10 @@ class ExtractStage(Stage):
                     self.drop("unparseable_html")
                     continue
             text = doc["raw_content"]
-            doc["length"] = doc["original_length"] = len(text)
-            doc["nlines"] = doc["original_nlines"] = text.count("\n") + 1 if text else 0
+            if html is not None or "original_nlines" not in doc:
+                doc["original_length"] = len((doc.get("title") or "").encode()) + 1 + len(text.encode())
+                doc["original_nlines"] = text.count("\n") + 1 if text else 0
+            doc["length"], doc["nlines"] = len(text), doc["original_nlines"]
             if len(text) < self.min_length:
                 self.drop("too_short")
                 continue

@@ -20,24 +20,29 @@ class Field:
     type: pa.DataType
     stage: str  # the stage that writes it
     meaning: str  # one line, for the README's table and the docs
+    ccnet: bool = False  # equal to cc_net's field of that name on the same WET input (tests/test_ccnet_oracle.py)
 
 
 FIELDS: tuple[Field, ...] = (
-    Field("url", pa.string(), "read", "the page's URL (WARC-Target-URI)"),
-    Field("date_download", pa.string(), "read", "when CommonCrawl fetched it (WARC-Date)"),
-    Field("digest", pa.string(), "read", "CommonCrawl's payload digest (sha1:…)"),
-    Field("length", pa.int64(), "extract", "characters of `raw_content` as written (updated by line dedup)"),
-    Field("nlines", pa.int64(), "extract", "lines of `raw_content` as written (updated by line dedup)"),
-    Field("source_domain", pa.string(), "read", "host of `url`"),
-    Field("title", pa.string(), "extract", "the page's title"),
-    Field("raw_content", pa.string(), "extract", "the text, one block a line (after line dedup in `curated/`)"),
-    Field("original_nlines", pa.int64(), "extract", "lines before line dedup"),
-    Field("original_length", pa.int64(), "extract", "characters before line dedup"),
-    Field("cc_segment", pa.string(), "read", "the CommonCrawl file it came from"),
-    Field("language", pa.string(), "langid", "fastText lid.176 top-1 label"),
-    Field("language_score", pa.float64(), "langid", "its probability, rounded to 2 decimals"),
-    Field("perplexity", pa.float64(), "perplexity", "KenLM perplexity on Wikipedia's model (-1: no model)"),
-    Field("bucket", pa.string(), "perplexity", "head / middle / tail by the language's p30/p60 (all: no model)"),
+    Field("url", pa.string(), "read", "the page's URL (WARC-Target-URI)", True),
+    Field("date_download", pa.string(), "read", "when CommonCrawl fetched it (WARC-Date)", True),
+    Field("digest", pa.string(), "read", "the record's digest (sha1:…; WET: WARC-Block-Digest)", True),
+    Field("length", pa.int64(), "extract", "characters of `raw_content` (after line dedup, as cc_net's dedup sets it)",
+          True),
+    Field("nlines", pa.int64(), "extract", "lines of `raw_content` (after line dedup, as cc_net's dedup sets it)",
+          True),
+    Field("source_domain", pa.string(), "read", "host of `url`, lowercased (cc_net: as written)"),
+    Field("title", pa.string(), "extract", "the page's title (WET: the record's first line, stripped)", True),
+    Field("raw_content", pa.string(), "extract", "the text, one block a line, stripped, title line apart (after line "
+          "dedup in `curated/`)", True),
+    Field("original_nlines", pa.int64(), "extract", "lines of `raw_content` as read, before line dedup", True),
+    Field("original_length", pa.int64(), "extract", "UTF-8 bytes of title line + text as read (WET: Content-Length)",
+          True),
+    Field("cc_segment", pa.string(), "read", "the CommonCrawl file it came from (from `crawl-data/` on)", True),
+    Field("language", pa.string(), "langid", "fastText lid.176 top-1 label", True),
+    Field("language_score", pa.float64(), "langid", "its probability, rounded to 2 decimals", True),
+    Field("perplexity", pa.float64(), "perplexity", "KenLM perplexity on Wikipedia's model (-1: no model)", True),
+    Field("bucket", pa.string(), "perplexity", "head / middle / tail by the language's p30/p60 (all: no model)", True),
     Field("wikiref_score", pa.float64(), "wikiref", "P(page is like those Wikipedia cites), fastText"),
     Field("wikiref_keep", pa.bool_(), "wikiref", "wikiref_score ≥ wikiref.threshold"),
     Field("c4_lines_removed_long_word", pa.int64(), "c4", "lines removed for a word longer than max_word_length"),
@@ -97,6 +102,6 @@ def check_document(doc: dict, internal: frozenset[str] = frozenset()) -> None:
 
 def markdown_table() -> str:
     """The README's column table."""
-    rows = ["| column | type | written by | meaning |", "|---|---|---|---|"]
-    rows += [f"| `{f.name}` | {f.type} | {f.stage} | {f.meaning} |" for f in FIELDS]
+    rows = ["| column | type | written by | = cc_net | meaning |", "|---|---|---|---|---|"]
+    rows += [f"| `{f.name}` | {f.type} | {f.stage} | {'yes' if f.ccnet else ''} | {f.meaning} |" for f in FIELDS]
     return "\n".join(rows)

@@ -168,14 +168,28 @@ class ArchiveReader:
     def _wet_document(self, record, segment: str) -> dict | None:
         headers = record.rec_headers
         url = headers.get_header("WARC-Target-URI") or ""
-        text = record.content_stream().read().decode("utf-8", errors="replace")
+        content = record.content_stream().read()
+        title, raw_content, nlines = wet_text(content.decode("utf-8", errors="replace"))
         return {
             "url": url,
             "date_download": headers.get_header("WARC-Date"),
             "digest": headers.get_header("WARC-Block-Digest") or headers.get_header("WARC-Payload-Digest"),
             "source_domain": source_domain(url),
             "cc_segment": segment,
-            # CommonCrawl's WET text starts with the page title on its own line.
-            "title": text.split("\n", 1)[0].strip(),
-            "raw_content": text,
+            "title": title,
+            "raw_content": raw_content,
+            # cc_net's reader: `length` is the record's Content-Length, `nlines` the lines after the title.
+            "original_length": len(content),
+            "original_nlines": nlines,
         }
+
+
+def wet_text(text: str) -> tuple[str, str, int]:
+    """A WET record's text as cc_net's `process_wet_file.parse_doc` reads it: (title, raw_content,
+    lines of raw_content). cc_net reads the file as text (universal newlines: `\r\n` and `\r` end
+    a line), strips every line, takes the first as the title, and the rest, with the record's two
+    separator lines dropped when both are empty, as `raw_content`."""
+    lines = [line.strip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+    lines.append("")  # the record ends with "\r\n\r\n": one more empty line than `split` shows
+    body = lines[1:-2] if not lines[-1] and not lines[-2] else lines[1:]
+    return lines[0], "\n".join(body), len(body)

@@ -72,6 +72,7 @@ from jobs.dedup import line_dedup, minhash_dedup
 from jobs.spark import spark_session
 
 log = logging.getLogger("curate")
+DEDUP_GROUP = "_dedup_group"
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ ROW_STAGES = (LanguageIdStage, C4Stage, PerplexityStage, WikirefStage)
 EXTRACTED = schema.arrow_schema(schema.EXTRACTED)
 # Phase 2's columns before MinHash: phase 1's, then those the row-wise stages write.
 ANNOTATED = schema.arrow_schema(schema.ordered([*schema.EXTRACTED, *(f for stage in ROW_STAGES for f in stage.writes)]))
+ANNOTATED_WITH_ID = ANNOTATED.append(pa.field(DOC_ID, pa.int64()))
 ROW_GROUP_DOCS = 1000
 SETTINGS_HEADER = """\
 # Every setting of the curate job with its default and meaning: the output of
@@ -196,19 +198,36 @@ def row_stages(settings: CurateSettings, enabled: dict[str, bool]) -> list:
     return [stage(getattr(settings, stage.name)) for stage in ROW_STAGES if enabled.get(stage.name, True)]
 
 
-def annotate(rows, stats, settings: CurateSettings, enabled: dict[str, bool]):
-    """Row-wise stages of phase 2, streamed per partition; counters go to the accumulator."""
+def annotate(batches, stats, settings: CurateSettings, enabled: dict[str, bool]):
+    """Row-wise stages of phase 2, streamed per partition as Arrow batches (no Row objects cross
+    between the JVM and Python); counters go to the accumulator."""
     stages = row_stages(settings, enabled)
     internal = frozenset([DOC_ID])
-    for doc in run_stages((row.asDict() for row in rows), stages):
+    docs = (doc for batch in batches for doc in batch.to_pylist())
+    out: list[dict] = []
+    for doc in run_stages(docs, stages):
         schema.check_document(doc, internal)
         doc.setdefault("bucket", "all")
-        yield tuple(doc.get(name) for name in ANNOTATED.names) + (doc[DOC_ID],)
+        out.append(doc)
+        if len(out) == ROW_GROUP_DOCS:
+            yield pa.RecordBatch.from_pylist(out, ANNOTATED_WITH_ID)
+            out = []
+    if out:
+        yield pa.RecordBatch.from_pylist(out, ANNOTATED_WITH_ID)
     stats.add({"stages": stage_stats(stages)})
 
 
+def with_dedup_group(spark: SparkSession, documents, segments: list[str], group_size: int):
+    """`documents` with their line dedup group: the index of their segment (`cc_segment`) among the
+    run's done segments, in order, divided by `group_size` (0: one group)."""
+    groups = [(segment, index // group_size if group_size else 0) for index, segment in enumerate(segments)]
+    table = spark.createDataFrame(groups, T.StructType([T.StructField("cc_segment", T.StringType()),
+                                                        T.StructField(DEDUP_GROUP, T.LongType())]))
+    return documents.join(F.broadcast(table), on="cc_segment", how="left")
+
+
 def write_curated(spark: SparkSession, run_dir: Path, done_files: list[str], settings: CurateSettings,
-                  enabled: dict[str, bool]) -> dict:
+                  enabled: dict[str, bool], segments: list[str] = ()) -> dict:
     accumulated = spark.sparkContext.accumulator({}, StatsAccumulator())
     stats: dict = {"stages": {}}
     curated, tmp = run_dir / "curated", run_dir / f"curated.tmp-{uuid.uuid4().hex}"
@@ -216,15 +235,18 @@ def write_curated(spark: SparkSession, run_dir: Path, done_files: list[str], set
     documents = spark.read.schema(extracted_schema).parquet(*done_files) if done_files else \
         spark.createDataFrame([], extracted_schema)
     if settings.line_dedup.enabled:
-        documents, stats["stages"]["line_dedup"] = line_dedup(documents, min_length=settings.extract.min_length)
+        documents = with_dedup_group(spark, documents, segments, settings.line_dedup.group_size)
+        documents, stats["stages"]["line_dedup"] = line_dedup(documents, DEDUP_GROUP, settings.line_dedup)
+        documents = documents.drop(DEDUP_GROUP)
     else:
         documents = documents.withColumn(DOC_ID, F.xxhash64("url", "raw_content"))
-    rows = (documents.select(*EXTRACTED.names, DOC_ID).rdd
-            .mapPartitions(lambda part: annotate(part, accumulated, settings, enabled)))
-    frame = spark.createDataFrame(rows, from_arrow_schema(ANNOTATED).add(DOC_ID, T.LongType()))
+    frame = (documents.select(*EXTRACTED.names, DOC_ID)
+             .mapInArrow(lambda batches: annotate(batches, accumulated, settings, enabled),
+                         from_arrow_schema(ANNOTATED_WITH_ID)))
     frame = frame.persist()  # the row-wise stages run once, not once per later pass
-    if enabled["perplexity"]:
-        frame, stats["cutoffs_from_run"] = bucket_from_run(frame, run_dir)
+    models = settings.perplexity.models
+    if enabled["perplexity"] and set(available_languages(models)) - set(load_cutoffs(models)):
+        frame, stats["cutoffs_from_run"] = bucket_from_run(frame, run_dir)  # a Spark job only when needed
     scored: dict = {}
     if settings.minhash.enabled:
         frame, scored = minhash_dedup(frame, settings.minhash)
@@ -312,7 +334,7 @@ def run(spark: SparkSession, settings: CurateSettings, run_dir: str | Path,
     for source in done:  # phase-1 counters survive a resume: they are stored per segment
         merge_stats(stats, {"stages": json.loads((segments_dir / f"{segment_id(source)}.json").read_text())["stages"]})
     done_files = [str(segments_dir / f"{segment_id(s)}.parquet") for s in done]
-    merge_stats(stats, write_curated(spark, run_dir, done_files, settings, enabled))
+    merge_stats(stats, write_curated(spark, run_dir, done_files, settings, enabled, [cc_segment(s) for s in done]))
     failed = [seg for seg in manifest["segments"] if seg["state"] == "failed"]
     result = {**stats, "inputs": len(inputs), "segments_done": len(done), "segments_resumed": len(inputs) - len(todo),
               "failed_segments": failed, "output": str(run_dir / "curated"),

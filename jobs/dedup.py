@@ -7,9 +7,9 @@ Reads any Parquet with `url` and `raw_content`, writes the kept documents as Par
 DIR and the counts in DIR/stats.json. `jobs.curate` calls `line_dedup` and `minhash_dedup` on its
 DataFrame directly.
 
-Line dedup: line hashes (curation.dedup_lines) per document → count of documents per (scope, hash)
-with a shuffle → the duplicated hashes joined back to the documents that hold them → each document
-rewritten in a Python task. No set of hashes ever lives on the driver or in one task.
+Line dedup: the documents of each group (e.g. of `line_dedup.group_size` segments) in one Python
+task, which hashes their lines into an in-memory array and rewrites them (curation.dedup_lines,
+cc_net's design): one shuffle of the documents to their group, none of line hashes.
 
 MinHash: signatures and band keys per partition (curation.minhash, vectorised numpy) → shuffle on
 (band, key) → each bucket's members linked to its smallest document id → connected components by
@@ -36,7 +36,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from curation.dedup_lines import MIN_LENGTH, LineDedupSettings, apply_dedup, distinct_hashes
+from curation.dedup_lines import GroupDedup, LineDedupSettings
 from curation.extract import ExtractSettings
 from curation.minhash import MinHasher, MinHashSettings, band_keys, shingle_bytes
 from curation.settings import SettingsError, load_settings, section
@@ -56,78 +56,56 @@ def with_doc_id(df: DataFrame) -> DataFrame:
 # Line dedup
 
 
-def _line_hashes_fn(scope_cols: list[str]):
-    def fn(batches):
-        for batch in batches:
-            ids = batch.column(ID).to_pylist()
-            texts = batch.column("raw_content").to_pylist()
-            scopes = [batch.column(c).to_pylist() for c in scope_cols]
-            out_ids, out_hashes, out_scopes = [], [], [[] for _ in scope_cols]
-            for row, (doc_id, text) in enumerate(zip(ids, texts)):
-                hashes = distinct_hashes(text or "")
-                out_ids.extend([doc_id] * len(hashes))
-                out_hashes.extend(hashes)
-                for k, column in enumerate(scopes):
-                    out_scopes[k].extend([column[row]] * len(hashes))
-            arrays = [pa.array(out_ids, pa.int64()), pa.array(out_hashes, pa.int64())]
-            arrays += [pa.array(values, type=batch.schema.field(c).type) for c, values in zip(scope_cols, out_scopes)]
-            yield pa.RecordBatch.from_arrays(arrays, names=[ID, "_hash", *scope_cols])
-    return fn
-
-
 DEDUP_FIELDS = ("raw_content", "length", "nlines", "original_length", "original_nlines")
+GROUP = "_dedup_group"
 
 
-def _apply_lines_fn(min_length: int, out_names: list[str]):
-    """Each document rewritten by `apply_dedup` (the rules' one place) with its duplicated hashes."""
-    def fn(batches):
-        for batch in batches:
-            cols = {name: batch.column(name) for name in batch.schema.names}
-            docs = batch.select(list(DEDUP_FIELDS)).to_pylist()
-            new = {name: [] for name in (*DEDUP_FIELDS, "_lines_removed", "_drop_reason")}
-            for doc, dups in zip(docs, cols["_dups"].to_pylist()):
-                out, reason, removed = apply_dedup(doc, set(dups or ()), min_length)
-                for name in DEDUP_FIELDS:
-                    new[name].append(out[name])
-                new["_lines_removed"].append(removed)
-                new["_drop_reason"].append(reason)
-            cols.update({name: pa.array(values, pa.string() if name in ("raw_content", "_drop_reason") else pa.int64())
-                         for name, values in new.items()})
-            yield pa.RecordBatch.from_arrays([cols[n] for n in out_names], names=out_names)
+def _dedup_group_fn(settings: LineDedupSettings, min_length: int, out_names: list[str]):
+    """One group's documents (an Arrow table) → the same rows rewritten by `GroupDedup` (the rules'
+    one place), with `_lines_removed` and `_drop_reason`."""
+    def fn(table: pa.Table) -> pa.Table:
+        group = GroupDedup(min_length, settings.min_length_after)
+        for text in table.column("raw_content").to_pylist():
+            group.add(text)
+        new = {name: [] for name in (*DEDUP_FIELDS, "_lines_removed", "_drop_reason")}
+        for doc in table.select(list(DEDUP_FIELDS)).to_pylist():
+            out, reason, removed = group.apply(doc)
+            for name in DEDUP_FIELDS:
+                new[name].append(out[name])
+            new["_lines_removed"].append(removed)
+            new["_drop_reason"].append(reason)
+        cols = {name: table.column(name) for name in table.column_names}
+        cols.update({name: pa.array(values, pa.string() if name in ("raw_content", "_drop_reason") else pa.int64())
+                     for name, values in new.items()})
+        return pa.table([cols[n] for n in out_names], names=out_names)
     return fn
 
 
-def line_dedup(df: DataFrame, scope: str | list[str] | None = None,
-               min_length: int = MIN_LENGTH) -> tuple[DataFrame, dict]:
-    """CCNet line dedup across `df` (or within each group of the `scope` column(s), e.g. a file-group
-    id). Documents shorter than `min_length` are dropped before counting; after dedup, documents
-    left empty or shorter than `min_length` are dropped. Updates `raw_content`, `length`, `nlines`;
-    keeps `original_length`/`original_nlines` (filled from the input text when absent or null).
+def line_dedup(df: DataFrame, group: str | list[str] | None = None, settings: LineDedupSettings = LineDedupSettings(),
+               min_length: int = 0) -> tuple[DataFrame, dict]:
+    """CCNet line dedup of `df` within each group of the `group` column(s) (e.g. a group of segments;
+    None: `df` is one group; rows with a null group form one group together). Each group is
+    deduplicated in ONE Spark task (`curation.dedup_lines.GroupDedup`, cc_net's in-memory set of a
+    group's hashes): no shuffle of line hashes, but the task holds its group's rows, so memory is
+    bounded by the size of a group (text + ~24 bytes a line). Documents shorter than `min_length` as
+    read count for nothing and are dropped; after dedup, documents left with no line (or shorter than
+    `settings.min_length_after`) are dropped. Updates `raw_content`, `length`, `nlines`; keeps
+    `original_length`/`original_nlines` (filled from the input text when absent or null).
     Returns the kept documents (persisted, same columns, `_doc_id` added) and
     {"in", "out", "dropped": {"empty", "too_short"}, "lines_in", "lines_removed", "seconds"}."""
     started = time.perf_counter()
-    scope_cols = [scope] if isinstance(scope, str) else list(scope or [])
+    group_cols = [group] if isinstance(group, str) else list(group or [])
     df = with_doc_id(df)
     for name in ("length", "nlines", "original_length", "original_nlines"):
         df = df.withColumn(name, F.col(name).cast("long") if name in df.columns else F.lit(None).cast("long"))
-    # Short documents contribute no line hashes (`apply_dedup` then drops them as too short).
-    df = df.withColumn("_short", F.length(F.coalesce(F.col("raw_content"), F.lit(""))) < min_length)
-
-    long_docs = df.where(~F.col("_short")).select(ID, "raw_content", *scope_cols)
-    hash_schema = T.StructType([T.StructField(ID, T.LongType()), T.StructField("_hash", T.LongType()),
-                                *(df.schema[c] for c in scope_cols)])
-    hashes = long_docs.mapInArrow(_line_hashes_fn(scope_cols), hash_schema).persist()  # used twice
-    duplicated = hashes.groupBy(*scope_cols, "_hash").count().where(F.col("count") > 1).drop("count")
-    # Null-safe on the scope columns: documents with a null scope form one scope together.
-    same = [F.col("h._hash") == F.col("d._hash")] + [F.col(f"h.{c}").eqNullSafe(F.col(f"d.{c}")) for c in scope_cols]
-    doc_dups = (hashes.alias("h").join(duplicated.alias("d"), on=same).select(f"h.{ID}", "h._hash")
-                .groupBy(ID).agg(F.collect_list("_hash").alias("_dups")))
-    joined = df.join(doc_dups, on=ID, how="left")
-
-    out_fields = [f for f in joined.schema.fields if f.name not in ("_dups", "_short")]
+    keys = group_cols or [GROUP]
+    if not group_cols:
+        df = df.withColumn(GROUP, F.lit(0))
+    out_fields = [f for f in df.schema.fields if f.name != GROUP]
     out_fields += [T.StructField("_lines_removed", T.LongType()), T.StructField("_drop_reason", T.StringType())]
     out_schema = T.StructType(out_fields)
-    result = joined.drop("_short").mapInArrow(_apply_lines_fn(min_length, out_schema.names), out_schema).persist()
+    result = (df.groupBy(*keys).applyInArrow(_dedup_group_fn(settings, min_length, out_schema.names), out_schema)
+              .persist())
 
     rows = (result.groupBy("_drop_reason")
             .agg(F.count(F.lit(1)).alias("docs"), F.sum("original_nlines").alias("lines_in"),
@@ -141,7 +119,6 @@ def line_dedup(df: DataFrame, scope: str | list[str] | None = None,
             stats["out"] += row["docs"]
         else:
             stats["dropped"][row["_drop_reason"]] = row["docs"]
-    hashes.unpersist()
     stats["seconds"] = time.perf_counter() - started
     kept = result.where(F.col("_drop_reason").isNull()).drop("_lines_removed", "_drop_reason")
     return kept, stats
@@ -305,7 +282,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--input", required=True, help="Parquet file or directory with url, raw_content")
     parser.add_argument("--output", required=True, help="output directory (Parquet + stats.json)")
     parser.add_argument("--steps", default="lines,minhash", help="comma list of: lines, minhash")
-    parser.add_argument("--scope", default=None, help="column(s) bounding line dedup scope, comma separated")
+    parser.add_argument("--group", default=None, help="column(s) whose values are the line dedup groups, comma "
+                        "separated (default: the input is one group)")
     parser.add_argument("--master", default=None, help="local mode master (default local[*])")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="settings, e.g. minhash.threshold=0.85 extract.min_length=200 minhash.keep=id")
@@ -328,8 +306,8 @@ def main(argv: list[str] | None = None) -> dict:
     df = spark.read.parquet(args.input)
     stats: dict = {}
     if "lines" in steps:
-        scope = args.scope.split(",") if args.scope else None
-        df, stats["line_dedup"] = line_dedup(df, scope=scope, min_length=settings.extract.min_length)
+        group = args.group.split(",") if args.group else None
+        df, stats["line_dedup"] = line_dedup(df, group, settings.line_dedup, min_length=settings.extract.min_length)
     if "minhash" in steps:
         df, stats["minhash"] = minhash_dedup(df, settings.minhash)
     df.drop(ID).write.mode("overwrite").option("compression", "zstd").parquet(str(output / "data"))

@@ -39,9 +39,9 @@ def only(**rules) -> C4Settings:
 
 @pytest.fixture(scope="module")
 def docs(shared_data):
-    """The 513 documents of the WET file that pass the 300-character floor and LID >= 0.5."""
+    """The 502 documents of the WET file that pass the 300-character floor and LID >= 0.5 (cc_net's reading)."""
     out = list(LanguageIdStage()(ExtractStage()(ArchiveReader().read(str(shared_data / WET)))))
-    assert len(out) == 513
+    assert len(out) == 502
     return out
 
 
@@ -146,7 +146,7 @@ def test_min_sentences_threshold(docs):
     page = by_url(docs, "www.cybeout.it/2019/02/opera-touch")
     _, signals = cleaned(page, C4Settings())
     n = signals["c4_sentences"]
-    assert n == 8 and signals["c4_keep"]
+    assert n == 4 and signals["c4_keep"]  # the record's first line (4 more) is its title, out of the text
     assert not cleaned(page, C4Settings(min_sentences=n + 1))[1]["c4_keep"]
     stage = C4Stage(C4Settings(filter=True, min_sentences=n + 1))
     assert list(stage([page])) == [] and stage.stats["dropped.too_few_sentences"] == 1

@@ -3,10 +3,11 @@
 import hashlib
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.dedup_lines import LineDedupStage, dedup_document, line_hash
+from curation.dedup_lines import LineDedupSettings, LineDedupStage, apply_dedup, document_hashes, line_hash
 from curation.normalize import normalize_for_dedup
 
 BOILERPLATE = "Copyright © 2019 Example Corp. All rights reserved."
@@ -61,18 +62,34 @@ def test_normalized_duplicates_and_drops():
     short = "Too short to keep."
     emptied = "\n".join(["Home | About | Contact", BOILERPLATE] * 20)  # long, but only boilerplate
     shrunk = "\n".join(["Home | About | Contact", "Short unique line.", BOILERPLATE] * 20)
-    stage = LineDedupStage()
-    out = {d["url"]: d for d in stage(docs_of([first, second, short, emptied, shrunk]))}
-    assert set(out) == {"https://site0.example/", "https://site1.example/"}
+    docs = docs_of([first, second, short, emptied, shrunk])
+    stage = LineDedupStage()  # cc_net: only documents left with no line are dropped
+    out = {d["url"]: d for d in stage(docs)}
+    assert set(out) == {"https://site0.example/", "https://site1.example/", "https://site2.example/",
+                        "https://site4.example/"}
     assert "Call us: 555-1234!" not in out["https://site0.example/"]["raw_content"]
+    assert out["https://site4.example/"]["raw_content"] == "Short unique line."
+    assert stage.stats["dropped.empty"] == 1 and not stage.stats["dropped.too_short"]
+
+    # The floor on the text as read, and the extra floor after dedup (min_length_after=300).
+    stage = LineDedupStage(LineDedupSettings(min_length_after=300), min_length=300)
+    out = {d["url"]: d for d in stage(docs)}
+    assert set(out) == {"https://site0.example/", "https://site1.example/"}
     assert stage.stats["dropped.too_short"] == 2      # `short` before dedup, `shrunk` after
     assert stage.stats["dropped.empty"] == 1
 
 
-def test_dedup_document():
+def test_apply_dedup():
     text = "a\nb\na\n\nc\n"
-    assert dedup_document(text, set()) == ("a\nb\n\nc", 4, 2)
-    assert dedup_document(text, {line_hash("b")}) == ("a\n\nc", 3, 3)
+    hashes = document_hashes(text)
+    assert hashes.tolist() == [line_hash(line) for line in text.split("\n")]
+    out, reason, removed = apply_dedup({"raw_content": text}, hashes, np.zeros(0, np.int64))
+    assert (out["raw_content"], out["nlines"], out["length"], reason, removed) == ("a\nb\n\nc", 4, 6, None, 2)
+    assert (out["original_nlines"], out["original_length"]) == (6, len(text))
+    out, reason, removed = apply_dedup({"raw_content": text}, hashes, np.array([line_hash("b")]))
+    assert (out["raw_content"], out["nlines"], removed) == ("a\n\nc", 3, 3)
+    out, reason, _ = apply_dedup({"raw_content": "b\nb"}, document_hashes("b\nb"), np.array([line_hash("b")]))
+    assert (out["raw_content"], out["nlines"], reason) == ("", 0, "empty")
 
 
 def wet_documents(shared_data, limit=120):
@@ -94,7 +111,7 @@ def test_spark_equals_single_process_on_real_pages(spark, shared_data):
 
     docs = wet_documents(shared_data)
     for i, d in enumerate(docs):
-        d["cc_segment"] = f"seg{i % 2}" if i % 5 else None     # null scope: one group of its own
+        d["cc_segment"] = f"seg{i % 2}" if i % 5 else None     # null group: one group of its own
     df = spark.createDataFrame(docs).repartition(3)
 
     kept, stats = line_dedup(df)
@@ -109,8 +126,8 @@ def test_spark_equals_single_process_on_real_pages(spark, shared_data):
     assert stats["dropped"] == {k.removeprefix("dropped."): v for k, v in stage.stats.items()
                                 if k.startswith("dropped.")}
 
-    # Scope per segment: counts only within each group (CCNet's groups of files).
-    kept_scoped, scoped = line_dedup(df, scope="cc_segment")
+    # A group per segment: counts only within each group (CCNet's groups of files).
+    kept_scoped, scoped = line_dedup(df, group="cc_segment")
     local_scoped = []
     for seg in ("seg0", "seg1", None):
         local_scoped += list(LineDedupStage()(d for d in docs if d["cc_segment"] == seg))

@@ -4,6 +4,7 @@ a line. Documents shorter than CCNet's floor (300 characters) are dropped here, 
 
 from __future__ import annotations
 
+import re
 from typing import Iterable, Iterator
 
 from resiliparse.extract.html2text import extract_plain_text
@@ -13,6 +14,40 @@ from resiliparse.parse.html import HTMLTree
 from curation.pipeline import Stage
 
 MIN_LENGTH = 300
+# Block containers whose start tag makes the HTML parser search the stack of open elements (the
+# spec's "close a p element in button scope"); resiliparse's main-content pass walks their
+# ancestors too. Nested without end, they cost time quadratic in their depth or worse.
+CONTAINER_TAG = re.compile(rb"<(/?)(?:div|article|section|aside|nav|header|footer|main|blockquote|center|"
+                           rb"details|dialog|dir|dl|fieldset|figcaption|figure|hgroup|menu|ol|ul|"
+                           rb"search|summary|address)[\s/>]", re.IGNORECASE)
+# Σ over container start tags of their depth: about 5e-8 s of parsing and extraction each, so the
+# default bounds a page's extraction near half a second (extract.max_nesting).
+MAX_NESTING = 2_000_000
+
+
+# Characters that text does not hold: C0/C1 controls (other than tab, newline, carriage return),
+# U+FFFD (what undecodable bytes become) and private-use code points. Real pages have under 0.4 %
+# (the 882 of ../shared/data); random bytes decoded as Latin-1 have 12 %, as UTF-8 55 %.
+GARBAGE_CHAR = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd\ue000-\uf8ff]")
+MAX_GARBAGE_SHARE = 0.05
+
+
+def garbage_share(text: str) -> float:
+    """Share of the text's characters that are controls, replacement or private-use characters."""
+    return len(GARBAGE_CHAR.findall(text)) / len(text) if text else 0.0
+
+
+def nesting_work(html: bytes) -> int:
+    """Σ of the depth of every block container start tag, counted on the raw bytes (one regex pass,
+    before any parsing): the work the parser and main-content extraction will do on the nesting."""
+    depth = work = 0
+    for match in CONTAINER_TAG.finditer(html):
+        if match[1]:
+            depth = max(0, depth - 1)
+        else:
+            depth += 1
+            work += depth
+    return work
 
 
 def decode_html(html: bytes, declared_charset: str | None = None) -> str:
@@ -39,25 +74,39 @@ def html_to_text(html: bytes, declared_charset: str | None = None) -> tuple[str,
 
 class ExtractStage(Stage):
     """Pages from `ArchiveReader` → documents with `title`, `raw_content` and CCNet's length fields.
-    WET documents arrive with CommonCrawl's text, kept as it is (as CCNet does); they get lengths."""
+    WET documents arrive with CommonCrawl's text, kept as it is (as CCNet does); they get lengths.
+
+    Dropped, by reason: `html_too_nested` (block containers nested so deep that parsing would take
+    seconds to minutes: `nesting_work` over `max_nesting`, checked before parsing),
+    `unparseable_html`, `not_text` (more than `max_garbage_share` of the characters are controls,
+    U+FFFD or private use: binary or random bytes served as text), `too_short`."""
 
     name = "extract"
 
-    def __init__(self, min_length: int = MIN_LENGTH):
+    def __init__(self, min_length: int = MIN_LENGTH, max_nesting: int = MAX_NESTING,
+                 max_garbage_share: float = MAX_GARBAGE_SHARE):
         super().__init__()
         self.min_length = min_length
+        self.max_nesting = max_nesting
+        self.max_garbage_share = max_garbage_share
 
     def process(self, docs: Iterable[dict]) -> Iterator[dict]:
         for doc in docs:
             html = doc.pop("html", None)
             charset = doc.pop("http_charset", None)
             if html is not None:
+                if nesting_work(html) > self.max_nesting:
+                    self.drop("html_too_nested")
+                    continue
                 try:
                     doc["title"], doc["raw_content"] = html_to_text(html, charset)
                 except Exception:  # resiliparse raises on markup it cannot parse at all
                     self.drop("unparseable_html")
                     continue
             text = doc["raw_content"]
+            if garbage_share(text) > self.max_garbage_share:
+                self.drop("not_text")
+                continue
             doc["length"] = doc["original_length"] = len(text)
             doc["nlines"] = doc["original_nlines"] = text.count("\n") + 1 if text else 0
             if len(text) < self.min_length:

@@ -82,6 +82,8 @@ class ExtractStage(Stage):
     U+FFFD or private use: binary or random bytes served as text), `too_short`."""
 
     name = "extract"
+    # Drop reasons that mean the input itself is bad (listed per segment in the run's manifest).
+    bad_input_reasons = ("html_too_nested", "unparseable_html", "not_text")
 
     def __init__(self, min_length: int = MIN_LENGTH, max_nesting: int = MAX_NESTING,
                  max_garbage_share: float = MAX_GARBAGE_SHARE):

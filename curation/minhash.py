@@ -32,6 +32,10 @@ from curation.normalize import normalize_for_dedup
 from curation.pipeline import Stage
 
 MAX_HASH32 = np.uint32(0xFFFFFFFF)
+# Shingles come from a document's first 100,000 characters (minhash.max_chars): near-duplicates
+# share their beginning, and a whole multi-MB document would cost num_perm × 4 bytes per shingle
+# (a 4 MB document: 442 MB).
+MAX_CHARS = 100_000
 _DIGEST = operator.methodcaller("digest")
 # MurmurHash3 fmix32 constants (datasketch's _FMIX_CONSTANTS[32]).
 _FMIX32 = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35), np.uint32(16))
@@ -75,17 +79,17 @@ def shingle_words(text: str) -> list[str]:
     return normalize_for_dedup(" ".join(text.split())).split()
 
 
-def shingles(text: str, ngram: int = 5) -> set[str]:
-    """The set of word `ngram`-grams of the normalized text."""
-    words = shingle_words(text)
+def shingles(text: str, ngram: int = 5, max_chars: int | None = MAX_CHARS) -> set[str]:
+    """The set of word `ngram`-grams of the normalized text (its first `max_chars` characters)."""
+    words = shingle_words(text[:max_chars])
     if len(words) <= ngram:
         return {" ".join(words)} if words else set()
     return set(map(" ".join, zip(*(words[i:] for i in range(ngram)))))
 
 
-def shingle_bytes(text: str, ngram: int = 5) -> set[bytes]:
+def shingle_bytes(text: str, ngram: int = 5, max_chars: int | None = MAX_CHARS) -> set[bytes]:
     """`shingles` as UTF-8 bytes (what is hashed), words encoded once rather than every shingle."""
-    words = shingle_words(text)
+    words = shingle_words(text[:max_chars])
     if len(words) <= ngram:
         return {" ".join(words).encode("utf-8")} if words else set()
     encoded = [w.encode("utf-8") for w in words]
@@ -179,12 +183,13 @@ class MinHashParams:
     threshold: float = 0.8
     bands: int | None = None
     rows: int | None = None
+    max_chars: int | None = MAX_CHARS
 
     def resolved(self) -> "MinHashParams":
         if self.bands is None or self.rows is None:
             bands, rows = optimal_bands_rows(self.threshold, self.num_perm)
             return MinHashParams(self.ngram, self.num_perm, self.seed, self.threshold,
-                                 self.bands or bands, self.rows or rows)
+                                 self.bands or bands, self.rows or rows, self.max_chars)
         if self.bands * self.rows > self.num_perm:
             raise ValueError(f"bands × rows = {self.bands * self.rows} > num_perm = {self.num_perm}")
         return self
@@ -195,7 +200,7 @@ def document_signatures(texts: Sequence[str], params: MinHashParams,
     """Signatures of texts, and whether each text has shingles at all."""
     p = params.resolved()
     hasher = hasher or MinHasher(p.num_perm, p.seed, p.ngram)
-    sets = [shingle_bytes(t, p.ngram) for t in texts]
+    sets = [shingle_bytes(t, p.ngram, p.max_chars) for t in texts]
     return hasher.signatures_from_shingles(sets), [bool(ss) for ss in sets]
 
 

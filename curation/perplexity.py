@@ -29,6 +29,9 @@ from curation.pipeline import Stage
 HEAD_PERCENTILE = 30
 TAIL_PERCENTILE = 60
 NO_SCORE = -1.0
+# A document is scored on its first 100,000 characters (perplexity.max_chars): enough for a stable
+# estimate, and a multi-MB document never holds its millions of pieces in memory at once.
+MAX_CHARS = 100_000
 CUTOFF_FILE = "cutoff.csv"
 
 _lock = threading.Lock()
@@ -162,8 +165,9 @@ class PerplexityStage(Stage):
     name = "perplexity"
 
     def __init__(self, models_dir: str | Path, per_line: bool = False, cutoffs: str | Path | None = None,
-                 field: str = "raw_content", batch_size: int = 256):
+                 field: str = "raw_content", batch_size: int = 256, max_chars: int | None = MAX_CHARS):
         super().__init__()
+        self.max_chars = max_chars
         self.models_dir = str(models_dir)
         self.per_line = per_line
         self.cutoffs_path = str(cutoffs) if cutoffs else None
@@ -192,7 +196,10 @@ class PerplexityStage(Stage):
                 for doc in docs:
                     doc["perplexity"], doc["bucket"] = NO_SCORE, "all"
                 continue
-            values = model.perplexities([doc.get(self.field) or "" for doc in docs], self.per_line)
+            texts = [doc.get(self.field) or "" for doc in docs]
+            if self.max_chars is not None and any(len(text) > self.max_chars for text in texts):
+                self.stats["text_capped"] += sum(len(text) > self.max_chars for text in texts)
+            values = model.perplexities([text[:self.max_chars] for text in texts], self.per_line)
             lang_cutoffs = cutoffs.get(lang)
             for doc, value in zip(docs, values):
                 doc["perplexity"] = value

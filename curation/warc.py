@@ -172,6 +172,8 @@ class ArchiveReader:
     resumed what it could. A file with no record at all raises `EmptyInput`."""
 
     name = "read"
+    # Drop reasons that mean the input itself is bad (listed per segment in the run's manifest).
+    bad_input_reasons = ("corrupt_record", "line_too_long", "truncated_file", "cut_off_record", "too_large")
 
     def __init__(self, max_payload_bytes: int = MAX_PAYLOAD_BYTES, max_line_bytes: int = MAX_LINE_BYTES,
                  retries: int = 5, backoff: float = 1.0) -> None:

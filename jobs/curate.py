@@ -108,7 +108,10 @@ def extract_segment(source: str, segments_dir: str, config: dict) -> dict:
     seg = segment_id(source)
     final = os.path.join(segments_dir, seg + ".parquet")
     tmp = f"{final}.tmp-{uuid.uuid4().hex}"
-    reader, extract = ArchiveReader(), ExtractStage(config["extract"]["min_length"])
+    reader = ArchiveReader(config["read"]["max_payload_bytes"], config["read"]["max_line_bytes"],
+                           config["input"]["retries"], config["input"]["backoff_seconds"])
+    extract = ExtractStage(config["extract"]["min_length"], config["extract"]["max_nesting"],
+                           config["extract"]["max_garbage_share"])
     started = time.time()
     try:
         with pq.ParquetWriter(tmp, EXTRACTED_SCHEMA, compression="zstd") as writer:
@@ -145,6 +148,12 @@ def extract_segments(sources, segments_dir: str, config: dict):
             yield source, f"{type(error).__name__}: {error}"
 
 
+def bad_input(stages: dict) -> dict:
+    """A segment's counts of bad input (damaged records, oversized or non-text pages), by reason."""
+    reasons = {*ArchiveReader.bad_input_reasons, *ExtractStage.bad_input_reasons}
+    return {reason: n for stage in stages.values() for reason, n in stage["dropped"].items() if reason in reasons}
+
+
 def is_done(segments_dir: Path, source: str) -> bool:
     return (segments_dir / f"{segment_id(source)}.json").exists()
 
@@ -173,7 +182,8 @@ def annotate(rows, stats, config: dict, enabled: dict[str, bool]):
     """Row-wise stages of phase 2, streamed per partition; counters go to the accumulator."""
     stages = [LanguageIdStage(config["langid"]["model"], config["langid"]["threshold"])]
     if enabled["perplexity"]:
-        stages.append(PerplexityStage(config["perplexity"]["models"], config["perplexity"]["per_line"]))
+        stages.append(PerplexityStage(config["perplexity"]["models"], config["perplexity"]["per_line"],
+                                      max_chars=config["perplexity"]["max_chars"]))
     if enabled["wikiref"]:
         stages.append(WikirefStage(config["wikiref"]["model"], config["wikiref"]["threshold"]))
     names = [f.name for f in CURATED_SCHEMA.fields]
@@ -212,7 +222,7 @@ def write_curated(spark: SparkSession, run_dir: Path, done_files: list[str], con
     if config["minhash"]["enabled"]:
         minhash = config["minhash"]
         frame, scored = minhash_dedup(frame, minhash["ngram"], minhash["num_perm"], minhash["threshold"],
-                                      keep=minhash["keep"])
+                                      keep=minhash["keep"], max_chars=minhash["max_chars"])
     (frame.drop(DOC_ID).write.mode("overwrite").option("compression", "zstd")
      .partitionBy("language", "bucket").parquet(str(tmp)))
     # Replace the previous result whole: readers see the old or the new output, never a mix.
@@ -289,16 +299,18 @@ def run(spark: SparkSession, config: dict, run_dir: str | Path, enabled: dict[st
         tasks = spark.sparkContext.parallelize(todo, len(todo))
         failures = dict(item for item in tasks.mapPartitions(
             lambda part: extract_segments(part, str(segments_dir), config)).collect() if item[1])
+    done = [s for s in inputs if is_done(segments_dir, s)]
+    # Phase-1 counters survive a resume: they are stored per segment.
+    segment_stats = {s: json.loads((segments_dir / f"{segment_id(s)}.json").read_text())["stages"] for s in done}
     manifest = {"snapshot": snapshot_name(config["input"]["snapshot"]) if config["input"]["snapshot"] else None,
-                "segments": [{"source": s, "id": segment_id(s),
-                              "state": "done" if is_done(segments_dir, s) else "failed",
-                              "error": failures.get(s)} for s in inputs]}
+                "segments": [{"source": s, "id": segment_id(s), "state": "done" if s in segment_stats else "failed",
+                              "error": failures.get(s), "bad_input": bad_input(segment_stats.get(s, {}))}
+                             for s in inputs]}
     write_json(run_dir / "manifest.json", manifest)
 
-    done = [s for s in inputs if is_done(segments_dir, s)]
     stats: dict = {}
-    for source in done:  # phase-1 counters survive a resume: they are stored per segment
-        merge_stats(stats, {"stages": json.loads((segments_dir / f"{segment_id(source)}.json").read_text())["stages"]})
+    for source in done:
+        merge_stats(stats, {"stages": segment_stats[source]})
     done_files = [str(segments_dir / f"{segment_id(s)}.parquet") for s in done]
     merge_stats(stats, write_curated(spark, run_dir, done_files, config, enabled))
     failed = [seg for seg in manifest["segments"] if seg["state"] == "failed"]

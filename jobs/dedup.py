@@ -44,7 +44,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from curation.dedup_lines import MIN_LENGTH, dedup_document, distinct_hashes
-from curation.minhash import MinHasher, MinHashParams, band_keys, shingle_bytes
+from curation.minhash import MAX_CHARS, MinHasher, MinHashParams, band_keys, shingle_bytes
 
 log = logging.getLogger("dedup")
 
@@ -171,7 +171,8 @@ def _band_keys_fn(params: MinHashParams):
         hasher = MinHasher(params.num_perm, params.seed, params.ngram)
         for batch in batches:
             ids = batch.column(ID).to_pylist()
-            sets = [shingle_bytes(t or "", params.ngram) for t in batch.column("raw_content").to_pylist()]
+            sets = [shingle_bytes(t or "", params.ngram, params.max_chars)
+                    for t in batch.column("raw_content").to_pylist()]
             sigs = hasher.signatures_from_shingles(sets)
             out_ids, out_bands, out_keys, out_sigs = [], [], [], []
             for doc_id, sig, ss in zip(ids, sigs, sets):
@@ -237,12 +238,12 @@ def connected_components(edges: DataFrame, max_iterations: int = 64) -> tuple[Da
 
 def minhash_clusters(df: DataFrame, ngram: int = 5, num_perm: int = 128, threshold: float = 0.8,
                      bands: int | None = None, rows: int | None = None, seed: int = 1,
-                     verify: bool = True) -> tuple[DataFrame, dict]:
+                     verify: bool = True, max_chars: int | None = MAX_CHARS) -> tuple[DataFrame, dict]:
     """Every document of `df` with `minhash_cluster` (long: the smallest `_doc_id` of its connected
     component) and `minhash_cluster_size`. Members of an LSH bucket are linked to the bucket's
     smallest `_doc_id`; with `verify`, only when their signatures agree on ≥ threshold of values.
     Same semantics as curation.minhash.local_clusters. Returns (DataFrame, partial stats)."""
-    params = MinHashParams(ngram, num_perm, seed, threshold, bands, rows).resolved()
+    params = MinHashParams(ngram, num_perm, seed, threshold, bands, rows, max_chars).resolved()
     df = with_doc_id(df)
     band_schema = T.StructType([T.StructField(ID, T.LongType()), T.StructField("_band", T.IntegerType()),
                                 T.StructField("_key", T.BinaryType()),
@@ -277,7 +278,7 @@ def minhash_clusters(df: DataFrame, ngram: int = 5, num_perm: int = 128, thresho
 def minhash_dedup(df: DataFrame, ngram: int = 5, num_perm: int = 128, threshold: float = 0.8,
                   bands: int | None = None, rows: int | None = None, seed: int = 1,
                   keep: str = "perplexity", verify: bool = True,
-                  drop_duplicates: bool = True) -> tuple[DataFrame, dict]:
+                  drop_duplicates: bool = True, max_chars: int | None = MAX_CHARS) -> tuple[DataFrame, dict]:
     """MinHash LSH near-duplicate removal across `df` (see `minhash_clusters`): keeps one document
     per cluster, with its `minhash_cluster` and `minhash_cluster_size`: the lowest `perplexity`
     when keep="perplexity" and the column exists (nulls last), then the smallest url, then content.
@@ -288,7 +289,7 @@ def minhash_dedup(df: DataFrame, ngram: int = 5, num_perm: int = 128, threshold:
     if keep not in ("perplexity", "id"):
         raise ValueError(f"keep must be 'perplexity' or 'id', not {keep!r}")
     started = time.perf_counter()
-    clustered, stats = minhash_clusters(df, ngram, num_perm, threshold, bands, rows, seed, verify)
+    clustered, stats = minhash_clusters(df, ngram, num_perm, threshold, bands, rows, seed, verify, max_chars)
     order = []
     if keep == "perplexity" and "perplexity" in clustered.columns:
         order.append(F.col("perplexity").asc_nulls_last())

@@ -137,15 +137,23 @@ class LineBoundedReader(DecompressingBufferedReader):
             raise LineTooLong(f"a line longer than {self.max_line_bytes} bytes (read.max_line_bytes)")
         return line
 
+    def _init_decomp(self, decomp_type: str | None) -> None:
+        self.member_fed = False  # whether the current gzip member has been given any byte
+        super()._init_decomp(decomp_type)
+
     def _decompress(self, data: bytes) -> bytes:
+        self.member_fed = self.member_fed or bool(data)
         if self.decompressor is not None and data and self.num_block_read:
             return self.decompressor.decompress(data)  # zlib.error: the member is corrupt
         return super()._decompress(data)  # first block: warcio's test of whether the file is gzip
 
+    def inside_member(self) -> bool:
+        """True while a gzip member has been started and not finished."""
+        return self.decompressor is not None and self.member_fed and not self.decompressor.eof
+
     def close_decompressor(self) -> None:
         """warcio calls this at the end of the input: note whether the last gzip member was complete."""
-        self.ended_inside_member = (self.decompressor is not None and self.num_block_read > 0
-                                    and not self.decompressor.eof)
+        self.ended_inside_member = self.inside_member()
         super().close_decompressor()
 
 
@@ -208,17 +216,20 @@ class ArchiveReader:
                 self.stats["in"] += 1
                 page = self._page(record, segment)
                 records.read_to_end(record)
-                if record.raw_stream.limit > 0:  # the file ends before the record's Content-Length
+                missing = getattr(record.raw_stream, "limit", 0)  # no limit: a header without a length
+                if missing > 0:  # the file ends before the record's Content-Length
                     cut = True
                     if page is not None:
                         self.stats["dropped.cut_off_record"] += 1
-                        log.warning("%s: record at byte %s is cut off (%s bytes missing)", source,
-                                    position, record.raw_stream.limit)
+                        log.warning("%s: record at byte %s is cut off (%s bytes missing)", source, position, missing)
                     continue
                 if page is not None:
                     self.stats["out"] += 1
                     yield page
         except RECORD_ERRORS as error:
+            if not isinstance(error, zlib.error) and reader.inside_member() and not stream.read(1):
+                self._truncated(source, stream)  # the input ends inside a record's header
+                return None
             position = records.offset
             reason = "line_too_long" if isinstance(error, LineTooLong) else "corrupt_record"
             self.stats["in"] += 1
@@ -227,12 +238,17 @@ class ArchiveReader:
                         type(error).__name__, str(error)[:200])
             return self._next_member(stream, position + 1) if seekable else None
         if cut or reader.ended_inside_member:
-            if "://" in source and not source.startswith("file://"):
-                raise TruncatedDownload(f"{source}: the stream ended inside a record after "
-                                        f"{stream.tell()} bytes (download cut short)")
-            self.stats["dropped.truncated_file"] += 1
-            log.warning("%s: the file ends inside a record (truncated); the records before are kept", source)
+            self._truncated(source, stream)
         return None
+
+    def _truncated(self, source: str, stream: BinaryIO) -> None:
+        """The input ends inside a record: counted for a file (the records before are kept); over
+        HTTP an error, since the stream has already resumed or retried what it could."""
+        if "://" in source and not source.startswith("file://"):
+            raise TruncatedDownload(f"{source}: the stream ended inside a record after {stream.tell()} bytes "
+                                    f"(download cut short)")
+        self.stats["dropped.truncated_file"] += 1
+        log.warning("%s: the file ends inside a record (truncated); the records before are kept", source)
 
     @staticmethod
     def _next_member(stream: BinaryIO, after: int) -> int | None:

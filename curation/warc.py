@@ -4,7 +4,8 @@ WARC `response` records with status 200 and an HTML content type become raw page
 still to be extracted); WET `conversion` records become documents with text already extracted.
 Everything else is skipped and counted by reason. Headers are read by name, never by position.
 A corrupt record is counted and skipped: in a local gzip file the reader resynchronises at the
-next gzip member, so the rest of the file is still read; in a stream it stops there.
+next gzip member, so the rest of the file is still read; in a stream it stops there. Memory is
+bounded per record: payloads and header lines are read up to a cap, never whole.
 """
 
 from __future__ import annotations
@@ -109,6 +110,18 @@ def response_page(record, segment: str, max_payload_bytes: int = MAX_PAYLOAD_BYT
     }, None
 
 
+class LineTooLong(ValueError):
+    """A header line longer than the reader's `max_line_bytes`."""
+
+
+class EmptyInput(ValueError):
+    """An input that holds no WARC/WET record at all."""
+
+
+class TruncatedDownload(ConnectionError):
+    """A remote input that ended inside a record, after the stream resumed what it could."""
+
+
 class LineBoundedReader(DecompressingBufferedReader):
     """warcio's gzip reader with two refusals of its own. A line (WARC or HTTP header) longer than
     `max_line_bytes` is an error: warcio would grow it without end (a gzip member can inflate to one
@@ -155,18 +168,6 @@ class LineBoundedReader(DecompressingBufferedReader):
         """warcio calls this at the end of the input: note whether the last gzip member was complete."""
         self.ended_inside_member = self.inside_member()
         super().close_decompressor()
-
-
-class LineTooLong(ValueError):
-    pass
-
-
-class EmptyInput(ValueError):
-    pass
-
-
-class TruncatedDownload(ConnectionError):
-    pass
 
 
 class ArchiveReader:

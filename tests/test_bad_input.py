@@ -87,7 +87,8 @@ def repeated_deflate(chunk: bytes, times: int, prefix: bytes = b"", suffix: byte
     crc = zlib.crc32(suffix, crc)
     size = len(prefix) + len(chunk) * times + len(suffix)
     # An empty final block, then the gzip trailer for the whole (repeated) content.
-    return head + block * (times - 1) + body + b"\x03\x00" + crc.to_bytes(4, "little") + (size % (1 << 32)).to_bytes(4, "little")
+    trailer = crc.to_bytes(4, "little") + (size % (1 << 32)).to_bytes(4, "little")
+    return head + block * (times - 1) + body + b"\x03\x00" + trailer
 
 
 def warc_head(url: str, content_length: int) -> bytes:
@@ -258,7 +259,8 @@ def dropping_server(body: bytes, mode: str):
 @pytest.fixture(scope="module")
 def two_hundred_pages(shared_data) -> bytes:
     texts = paragraphs(shared_data, 200, lines=1)
-    return b"".join(response_member(f"http://http.example/page-{i}", page(str(i), text)) for i, text in enumerate(texts))
+    return b"".join(response_member(f"http://http.example/page-{i}", page(str(i), text))
+                    for i, text in enumerate(texts))
 
 
 @pytest.mark.parametrize("mode", ["range", "length", "no_range"])
@@ -389,7 +391,8 @@ def test_curate_keeps_every_good_document_and_lists_every_bad_input(spark, share
     assert kept_before and kept_before <= kept
     assert {url for url in kept - kept_before if "mixed.example" not in url} == set()
 
-    manifest = {Path(s["source"]).name: s for s in json.loads((tmp_path / "run" / "manifest.json").read_text())["segments"]}
+    segments = json.loads((tmp_path / "run" / "manifest.json").read_text())["segments"]
+    manifest = {Path(segment["source"]).name: segment for segment in segments}
     assert manifest["empty.warc.gz"]["state"] == "failed" and "empty input" in manifest["empty.warc.gz"]["error"]
     assert manifest["crawl.warc.gz"]["state"] == "failed" and "cut short" in manifest["crawl.warc.gz"]["error"]
     assert manifest["corrupt.warc.gz"]["bad_input"] == {"corrupt_record": 1}

@@ -169,9 +169,10 @@ def test_ids_outside_the_vocabulary_are_found_by_validate_and_refused_by_inspect
         with pytest.raises(ShardError, match=rf"s\.bin: token {first_bad} has id \d+, outside the vocabulary of 200"):
             reader.validate(chunk_tokens)
     done = inspect(prefix)
+    bad_id = int(np.concatenate(documents)[first_bad])
     assert done.returncode == 1 and done.stdout == ""
-    assert done.stderr.strip().splitlines() == [f"error: {prefix}.bin: token {first_bad} has id "
-                                                f"{int(np.concatenate(documents)[first_bad])}, outside the vocabulary of 200"]
+    assert done.stderr.strip().splitlines() == [f"error: {prefix}.bin: token {first_bad} has id {bad_id}, "
+                                                "outside the vocabulary of 200"]
     ShardReader(write(tmp_path / "good", documents, sha)).validate()  # a good shard passes
 
 

@@ -169,7 +169,7 @@ class ShardReader:
         if version != VERSION:
             raise ShardError(f"{self.idx_path}: format version {version}, this reader reads {VERSION}")
         if vocab_size == 0:
-            raise ShardError(f"{self.idx_path}: vocabulary size 0 in the header (corrupt or not written by ShardWriter)")
+            raise ShardError(f"{self.idx_path}: vocabulary size 0 in the header (corrupt, or not a ShardWriter's)")
         if itemsize != token_dtype(vocab_size).itemsize:
             raise ShardError(f"{self.idx_path}: {itemsize}-byte tokens do not match a vocabulary "
                              f"of {vocab_size} (expected {token_dtype(vocab_size).itemsize}-byte)")

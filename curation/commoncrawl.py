@@ -12,6 +12,7 @@ import time
 from typing import BinaryIO
 
 import requests
+import urllib3
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,93 @@ def get_with_retries(url: str, retries: int = 5, backoff: float = 1.0, timeout: 
     raise AssertionError("unreachable")
 
 
+class ResumableHTTPStream(io.RawIOBase):
+    """The raw (still gzip-compressed) body of a URL as a stream, never loaded whole, that survives
+    a dropped connection: it asks again from the last byte received (`Range`), or, from a server
+    that ignores `Range`, downloads again and skips what it already gave. A body whose length is
+    unknown (no Content-Length) is confirmed complete by one `Range` request at its end. It gives up
+    with ConnectionError after `retries` tries in a row that bring no new byte."""
+
+    def __init__(self, url: str, retries: int = 5, backoff: float = 1.0):
+        self.url, self.retries, self.backoff = url, retries, backoff
+        self.position = 0
+        self.total: int | None = None  # the body's length, when the server says it
+        self.confirmed_end = False
+        self.response = self._open()
+
+    def _open(self) -> requests.Response | None:
+        """A response whose body continues at `self.position`, or None when the body ends there."""
+        headers = {"Range": f"bytes={self.position}-"} if self.position else None
+        try:
+            response = get_with_retries(self.url, self.retries, self.backoff, headers=headers, stream=True)
+        except requests.HTTPError as error:
+            if self.position and error.response is not None and error.response.status_code == 416:
+                return None  # nothing at or after `position`: the body ends there
+            raise
+        response.raw.decode_content = False
+        if response.status_code == 206:
+            start, _, total = response.headers.get("Content-Range", "").removeprefix("bytes ").partition("/")
+            if int(start.partition("-")[0] or -1) != self.position:
+                response.close()
+                raise ConnectionError(f"{self.url}: asked for bytes from {self.position}, got {start!r}")
+            self.total = int(total) if total.isdigit() else self.total
+        else:
+            length = response.headers.get("Content-Length")
+            self.total = int(length) if length and length.isdigit() else None
+            skip = self.position  # the server ignores Range: skip what was already given
+            while skip:
+                data = response.raw.read(min(skip, 1 << 20))
+                if not data:
+                    response.close()
+                    return None  # the new copy is no longer than what was read
+                skip -= len(data)
+        return response
+
+    def readinto(self, buffer) -> int:
+        failures = 0
+        while self.response is not None:
+            try:
+                data = self.response.raw.read(len(buffer))
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
+                data, problem = None, f"{type(error).__name__}: {error}"
+            else:
+                problem = "the connection closed before the end of the body"
+            if data:
+                buffer[:len(data)] = data
+                self.position += len(data)
+                self.confirmed_end = False
+                return len(data)
+            if data is not None and (self.total is not None and self.position >= self.total or self.confirmed_end):
+                return 0
+            self.response.close()
+            if data is not None and self.total is None:
+                self.confirmed_end = True  # the body ended without a length: ask whether more follows
+            else:
+                failures += 1
+                if failures > self.retries:
+                    raise ConnectionError(f"{self.url}: gave up after {failures} tries at byte {self.position} "
+                                          f"({problem})")
+                delay = self.backoff * 2 ** (failures - 1)
+                log.warning("%s: %s at byte %s, resuming in %.1f s", self.url, problem, self.position, delay)
+                time.sleep(delay)
+            self.response = self._open()
+        return 0
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def close(self) -> None:
+        if self.response is not None:
+            self.response.close()
+        super().close()
+
+
 def open_http(url: str, retries: int = 5, backoff: float = 1.0) -> BinaryIO:
-    """The raw (still gzip-compressed) body of `url` as a stream, never loaded whole."""
-    response = get_with_retries(url, retries=retries, backoff=backoff, stream=True)
-    response.raw.decode_content = False
-    return response.raw
+    """The raw body of `url` as a buffered stream that resumes after a dropped connection."""
+    return io.BufferedReader(ResumableHTTPStream(url, retries, backoff), 1 << 16)
 
 
 def list_paths(snapshot: str, base_url: str = DEFAULT_BASE_URL, fmt: str = "warc",

@@ -33,6 +33,10 @@ from curation.pipeline import Stage
 from curation.settings import setting
 
 MAX_HASH32 = np.uint32(0xFFFFFFFF)
+# Shingles come from a document's first 100,000 characters (minhash.max_chars): near-duplicates
+# share their beginning, and a whole multi-MB document would cost num_perm × 4 bytes per shingle
+# (a 4 MB document: 442 MB).
+MAX_CHARS = 100_000
 _DIGEST = operator.methodcaller("digest")
 # MurmurHash3 fmix32 constants (datasketch's _FMIX_CONSTANTS[32]).
 _FMIX32 = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35), np.uint32(16))
@@ -76,17 +80,17 @@ def shingle_words(text: str) -> list[str]:
     return normalize_for_dedup(" ".join(text.split())).split()
 
 
-def shingles(text: str, ngram: int = 5) -> set[str]:
-    """The set of word `ngram`-grams of the normalized text."""
-    words = shingle_words(text)
+def shingles(text: str, ngram: int = 5, max_chars: int | None = MAX_CHARS) -> set[str]:
+    """The set of word `ngram`-grams of the normalized text (its first `max_chars` characters)."""
+    words = shingle_words(text[:max_chars])
     if len(words) <= ngram:
         return {" ".join(words)} if words else set()
     return set(map(" ".join, zip(*(words[i:] for i in range(ngram)))))
 
 
-def shingle_bytes(text: str, ngram: int = 5) -> set[bytes]:
+def shingle_bytes(text: str, ngram: int = 5, max_chars: int | None = MAX_CHARS) -> set[bytes]:
     """`shingles` as UTF-8 bytes (what is hashed), words encoded once rather than every shingle."""
-    words = shingle_words(text)
+    words = shingle_words(text[:max_chars])
     if len(words) <= ngram:
         return {" ".join(words).encode("utf-8")} if words else set()
     encoded = [w.encode("utf-8") for w in words]
@@ -183,6 +187,8 @@ class MinHashSettings:
     rows: int | None = setting(None, "LSH rows per band; null: as bands", minimum=1)
     seed: int = setting(1, "permutation seed (datasketch's)")
     verify: bool = setting(True, "link LSH candidates only when their signatures agree on ≥ threshold")
+    max_chars: int | None = setting(MAX_CHARS, "shingles come from this many first characters (memory bound)",
+                                    minimum=1)
     keep: Literal["perplexity", "id"] = setting("perplexity", "per cluster keep the lowest perplexity, or "
                                                 "(`id`) the smallest url")
 
@@ -201,7 +207,7 @@ def document_signatures(texts: Sequence[str], params: MinHashSettings,
     """Signatures of texts, and whether each text has shingles at all."""
     p = params.resolved()
     hasher = hasher or MinHasher(p.num_perm, p.seed, p.ngram)
-    sets = [shingle_bytes(t, p.ngram) for t in texts]
+    sets = [shingle_bytes(t, p.ngram, p.max_chars) for t in texts]
     return hasher.signatures_from_shingles(sets), [bool(ss) for ss in sets]
 
 

@@ -31,6 +31,9 @@ from curation.settings import setting
 HEAD_PERCENTILE = 30
 TAIL_PERCENTILE = 60
 NO_SCORE = -1.0
+# A document is scored on its first 100,000 characters (perplexity.max_chars): enough for a stable
+# estimate, and a multi-MB document never holds its millions of pieces in memory at once.
+MAX_CHARS = 100_000
 CUTOFF_FILE = "cutoff.csv"
 
 _lock = threading.Lock()
@@ -43,6 +46,8 @@ class PerplexitySettings:
     """KenLM perplexity and buckets."""
     models: str = setting("models/lm", "{lang}.sp.model + {lang}.arpa.bin (+ cutoff.csv); `make lm` trains them")
     per_line: bool = setting(False, "false: the document is one line, as cc_net in fact scores it")
+    max_chars: int | None = setting(MAX_CHARS, "a document is scored on this many first characters (memory bound)",
+                                    minimum=1)
 
 
 def pp(log_score: float, length: int) -> float:
@@ -176,6 +181,7 @@ class PerplexityStage(Stage):
         super().__init__()
         self.models_dir = str(settings.models)
         self.per_line = settings.per_line
+        self.max_chars = settings.max_chars
         self.cutoffs_path = str(cutoffs) if cutoffs else None
         self.field = field
         self.batch_size = batch_size
@@ -202,7 +208,10 @@ class PerplexityStage(Stage):
                 for doc in docs:
                     doc["perplexity"], doc["bucket"] = NO_SCORE, "all"
                 continue
-            values = model.perplexities([doc.get(self.field) or "" for doc in docs], self.per_line)
+            texts = [doc.get(self.field) or "" for doc in docs]
+            if self.max_chars is not None and any(len(text) > self.max_chars for text in texts):
+                self.stats["text_capped"] += sum(len(text) > self.max_chars for text in texts)
+            values = model.perplexities([text[:self.max_chars] for text in texts], self.per_line)
             lang_cutoffs = cutoffs.get(lang)
             for doc, value in zip(docs, values):
                 doc["perplexity"] = value

@@ -8,7 +8,9 @@ beside the models; `all` when the language has no model or no cutoffs). In Pytho
 `score_text(text, models_dir)` / `score_texts(texts, models_dir)`.
 
 A text whose language score is under CCNet's 0.5 threshold is still scored; `kept` says whether
-the pipeline's language-ID stage would have kept it.
+the pipeline's language-ID stage would have kept it. A FILE that cannot be read (missing, a
+directory, unreadable) or is not text (the extract stage's `not_text` rule: binary) is reported on
+one line of stderr, and the command exits 2 without scoring anything.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import os
 import sys
 from pathlib import Path
 
+from curation.extract import ExtractSettings, garbage_share
 from curation.langid import LanguageIdentifier, LanguageIdSettings
-from curation.perplexity import NO_SCORE, bucket, load_cutoffs, load_model
+from curation.perplexity import NO_SCORE, PerplexitySettings, bucket, load_cutoffs, load_model
 
 DEFAULT_MODELS_DIR = os.environ.get("CCURATE_LM_DIR", "models/lm")
 
@@ -32,7 +35,7 @@ def score_texts(texts: list[str], models_dir: str | Path = DEFAULT_MODELS_DIR, p
     results = []
     for text, (language, language_score) in zip(texts, identifier.predict(texts)):
         model = load_model(models_dir, language)
-        perplexity = model.perplexity(text, per_line=per_line) if model is not None else NO_SCORE
+        perplexity = model.perplexity(text[:PerplexitySettings.max_chars], per_line=per_line) if model is not None else NO_SCORE
         results.append({"language": language, "language_score": language_score,
                         "kept": language_score >= LanguageIdSettings.threshold, "perplexity": perplexity,
                         "bucket": bucket(perplexity, table.get(language))})
@@ -54,9 +57,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not Path(args.models).is_dir():
         parser.error(f"no models directory {args.models}: run `make lm` or pass --models DIR")
-    texts = []
+    texts, errors = [], []
     for name in args.files:
-        texts.append(sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8", errors="replace"))
+        try:
+            data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+        except OSError as error:
+            errors.append(f"{name}: {error.strerror or error}")
+            continue
+        text = data.decode("utf-8", errors="replace")
+        if garbage_share(text) > ExtractSettings.max_garbage_share:
+            errors.append(f"{name}: not text ({garbage_share(text):.0%} control or undecodable characters)")
+        texts.append(text)
+    if errors:
+        for error in errors:
+            print(f"error: {error}", file=sys.stderr)
+        return 2
     for name, result in zip(args.files, score_texts(texts, args.models, per_line=args.per_line,
                                                     lid_model=args.lid_model, cutoffs=args.cutoffs)):
         print(json.dumps({"file": name, **result}, ensure_ascii=False))

@@ -4,7 +4,8 @@ WARC `response` records with status 200 and an HTML content type become raw page
 still to be extracted); WET `conversion` records become documents with text already extracted.
 Everything else is skipped and counted by reason. Headers are read by name, never by position.
 A corrupt record is counted and skipped: in a local gzip file the reader resynchronises at the
-next gzip member, so the rest of the file is still read; in a stream it stops there.
+next gzip member, so the rest of the file is still read; in a stream it stops there. Memory is
+bounded per record: payloads and header lines are read up to a cap, never whole.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ import logging
 import os
 import zlib
 from collections import Counter
+from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 from urllib.parse import urlsplit
 
 from warcio.archiveiterator import ArchiveIterator
+from warcio.bufferedreaders import DecompressingBufferedReader
 from warcio.exceptions import ArchiveLoadFailed
 
 from curation.commoncrawl import open_http
+from curation.settings import setting
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +32,19 @@ SKIPPED_TYPES = {"request", "metadata", "warcinfo", "revisit", "resource", "cont
 # Errors of the data itself. I/O and network errors are not among them: they fail the whole
 # input, so that a resumed run reads it again instead of keeping a silently shortened copy.
 RECORD_ERRORS = (ArchiveLoadFailed, zlib.error, EOFError, ValueError)
+# CommonCrawl truncates payloads at 1 MiB; a few MiB leaves room for other crawls (read.max_payload_bytes).
+MAX_PAYLOAD_BYTES = 4 << 20
+# WARC and HTTP header lines are short; 1 MiB is far above any real one (read.max_line_bytes).
+MAX_LINE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class ReadSettings:
+    """Reading WARC/WET records: every read is bounded."""
+    max_payload_bytes: int = setting(MAX_PAYLOAD_BYTES, "payload after HTTP decoding (gzip, chunked); longer: "
+                                     "too_large (CommonCrawl cuts at 1 MiB)", minimum=1)
+    max_line_bytes: int = setting(MAX_LINE_BYTES, "a WARC/HTTP header line; longer (a member inflating to one "
+                                  "line): line_too_long", minimum=1)
 
 
 def cc_segment(source: str) -> str:
@@ -41,13 +58,13 @@ def source_domain(url: str) -> str:
     return urlsplit(url).netloc.lower()
 
 
-def open_source(source: str) -> BinaryIO:
-    """A binary stream of a local path, an http(s) URL (retried with backoff) or any fsspec URL
-    such as s3://, never read whole into memory."""
+def open_source(source: str, retries: int = 5, backoff: float = 1.0) -> BinaryIO:
+    """A binary stream of a local path, an http(s) URL (retried with backoff, resumed where it
+    broke off) or any fsspec URL such as s3://, never read whole into memory."""
     if "://" not in source or source.startswith("file://"):
         return open(source.removeprefix("file://"), "rb")
     if source.startswith(("http://", "https://")):
-        return open_http(source)
+        return open_http(source, retries, backoff)
     import fsspec  # s3:// (through s3fs) and other object stores
 
     return fsspec.open(source, "rb").open()
@@ -66,7 +83,17 @@ def header_charset(content_type: str | None) -> str | None:
     return None
 
 
-def response_page(record, segment: str) -> tuple[dict | None, str | None]:
+def read_payload(record, max_bytes: int) -> bytes | None:
+    """The record's payload after HTTP transfer and content decoding (chunked, gzip, deflate), or
+    None when it is longer than `max_bytes`: never more than that is held. A block longer than the
+    cap is refused unread (warcio de-chunks a whole chunk at once)."""
+    if int(record.rec_headers.get_header("Content-Length") or 0) > max_bytes:
+        return None
+    payload = record.content_stream().read(max_bytes + 1)
+    return payload if len(payload) <= max_bytes else None
+
+
+def response_page(record, segment: str, max_payload_bytes: int = MAX_PAYLOAD_BYTES) -> tuple[dict | None, str | None]:
     """A WARC `response` record → (page, None), or (None, the reason it is not a page)."""
     headers = record.rec_headers
     if headers.get_header("WARC-Truncated"):
@@ -79,6 +106,9 @@ def response_page(record, segment: str) -> tuple[dict | None, str | None]:
     content_type = http.get_header("Content-Type")
     if not is_html(content_type):
         return None, "not_html"
+    html = read_payload(record, max_payload_bytes)
+    if html is None:
+        return None, "too_large"
     url = headers.get_header("WARC-Target-URI") or ""
     return {
         "url": url,
@@ -87,56 +117,150 @@ def response_page(record, segment: str) -> tuple[dict | None, str | None]:
         "source_domain": source_domain(url),
         "cc_segment": segment,
         "http_charset": header_charset(content_type),
-        "html": record.content_stream().read(),
+        "html": html,
     }, None
+
+
+class LineTooLong(ValueError):
+    """A header line longer than the reader's `max_line_bytes`."""
+
+
+class EmptyInput(ValueError):
+    """An input that holds no WARC/WET record at all."""
+
+
+class TruncatedDownload(ConnectionError):
+    """A remote input that ended inside a record, after the stream resumed what it could."""
+
+
+class LineBoundedReader(DecompressingBufferedReader):
+    """warcio's gzip reader with two refusals of its own. A line (WARC or HTTP header) longer than
+    `max_line_bytes` is an error: warcio would grow it without end (a gzip member can inflate to one
+    line of gigabytes). A gzip member that fails to inflate part way is an error: warcio writes the
+    zlib error to stderr and goes on as if the member had ended, which hides the damage."""
+
+    def __init__(self, stream: BinaryIO, max_line_bytes: int):
+        super().__init__(stream)
+        self.max_line_bytes = max_line_bytes
+        self.ended_inside_member = False  # set at the end of the input
+
+    def readline(self, length: int | None = None) -> bytes:
+        limit = self.max_line_bytes if length is None else min(length, self.max_line_bytes)
+        parts, size = [], 0
+        while size < limit:
+            self._fillbuff()
+            if self.empty():
+                break
+            part = self.buff.readline(limit - size)
+            parts.append(part)
+            size += len(part)
+            if part.endswith(b"\n"):
+                break
+        line = b"".join(parts)
+        if size >= self.max_line_bytes and not line.endswith(b"\n"):
+            raise LineTooLong(f"a line longer than {self.max_line_bytes} bytes (read.max_line_bytes)")
+        return line
+
+    def _init_decomp(self, decomp_type: str | None) -> None:
+        self.member_fed = False  # whether the current gzip member has been given any byte
+        super()._init_decomp(decomp_type)
+
+    def _decompress(self, data: bytes) -> bytes:
+        self.member_fed = self.member_fed or bool(data)
+        if self.decompressor is not None and data and self.num_block_read:
+            return self.decompressor.decompress(data)  # zlib.error: the member is corrupt
+        return super()._decompress(data)  # first block: warcio's test of whether the file is gzip
+
+    def inside_member(self) -> bool:
+        """True while a gzip member has been started and not finished."""
+        return self.decompressor is not None and self.member_fed and not self.decompressor.eof
+
+    def close_decompressor(self) -> None:
+        """warcio calls this at the end of the input: note whether the last gzip member was complete."""
+        self.ended_inside_member = self.inside_member()
+        super().close_decompressor()
 
 
 class ArchiveReader:
     """Reads WARC/WET files into page records. `stats` counts records in, pages out, and the
-    records dropped by reason (their type, status, content type, or corruption)."""
+    records dropped by reason (their type, status, content type, size, or corruption).
+
+    Every read is bounded: a payload is read up to `max_payload_bytes` after HTTP content decoding
+    (gzip, deflate, chunked) and a longer one is dropped `too_large`; a header line is read up to
+    `max_line_bytes`. A file that ends inside a record or a gzip member counts `truncated_file` (its
+    pages before the cut are kept); over HTTP that fails the input instead, since the stream already
+    resumed what it could. A file with no record at all raises `EmptyInput`."""
 
     name = "read"
+    # Drop reasons that mean the input itself is bad (listed per segment in the run's manifest).
+    bad_input_reasons = ("corrupt_record", "line_too_long", "truncated_file", "cut_off_record", "too_large")
 
-    def __init__(self) -> None:
+    def __init__(self, max_payload_bytes: int = MAX_PAYLOAD_BYTES, max_line_bytes: int = MAX_LINE_BYTES,
+                 retries: int = 5, backoff: float = 1.0) -> None:
         self.stats: Counter = Counter()
+        self.max_payload_bytes = max_payload_bytes
+        self.max_line_bytes = max_line_bytes
+        self.retries, self.backoff = retries, backoff
 
     def read(self, source: str) -> Iterator[dict]:
         segment = cc_segment(source)
-        with open_source(source) as stream:
+        records_before = self.stats["in"]
+        with open_source(source, self.retries, self.backoff) as stream:
             seekable = stream.seekable() and "://" not in source
             offset = 0
             while offset is not None:
                 offset = yield from self._read_from(stream, offset, seekable, segment, source)
+        if self.stats["in"] == records_before:
+            raise EmptyInput(f"{source}: empty input (no WARC/WET record)")
 
     def _read_from(self, stream: BinaryIO, start: int, seekable: bool, segment: str, source: str):
         """Reads records from `start`; returns where to resume after a corrupt record, or None."""
         if seekable:
             stream.seek(start)
         records = ArchiveIterator(stream, arc2warc=True)
+        # Nothing is read before the first record is asked for: the reader can still be replaced.
+        reader = records.reader = LineBoundedReader(stream, self.max_line_bytes)
         position = start
+        cut = False
         try:
             for record in records:
-                position = start + records.offset if seekable else records.offset
+                position = records.offset  # absolute: warcio starts from the stream's position
                 self.stats["in"] += 1
                 page = self._page(record, segment)
-                if page is None:
-                    continue
-                # A record whose file ends before its Content-Length is cut off: never a page.
                 records.read_to_end(record)
-                if record.raw_stream.limit > 0:
-                    self.stats["dropped.cut_off_record"] += 1
-                    log.warning("%s: record at byte %s is cut off (%s bytes missing)", source,
-                                position, record.raw_stream.limit)
+                missing = getattr(record.raw_stream, "limit", 0)  # no limit: a header without a length
+                if missing > 0:  # the file ends before the record's Content-Length
+                    cut = True
+                    if page is not None:
+                        self.stats["dropped.cut_off_record"] += 1
+                        log.warning("%s: record at byte %s is cut off (%s bytes missing)", source, position, missing)
                     continue
-                self.stats["out"] += 1
-                yield page
-            return None
+                if page is not None:
+                    self.stats["out"] += 1
+                    yield page
         except RECORD_ERRORS as error:
+            if not isinstance(error, zlib.error) and reader.inside_member() and not stream.read(1):
+                self._truncated(source, stream)  # the input ends inside a record's header
+                return None
+            position = records.offset
+            reason = "line_too_long" if isinstance(error, LineTooLong) else "corrupt_record"
             self.stats["in"] += 1
-            self.stats["dropped.corrupt_record"] += 1
-            log.warning("%s: corrupt record at byte %s skipped (%s: %s)", source, position,
+            self.stats[f"dropped.{reason}"] += 1
+            log.warning("%s: %s at byte %s skipped (%s: %s)", source, reason.replace("_", " "), position,
                         type(error).__name__, str(error)[:200])
             return self._next_member(stream, position + 1) if seekable else None
+        if cut or reader.ended_inside_member:
+            self._truncated(source, stream)
+        return None
+
+    def _truncated(self, source: str, stream: BinaryIO) -> None:
+        """The input ends inside a record: counted for a file (the records before are kept); over
+        HTTP an error, since the stream has already resumed or retried what it could."""
+        if "://" in source and not source.startswith("file://"):
+            raise TruncatedDownload(f"{source}: the stream ended inside a record after {stream.tell()} bytes "
+                                    f"(download cut short)")
+        self.stats["dropped.truncated_file"] += 1
+        log.warning("%s: the file ends inside a record (truncated); the records before are kept", source)
 
     @staticmethod
     def _next_member(stream: BinaryIO, after: int) -> int | None:
@@ -160,16 +284,19 @@ class ArchiveReader:
         if kind != "response":
             self.stats[f"dropped.{kind if kind in SKIPPED_TYPES else 'other_type'}"] += 1
             return None
-        page, reason = response_page(record, segment)
+        page, reason = response_page(record, segment, self.max_payload_bytes)
         if reason:
             self.stats[f"dropped.{reason}"] += 1
         return page
 
     def _wet_document(self, record, segment: str) -> dict | None:
         headers = record.rec_headers
+        payload = read_payload(record, self.max_payload_bytes)
+        if payload is None:
+            self.stats["dropped.too_large"] += 1
+            return None
         url = headers.get_header("WARC-Target-URI") or ""
-        content = record.content_stream().read()
-        title, raw_content, nlines = wet_text(content.decode("utf-8", errors="replace"))
+        title, raw_content, nlines = wet_text(payload.decode("utf-8", errors="replace"))
         return {
             "url": url,
             "date_download": headers.get_header("WARC-Date"),
@@ -179,7 +306,7 @@ class ArchiveReader:
             "title": title,
             "raw_content": raw_content,
             # cc_net's reader: `length` is the record's Content-Length, `nlines` the lines after the title.
-            "original_length": len(content),
+            "original_length": len(payload),
             "original_nlines": nlines,
         }
 

@@ -65,7 +65,7 @@ from curation.pipeline import merge_stats, nest_counters, run_stages, stage_stat
 from curation.redact import install_redaction, redact_config, redact_text
 from curation.report import write_report
 from curation.settings import InputSettings, RunSettings, SettingsError, as_dict, describe, load_settings, section
-from curation.warc import ArchiveReader, cc_segment
+from curation.warc import ArchiveReader, ReadSettings, cc_segment
 from curation.wikiref import WikirefSettings, WikirefStage
 from jobs.dedup import ID as DOC_ID
 from jobs.dedup import line_dedup, minhash_dedup
@@ -79,6 +79,7 @@ DEDUP_GROUP = "_dedup_group"
 class CurateSettings:
     """Every setting of the curate job, one section per stage, in pipeline order."""
     input: InputSettings = section(InputSettings)
+    read: ReadSettings = section(ReadSettings)
     extract: ExtractSettings = section(ExtractSettings)
     line_dedup: LineDedupSettings = section(LineDedupSettings)
     langid: LanguageIdSettings = section(LanguageIdSettings)
@@ -133,7 +134,9 @@ def extract_segment(source: str, segments_dir: str, settings: CurateSettings) ->
     seg = segment_id(source)
     final = os.path.join(segments_dir, seg + ".parquet")
     tmp = f"{final}.tmp-{uuid.uuid4().hex}"
-    reader, extract = ArchiveReader(), ExtractStage(settings.extract)
+    reader = ArchiveReader(settings.read.max_payload_bytes, settings.read.max_line_bytes,
+                           settings.input.retries, settings.input.backoff_seconds)
+    extract = ExtractStage(settings.extract)
     started = time.time()
     try:
         with pq.ParquetWriter(tmp, EXTRACTED, compression="zstd") as writer:
@@ -169,6 +172,12 @@ def extract_segments(sources, segments_dir: str, settings: CurateSettings):
         except Exception as error:
             log.exception("%s failed", source)
             yield source, f"{type(error).__name__}: {error}"
+
+
+def bad_input(stages: dict) -> dict:
+    """A segment's counts of bad input (damaged records, oversized or non-text pages), by reason."""
+    reasons = {*ArchiveReader.bad_input_reasons, *ExtractStage.bad_input_reasons}
+    return {reason: n for stage in stages.values() for reason, n in stage["dropped"].items() if reason in reasons}
 
 
 def is_done(segments_dir: Path, source: str) -> bool:
@@ -322,17 +331,19 @@ def run(spark: SparkSession, settings: CurateSettings, run_dir: str | Path,
         tasks = spark.sparkContext.parallelize(todo, len(todo))
         failures = dict(item for item in tasks.mapPartitions(
             lambda part: extract_segments(part, str(segments_dir), settings)).collect() if item[1])
+    done = [s for s in inputs if is_done(segments_dir, s)]
+    # Phase-1 counters survive a resume: they are stored per segment.
+    segment_stats = {s: json.loads((segments_dir / f"{segment_id(s)}.json").read_text())["stages"] for s in done}
     snapshot = settings.input.snapshot
     manifest = {"snapshot": snapshot_name(snapshot) if snapshot else None,
-                "segments": [{"source": s, "id": segment_id(s),
-                              "state": "done" if is_done(segments_dir, s) else "failed",
-                              "error": failures.get(s)} for s in inputs]}
+                "segments": [{"source": s, "id": segment_id(s), "state": "done" if s in segment_stats else "failed",
+                              "error": failures.get(s), "bad_input": bad_input(segment_stats.get(s, {}))}
+                             for s in inputs]}
     write_json(run_dir / "manifest.json", manifest)
 
-    done = [s for s in inputs if is_done(segments_dir, s)]
     stats: dict = {}
-    for source in done:  # phase-1 counters survive a resume: they are stored per segment
-        merge_stats(stats, {"stages": json.loads((segments_dir / f"{segment_id(source)}.json").read_text())["stages"]})
+    for source in done:
+        merge_stats(stats, {"stages": segment_stats[source]})
     done_files = [str(segments_dir / f"{segment_id(s)}.parquet") for s in done]
     merge_stats(stats, write_curated(spark, run_dir, done_files, settings, enabled, [cc_segment(s) for s in done]))
     failed = [seg for seg in manifest["segments"] if seg["state"] == "failed"]

@@ -133,7 +133,8 @@ def _band_keys_fn(params: MinHashSettings):
         hasher = MinHasher(params.num_perm, params.seed, params.ngram)
         for batch in batches:
             ids = batch.column(ID).to_pylist()
-            sets = [shingle_bytes(t or "", params.ngram) for t in batch.column("raw_content").to_pylist()]
+            sets = [shingle_bytes(t or "", params.ngram, params.max_chars)
+                    for t in batch.column("raw_content").to_pylist()]
             sigs = hasher.signatures_from_shingles(sets)
             out_ids, out_bands, out_keys, out_sigs = [], [], [], []
             for doc_id, sig, ss in zip(ids, sigs, sets):

@@ -4,6 +4,8 @@ Tokens here are the UTF-8 bytes of real text (a byte-level vocabulary), so no to
 the tokenizer hash is that of a real file, which is all the format records."""
 
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +129,7 @@ def rewrite_header(prefix: Path, **changes) -> None:
     ({"version": 2}, "format version 2"),
     ({"itemsize": 4}, "4-byte tokens do not match a vocabulary of 256"),
     ({"vocab_size": 70000}, "2-byte tokens do not match a vocabulary of 70000"),
+    ({"vocab_size": 0}, r"s\.idx: vocabulary size 0"),
 ])
 def test_corrupt_header_is_refused(tmp_path, documents, sha, changes, message):
     prefix = write(tmp_path / "s", documents, sha)
@@ -150,3 +153,36 @@ def test_missing_file_is_named(tmp_path, documents, sha):
     prefix.with_suffix(".bin").unlink()
     with pytest.raises(ShardError, match=r"s\.bin: missing"):
         ShardReader(prefix)
+
+
+def inspect(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tokenizer.inspect", str(path), "--json"], capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+
+
+def test_ids_outside_the_vocabulary_are_found_by_validate_and_refused_by_inspect(tmp_path, documents, sha):
+    prefix = write(tmp_path / "s", documents, sha)
+    rewrite_header(prefix, vocab_size=200)  # still 2-byte tokens: the header alone is consistent
+    reader = ShardReader(prefix)  # opening checks the header and sizes only: O(1)
+    first_bad = int(np.argmax(np.concatenate(documents) >= 200))
+    for chunk_tokens in (7, 1 << 24):  # the bad id found wherever the chunks fall
+        with pytest.raises(ShardError, match=rf"s\.bin: token {first_bad} has id \d+, outside the vocabulary of 200"):
+            reader.validate(chunk_tokens)
+    done = inspect(prefix)
+    bad_id = int(np.concatenate(documents)[first_bad])
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [f"error: {prefix}.bin: token {first_bad} has id {bad_id}, "
+                                                "outside the vocabulary of 200"]
+    ShardReader(write(tmp_path / "good", documents, sha)).validate()  # a good shard passes
+
+
+def test_inspect_refuses_a_directory_and_a_zero_vocabulary_in_one_line(tmp_path, documents, sha):
+    (tmp_path / "x.idx").mkdir()
+    done = inspect(tmp_path / "x.idx")
+    assert done.returncode == 1 and done.stderr.strip().splitlines() == [f"error: {tmp_path / 'x.idx'}: not a file "
+                                                                         "(a shard is NAME.bin and NAME.idx)"]
+    prefix = write(tmp_path / "s", documents, sha)
+    rewrite_header(prefix, vocab_size=0)
+    done = inspect(prefix.with_suffix(".idx"))
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
+    assert f"{prefix}.idx: vocabulary size 0" in done.stderr

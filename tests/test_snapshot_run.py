@@ -40,6 +40,20 @@ def make_curate(mirror_url, output, *args, wait=True):
     return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
 
 
+def settled_count(segments, quiet: float = 3.0) -> int:
+    """Segments published by a killed run. Spark's Python daemon has a process group of its own: it
+    outlives the kill until it sees the JVM gone, and one of its workers can still publish a segment
+    meanwhile. Counted once nothing has changed for `quiet` seconds."""
+    count, since = -1, time.time()
+    while True:
+        now = len(list(segments.glob("*.json")))
+        if now != count:
+            count, since = now, time.time()
+        elif time.time() - since >= quiet:
+            return count
+        time.sleep(0.1)
+
+
 def documents(run_dir):
     table = pq.read_table(run_dir / "curated").to_pandas()
     return sorted(zip(table.url, table.raw_content, table.language.astype(str), table.bucket.astype(str),
@@ -113,7 +127,7 @@ def test_killed_run_resumes_to_the_same_documents(mirror_root, models, reference
         os.killpg(run.pid, signal.SIGKILL)
         run.wait()
         assert not (tmp_path / "run" / "curated").exists(), "the run finished before it could be killed"
-        killed_done = len(list(segments.glob("*.json")))
+        killed_done = settled_count(segments)
         assert 3 <= killed_done < len(WARCS)
     with Mirror(mirror_root) as mirror:
         resumed = make_curate(mirror.url, tmp_path / "run", *models)

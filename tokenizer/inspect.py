@@ -4,7 +4,8 @@ PATH is a shard (`DIR/train-00000`, or its `.bin`/`.idx`). Prints the header, th
 of document lengths and the first documents decoded back to text. `--json` prints the header and the
 counts as one JSON object; `--decode K` prints the first K documents decoded, one JSON string a line.
 The tokenizer is found beside the shard (`tokenizer-<hash>.model`, the copy the shard job keeps) unless
-given; it must be the one whose SHA-256 the shard records."""
+given; it must be the one whose SHA-256 the shard records. The shard is validated first (header,
+sizes, every token id below the vocabulary size): a bad one is refused with the file named."""
 
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         reader = ShardReader(shard_prefix(args.path))
+        reader.validate()
         if args.json:
             print(json.dumps(summary(reader)))
         if args.decode is not None:
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {low:>8}-{high:<8} {count:>8} {'#' * max(1, round(40 * count / width))}")
         for i, text in enumerate(decoded(reader, find_tokenizer(reader, args.tokenizer), 3)):
             print(f"--- document {i}: {json.dumps(text[:300], ensure_ascii=False)}{'…' if len(text) > 300 else ''}")
-    except ShardError as error:
+    except (ShardError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -11,7 +11,8 @@ vocabulary size (u32), SHA-256 of the tokenizer model (32 bytes), document count
 
 The writer streams tokens to disk and publishes both files atomically (temporary names, then
 rename, `.idx` last), so a reader never sees half a shard. The reader memory-maps and refuses any
-mismatch with a message that names the file and the problem.
+mismatch with a message that names the file and the problem; `validate()` also scans the tokens
+for ids outside the vocabulary (O(tokens): `python -m tokenizer.inspect` runs it).
 """
 
 from __future__ import annotations
@@ -155,6 +156,8 @@ class ShardReader:
         for path in (self.idx_path, self.bin_path):
             if not path.exists():
                 raise ShardError(f"{path}: missing (shard {prefix} is not published)")
+            if not path.is_file():
+                raise ShardError(f"{path}: not a file (a shard is NAME.bin and NAME.idx)")
         idx_size = self.idx_path.stat().st_size
         if idx_size < HEADER.size:
             raise ShardError(f"{self.idx_path}: truncated header ({idx_size} of {HEADER.size} bytes)")
@@ -165,6 +168,8 @@ class ShardReader:
             raise ShardError(f"{self.idx_path}: not a token shard index (magic {magic!r})")
         if version != VERSION:
             raise ShardError(f"{self.idx_path}: format version {version}, this reader reads {VERSION}")
+        if vocab_size == 0:
+            raise ShardError(f"{self.idx_path}: vocabulary size 0 in the header (corrupt, or not a ShardWriter's)")
         if itemsize != token_dtype(vocab_size).itemsize:
             raise ShardError(f"{self.idx_path}: {itemsize}-byte tokens do not match a vocabulary "
                              f"of {vocab_size} (expected {token_dtype(vocab_size).itemsize}-byte)")
@@ -193,6 +198,16 @@ class ShardReader:
 
     def __len__(self) -> int:
         return self.num_docs
+
+    def validate(self, chunk_tokens: int = 1 << 24) -> None:
+        """Scans every token (O(tokens), in chunks of `chunk_tokens`, so a few MB of memory) and
+        refuses an id outside the vocabulary. Opening checks only the header and sizes."""
+        for start in range(0, self.num_tokens, chunk_tokens):
+            chunk = self.tokens[start:start + chunk_tokens]
+            if int(chunk.max()) >= self.vocab_size:
+                bad = start + int(np.argmax(chunk >= self.vocab_size))
+                raise ShardError(f"{self.bin_path}: token {bad} has id {int(self.tokens[bad])}, "
+                                 f"outside the vocabulary of {self.vocab_size}")
 
     def document(self, i: int) -> np.ndarray:
         return self.tokens[self.offsets[i]:self.offsets[i + 1]]

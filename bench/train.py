@@ -2,20 +2,16 @@
 (the same model, AdamW, batches sliced from the memory-mapped tokens) on the same config.
 
 Shards come from botchan.en.txt under ../shared/data, tokenized by a SentencePiece BPE model trained
-here. `python bench/train.py` measures the `small` preset on the CPU with one thread (the machine is
+here. `python -m bench.train` measures the `small` preset on the CPU with one thread (the machine is
 shared; one thread is what stays comparable); `--device cuda --preset 1B` also reports MFU on a GPU.
 """
 
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-# Import from the repository root, not bench/: a bench/NAME.py would shadow a stdlib module NAME.
-sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import numpy as np
 import sentencepiece as spm

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import csv
 import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import kenlm
 import sentencepiece as spm
@@ -37,7 +37,7 @@ MAX_CHARS = 100_000
 CUTOFF_FILE = "cutoff.csv"
 
 _lock = threading.Lock()
-_models: dict[tuple[str, str], "LanguageModel | None"] = {}
+_models: dict[tuple[str, str], LanguageModel | None] = {}
 _cutoffs: dict[str, dict[str, list[float]]] = {}
 
 

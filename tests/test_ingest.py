@@ -3,10 +3,8 @@
 import gzip
 from collections import Counter
 
-import pytest
-
 from curation.extract import ExtractSettings, ExtractStage, decode_html
-from curation.langid import LanguageIdStage, LanguageIdentifier
+from curation.langid import LanguageIdentifier, LanguageIdStage
 from curation.pipeline import run_stages
 from curation.warc import ArchiveReader, cc_segment
 
@@ -64,7 +62,8 @@ def test_wet_language_counts_match_ccnet_semantics(shared_data):
     for language, expected in {"en": 203, "es": 71, "it": 38, "fr": 21, "de": 15, "pt": 14, "ru": 12, "ko": 10}.items():
         assert abs(counts[language] - expected) <= 2, (language, counts[language])
     assert langid.stats["dropped.low_language_score"] == 544 - 502
-    assert all(doc["language_score"] >= 0.5 and doc["language_score"] == round(doc["language_score"], 2) for doc in docs)
+    assert all(doc["language_score"] >= 0.5 and doc["language_score"] == round(doc["language_score"], 2)
+               for doc in docs)
     doc = docs[0]  # the record's first line is the title, out of the text (cc_net's reader)
     assert doc["title"] == "A New Home?" and doc["raw_content"].startswith("\nMarch 03, 2018")
     assert doc["nlines"] == doc["original_nlines"] == doc["raw_content"].count("\n") + 1
@@ -75,7 +74,8 @@ def test_langid_removes_newlines_and_batches():
     identifier = LanguageIdentifier()
     lines = "Dies ist ein deutscher Satz.\nUnd noch einer, der länger ist als der erste."
     assert identifier.predict([lines])[0] == identifier.predict([lines.replace("\n", "")])[0]
-    assert [lang for lang, _ in identifier.predict(["This is English text.", "Ceci est un texte en français."])] == ["en", "fr"]
+    predicted = identifier.predict(["This is English text.", "Ceci est un texte en français."])
+    assert [lang for lang, _ in predicted] == ["en", "fr"]
 
 
 def test_edge_files_are_read_or_skipped_with_a_counted_reason(shared_data):

@@ -36,7 +36,8 @@ def write_curated(shared_data: Path, root: Path) -> dict[str, list[str]]:
             directory = root / f"language={lang}" / f"bucket={bucket}"
             directory.mkdir(parents=True, exist_ok=True)
             for f in range(2):
-                pq.write_table(pa.table({"raw_content": part[f::2]}), directory / f"part-{f}.parquet", compression="zstd")
+                pq.write_table(pa.table({"raw_content": part[f::2]}), directory / f"part-{f}.parquet",
+                               compression="zstd")
     return docs
 
 
@@ -123,7 +124,7 @@ def test_sample_is_seeded_and_follows_the_mix(curated, tmp_path):
     first = train.write_sample(curated[0], tmp_path / "a.txt", seed=1, max_chars=300_000, mix={})
     again = train.write_sample(curated[0], tmp_path / "b.txt", seed=1, max_chars=300_000, mix={})
     assert first == again and (tmp_path / "a.txt").read_bytes() == (tmp_path / "b.txt").read_bytes()
-    other = train.write_sample(curated[0], tmp_path / "c.txt", seed=2, max_chars=300_000, mix={})
+    train.write_sample(curated[0], tmp_path / "c.txt", seed=2, max_chars=300_000, mix={})
     assert (tmp_path / "c.txt").read_bytes() != (tmp_path / "a.txt").read_bytes()
     assert 200_000 < first["characters"] < 400_000
     mixed = train.write_sample(curated[0], tmp_path / "d.txt", seed=1, max_chars=300_000,
@@ -300,12 +301,14 @@ def test_rerun_and_restart_give_identical_bytes(spark, shards, curated, model_di
     stats = shard_job.run(spark, str(curated[0]), model_dir, second, **JOB)
     assert stats["shards_written"] == ["train-00001", "train-00002"]
     plan = json.loads((second / "plan.json").read_text())
-    needed = {u for shard in plan["shards"] if shard["name"] in ("train-00001", "train-00002") for u, _ in shard["units"]}
+    needed = {u for shard in plan["shards"] if shard["name"] in ("train-00001", "train-00002")
+              for u, _ in shard["units"]}
     assert stats["units"] == {"total": 12, "encoded": len(needed)} and len(needed) < 12  # only what they need
     assert (second / "train-00000.bin").stat().st_mtime_ns == kept
     assert not list(second.glob("*.tmp*"))
     assert shard_bytes(second) == shard_bytes(first)
-    assert json.loads((second / "stats.json").read_text())["splits"] == json.loads((first / "stats.json").read_text())["splits"]
+    splits = [json.loads((run / "stats.json").read_text())["splits"] for run in (first, second)]
+    assert splits[0] == splits[1]
 
     with pytest.raises(ValueError, match="other settings"):
         shard_job.run(spark, str(curated[0]), model_dir, second, **{**JOB, "seed": 8})

@@ -91,7 +91,7 @@ class ShardWriter:
         self.num_tokens += array.size
         self.num_docs += lengths.size
 
-    def copy_documents(self, shard: "ShardReader", first: int, last: int) -> None:
+    def copy_documents(self, shard: ShardReader, first: int, last: int) -> None:
         """Appends documents [first, last) of a published shard of the same tokenizer; the kernel copies
         the tokens file to file (they were checked when that shard was written)."""
         if (shard.vocab_size, shard.tokenizer_sha256) != (self.vocab_size, self.tokenizer_sha256):
@@ -135,7 +135,7 @@ class ShardWriter:
         self._bin.close()
         self._tmp_bin.unlink(missing_ok=True)
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -32,9 +32,8 @@ def test_tiny_partition_size_runs_annotate_on_several_tasks(spark, shared_data, 
 def test_cluster_of_identical_pages_kept_once(spark, shared_data, tmp_path):
     from jobs.dedup import minhash_dedup
 
-    page = (shared_data / "text" / "botchan.en.txt").read_text(encoding="utf-8")[:3000]
-    others = [p for p in (shared_data / "text" / "botchan.en.txt").read_text(encoding="utf-8").split("\n\n")
-              if len(p.split()) > 60][:5]
+    book = (shared_data / "text" / "botchan.en.txt").read_text(encoding="utf-8")
+    page, others = book[:3000], [book[3000 * k:3000 * (k + 1)] for k in range(1, 6)]
     docs = [{"url": f"https://copy.example/{i:04d}", "raw_content": page, "perplexity": 100.0} for i in range(300)]
     docs[123]["perplexity"] = 50.0  # the lowest perplexity wins over the smallest url
     docs += [{"url": f"https://other.example/{i}", "raw_content": text, "perplexity": 10.0}

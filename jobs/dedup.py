@@ -251,14 +251,14 @@ def connected_components(edges: DataFrame, max_iterations: int = 64,
     so no partial answer is given."""
     spark = edges.sparkSession
     run_dir = f"{_checkpoint_root(spark, checkpoint_dir)}/cc-{uuid.uuid4().hex}"
-    edges = edges.select(F.col("src").cast("long"), F.col("dst").cast("long"))
-    round_dir, checksum = None, None  # the input is read once, by the first round
+    round_dir = f"{run_dir}/round-0"
+    edges = _materialized(edges.select(F.col("src").cast("long"), F.col("dst").cast("long")), round_dir)
+    checksum = _edge_checksum(edges)
     for iteration in range(1, max_iterations + 1):
         next_dir = f"{run_dir}/round-{iteration}"
         edges = _materialized(_small_star(_large_star(edges)), next_dir)
         next_checksum = _edge_checksum(edges)
-        if round_dir:
-            _remove(spark, round_dir)
+        _remove(spark, round_dir)
         round_dir = next_dir
         if next_checksum == checksum:
             break

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import operator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Iterable, Iterator, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -60,8 +61,8 @@ def _optimal_param_fallback(threshold, num_perm, fp_weight, fn_weight):
     best, opt = float("inf"), (0, 0)
     for b in range(1, num_perm + 1):
         for r in range(1, num_perm // b + 1):
-            fp = integrate(lambda s: 1 - (1 - s ** r) ** b, 0.0, threshold)
-            fn = integrate(lambda s: 1 - (1 - (1 - s ** r) ** b), threshold, 1.0)
+            fp = integrate(lambda s, r=r, b=b: 1 - (1 - s ** r) ** b, 0.0, threshold)
+            fn = integrate(lambda s, r=r, b=b: 1 - (1 - (1 - s ** r) ** b), threshold, 1.0)
             if fp * fp_weight + fn * fn_weight < best:
                 best, opt = fp * fp_weight + fn * fn_weight, (b, r)
     return opt
@@ -191,8 +192,10 @@ class MinHashSettings:
                                     minimum=1)
     keep: Literal["perplexity", "id"] = setting("perplexity", "per cluster keep the lowest perplexity, or "
                                                 "(`id`) the smallest url")
+    cc_max_iterations: int = setting(64, "connected-components rounds before the job fails (it needs about "
+                                     "log² of the largest cluster's diameter)", minimum=1)
 
-    def resolved(self) -> "MinHashSettings":
+    def resolved(self) -> MinHashSettings:
         """The same settings with `bands` and `rows` filled in."""
         if self.bands is None or self.rows is None:
             bands, rows = optimal_bands_rows(self.threshold, self.num_perm)

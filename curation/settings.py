@@ -52,6 +52,13 @@ class InputSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class PartitionSettings:
+    """How phase 2 cuts its work into tasks (never fewer than the cluster's cores)."""
+    text_bytes: int = setting(128 * 2**20, "text per task of the row-wise stages and target size of a shuffle "
+                              "partition, in bytes", minimum=1)
+
+
+@dataclasses.dataclass(frozen=True)
 class RunSettings:
     """How a run ends."""
     max_failed_share: float = setting(0.0, "exit non-zero when more than this share of segments failed",

@@ -14,8 +14,10 @@ streaming) into DIR/segments/ID.parquet, published atomically with its stats (ID
 last, marks it done); a re-run skips done segments and redoes failed or missing ones. Phase 2
 reads every done segment and runs the run-wide stages, then replaces DIR/curated/ atomically
 (language=xx/bucket=yy/*.parquet, zstd). A stage whose model is not there (no `make lm`, no
-`make classifier`) is left out with a note, and its columns stay empty (bucket `all`). DIR/manifest.json lists the segments and their state, DIR/stats.json
-the counts per stage and reason; DIR/config.json the effective settings and library versions.
+`make classifier`) is left out with a note, and its columns stay empty (bucket `all`). Phase 2's
+tasks follow the data: about `partitions.text_bytes` of text each, at least one per core.
+DIR/manifest.json lists the segments and their state, DIR/stats.json the counts per stage and
+reason and the Spark tasks each stage ran; DIR/config.json the effective settings and library versions.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import glob
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -64,12 +67,21 @@ from curation.perplexity import (
 from curation.pipeline import merge_stats, nest_counters, run_stages, stage_stats
 from curation.redact import install_redaction, redact_config, redact_text
 from curation.report import write_report
-from curation.settings import InputSettings, RunSettings, SettingsError, as_dict, describe, load_settings, section
+from curation.settings import (
+    InputSettings,
+    PartitionSettings,
+    RunSettings,
+    SettingsError,
+    as_dict,
+    describe,
+    load_settings,
+    section,
+)
 from curation.warc import ArchiveReader, ReadSettings, cc_segment
 from curation.wikiref import WikirefSettings, WikirefStage
 from jobs.dedup import ID as DOC_ID
 from jobs.dedup import line_dedup, minhash_dedup
-from jobs.spark import spark_session
+from jobs.spark import counting_tasks, spark_session
 
 log = logging.getLogger("curate")
 DEDUP_GROUP = "_dedup_group"
@@ -87,6 +99,7 @@ class CurateSettings:
     perplexity: PerplexitySettings = section(PerplexitySettings)
     wikiref: WikirefSettings = section(WikirefSettings)
     minhash: MinHashSettings = section(MinHashSettings)
+    partitions: PartitionSettings = section(PartitionSettings)
     run: RunSettings = section(RunSettings)
 
 
@@ -235,32 +248,85 @@ def with_dedup_group(spark: SparkSession, documents, segments: list[str], group_
     return documents.join(F.broadcast(table), on="cc_segment", how="left")
 
 
+def stored_text_bytes(files: list[str]) -> int:
+    """Bytes of `raw_content` in phase 1's Parquet files, from their footers (no data read)."""
+    total = 0
+    for path in files:
+        meta = pq.read_metadata(path)
+        for group in range(meta.num_row_groups):
+            row_group = meta.row_group(group)
+            total += sum(row_group.column(c).total_uncompressed_size for c in range(row_group.num_columns)
+                         if row_group.column(c).path_in_schema == "raw_content")
+    return total
+
+
+def tasks_for(spark: SparkSession, text_bytes: int, settings: PartitionSettings) -> int:
+    """Tasks for `text_bytes` of text: one per `settings.text_bytes`, at least one per core."""
+    return max(spark.sparkContext.defaultParallelism, math.ceil(text_bytes / settings.text_bytes))
+
+
+# Shuffles start with one partition per `partitions.text_bytes` of input (at least one per core) and
+# AQE coalesces them towards that size without going below the cores (its parallelism-first default).
+SHUFFLE_CONF = ("spark.sql.shuffle.partitions", "spark.sql.adaptive.enabled",
+                "spark.sql.adaptive.coalescePartitions.enabled", "spark.sql.adaptive.advisoryPartitionSizeInBytes")
+
+
 def write_curated(spark: SparkSession, run_dir: Path, done_files: list[str], settings: CurateSettings,
                   enabled: dict[str, bool], segments: list[str] = ()) -> dict:
+    input_bytes = stored_text_bytes(done_files)
+    previous = {key: spark.conf.get(key, None) for key in SHUFFLE_CONF}
+    for key, value in zip(SHUFFLE_CONF, (tasks_for(spark, input_bytes, settings.partitions), "true", "true",
+                                         settings.partitions.text_bytes)):
+        spark.conf.set(key, str(value))
+    try:
+        return curate_documents(spark, run_dir, done_files, settings, enabled, input_bytes, segments)
+    finally:  # the session may be shared (tests, notebooks): leave its settings as they were
+        for key, value in previous.items():
+            spark.conf.unset(key) if value is None else spark.conf.set(key, value)
+
+
+def curate_documents(spark: SparkSession, run_dir: Path, done_files: list[str], settings: CurateSettings,
+                     enabled: dict[str, bool], input_bytes: int, segments: list[str]) -> dict:
     accumulated = spark.sparkContext.accumulator({}, StatsAccumulator())
-    stats: dict = {"stages": {}}
+    stats: dict = {"stages": {}, "tasks": {}}
+    tasks = stats["tasks"]
     curated, tmp = run_dir / "curated", run_dir / f"curated.tmp-{uuid.uuid4().hex}"
+    checkpoints = run_dir / "checkpoints"
     extracted_schema = from_arrow_schema(EXTRACTED)
     documents = spark.read.schema(extracted_schema).parquet(*done_files) if done_files else \
         spark.createDataFrame([], extracted_schema)
+    text_bytes = input_bytes
     if settings.line_dedup.enabled:
         documents = with_dedup_group(spark, documents, segments, settings.line_dedup.group_size)
-        documents, stats["stages"]["line_dedup"] = line_dedup(documents, DEDUP_GROUP, settings.line_dedup)
+        with counting_tasks(spark, "line_dedup", tasks):
+            documents, stats["stages"]["line_dedup"] = line_dedup(documents, DEDUP_GROUP, settings.line_dedup)
         documents = documents.drop(DEDUP_GROUP)
+        lines = stats["stages"]["line_dedup"]
+        text_bytes = round(input_bytes * (1 - lines["lines_removed"] / max(1, lines["lines_in"])))
     else:
         documents = documents.withColumn(DOC_ID, F.xxhash64("url", "raw_content"))
-    frame = (documents.select(*EXTRACTED.names, DOC_ID)
+    # The row-wise stages run on tasks of about `partitions.text_bytes` of text each, at least one per core.
+    annotate_tasks = tasks_for(spark, text_bytes, settings.partitions)
+    stats["partitions"] = {"input_text_bytes": input_bytes, "annotated_text_bytes": text_bytes,
+                           "annotate": annotate_tasks, "shuffle": int(spark.conf.get("spark.sql.shuffle.partitions"))}
+    frame = (documents.select(*EXTRACTED.names, DOC_ID).repartition(annotate_tasks)
              .mapInArrow(lambda batches: annotate(batches, accumulated, settings, enabled),
                          from_arrow_schema(ANNOTATED_WITH_ID)))
     frame = frame.persist()  # the row-wise stages run once, not once per later pass
+    with counting_tasks(spark, "annotate", tasks):
+        frame.count()
     models = settings.perplexity.models
     if enabled["perplexity"] and set(available_languages(models)) - set(load_cutoffs(models)):
-        frame, stats["cutoffs_from_run"] = bucket_from_run(frame, run_dir)  # a Spark job only when needed
+        with counting_tasks(spark, "bucket_from_run", tasks):  # a Spark job only when needed
+            frame, stats["cutoffs_from_run"] = bucket_from_run(frame, run_dir)
     scored: dict = {}
     if settings.minhash.enabled:
-        frame, scored = minhash_dedup(frame, settings.minhash)
-    (frame.drop(DOC_ID).write.mode("overwrite").option("compression", "zstd")
-     .partitionBy("language", "bucket").parquet(str(tmp)))
+        with counting_tasks(spark, "minhash", tasks):
+            frame, scored = minhash_dedup(frame, settings.minhash, checkpoint_dir=str(checkpoints))
+    with counting_tasks(spark, "write", tasks):
+        (frame.drop(DOC_ID).write.mode("overwrite").option("compression", "zstd")
+         .partitionBy("language", "bucket").parquet(str(tmp)))
+    shutil.rmtree(checkpoints, ignore_errors=True)
     # Replace the previous result whole: readers see the old or the new output, never a mix.
     old = run_dir / f"curated.old-{uuid.uuid4().hex}"
     if curated.exists():
@@ -368,7 +434,8 @@ def bucket_cutoffs(settings: CurateSettings, run_dir: Path, enabled: dict[str, b
 
 def remove_leftovers(run_dir: Path) -> None:
     """Temporary files of a killed run: never published, so never read; one run per directory."""
-    for leftover in [*run_dir.glob("segments/*.tmp-*"), *run_dir.glob("curated.tmp-*"), *run_dir.glob("curated.old-*")]:
+    for leftover in [*run_dir.glob("segments/*.tmp-*"), *run_dir.glob("curated.tmp-*"), *run_dir.glob("curated.old-*"),
+                     *run_dir.glob("checkpoints")]:
         shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
 
 

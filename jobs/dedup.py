@@ -13,9 +13,11 @@ cc_net's design): one shuffle of the documents to their group, none of line hash
 
 MinHash: signatures and band keys per partition (curation.minhash, vectorised numpy) → shuffle on
 (band, key) → each bucket's members linked to its smallest document id → connected components by
-alternating large-star / small-star (Kiveris et al. 2014) on DataFrames until every component is a
-star around its smallest id → one document kept per component (lowest perplexity if chosen, then
-url, content), each keeping `minhash_cluster` (the component id) and `minhash_cluster_size`.
+alternating large-star / small-star (Kiveris et al. 2014) on DataFrames until a round leaves the
+edges unchanged (every component a star around its smallest id) → per component, one aggregation on
+keys gives its size and the kept document (lowest perplexity if chosen, then url, content), joined
+back on the id; each kept document keeps `minhash_cluster` (the component id) and
+`minhash_cluster_size`. No task ever holds a whole cluster's documents.
 
 Document identity: `_doc_id` = xxhash64(url, raw_content) unless the DataFrame already has one;
 rows with the same url and content are the same document.
@@ -24,15 +26,19 @@ rows with the same url and content are the same document.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
+import shutil
+import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -178,31 +184,78 @@ def _small_star(edges: DataFrame) -> DataFrame:
             .where(F.col("src") != F.col("dst")).distinct())
 
 
-def connected_components(edges: DataFrame, max_iterations: int = 64) -> tuple[DataFrame, int]:
+def _edge_checksum(edges: DataFrame) -> tuple:
+    """(count, xor and sum of the edges' xxhash64): equal for equal edge sets; a changed set has the same
+    checksum only by a 64-bit hash collision. One aggregate, in the job that materializes the edges."""
+    edge_hash = F.xxhash64("src", "dst")
+    return tuple(edges.agg(F.count(F.lit(1)), F.bit_xor(edge_hash), F.sum(edge_hash.cast("decimal(38,0)"))).first())
+
+
+def _checkpoint_root(spark, checkpoint_dir: str | None) -> str:
+    """Where the rounds' edges go: `checkpoint_dir`, or in local mode a temporary directory removed at exit."""
+    if checkpoint_dir:
+        return checkpoint_dir.rstrip("/")
+    if not spark.sparkContext.master.startswith("local"):
+        raise ValueError("connected components need a checkpoint_dir that every executor reads "
+                         "(e.g. RUN_DIR/checkpoints)")
+    root = tempfile.mkdtemp(prefix="ccurate-cc-")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
+
+
+def _materialized(edges: DataFrame, round_dir: str) -> DataFrame:
+    """A round's edges computed once, as Parquet: the next round reads them back with a plan that starts
+    there (a plan that kept every round would double in size each round) and they survive the loss of an
+    executor (unlike `localCheckpoint`)."""
+    edges.write.mode("overwrite").parquet(round_dir)
+    return edges.sparkSession.read.parquet(round_dir)
+
+
+def _remove(spark, path: str) -> None:
+    hadoop_path = spark._jvm.org.apache.hadoop.fs.Path(path)
+    hadoop_path.getFileSystem(spark._jsc.hadoopConfiguration()).delete(hadoop_path, True)
+
+
+def connected_components(edges: DataFrame, max_iterations: int = 64,
+                         checkpoint_dir: str | None = None) -> tuple[DataFrame, int]:
     """Connected components of an undirected graph given as (src, dst) long edges, by alternating
-    large-star and small-star until every edge points from a node to its component's smallest node.
-    Returns ((node, component) for every node that has an edge, iterations run). Only counts
-    reach the driver."""
-    edges = edges.select(F.col("src").cast("long"), F.col("dst").cast("long")).localCheckpoint()
+    large-star and small-star until a round leaves the edge set unchanged: then every component is a
+    star around its smallest node (Kiveris et al. 2014: stars are the only fixed point). Two jobs per
+    round: the round's edges written as Parquet under `checkpoint_dir` (a directory every executor
+    reads, e.g. RUN_DIR/checkpoints; in local mode a temporary one by default), then their checksum,
+    the only thing that reaches the driver, read back. Returns ((node, component) for every node that
+    has an edge, rounds run). Raises RuntimeError after `max_iterations` rounds without convergence:
+    unconverged edges do not say which component a node is in (a node can still point at two roots),
+    so no partial answer is given."""
+    spark = edges.sparkSession
+    run_dir = f"{_checkpoint_root(spark, checkpoint_dir)}/cc-{uuid.uuid4().hex}"
+    round_dir = f"{run_dir}/round-0"
+    edges = _materialized(edges.select(F.col("src").cast("long"), F.col("dst").cast("long")), round_dir)
+    checksum = _edge_checksum(edges)
     for iteration in range(1, max_iterations + 1):
-        edges = _small_star(_large_star(edges)).localCheckpoint()
-        # Converged when no edge's target is itself the source of an edge (every component is a
-        # star around its minimum: small-star always points edges to smaller nodes).
-        chained = edges.alias("a").join(edges.alias("b"), F.col("a.dst") == F.col("b.src")).limit(1).count()
-        if not chained:
+        next_dir = f"{run_dir}/round-{iteration}"
+        edges = _materialized(_small_star(_large_star(edges)), next_dir)
+        next_checksum = _edge_checksum(edges)
+        _remove(spark, round_dir)
+        round_dir = next_dir
+        if next_checksum == checksum:
             break
+        checksum = next_checksum
     else:
-        raise RuntimeError(f"connected components did not converge in {max_iterations} iterations")
+        raise RuntimeError(f"connected components did not converge in {max_iterations} rounds "
+                           f"(minhash.cc_max_iterations); raise it: a cluster's rounds grow as log² of its diameter")
     nodes = edges.select(F.col("src").alias("node"), F.col("dst").alias("component")).union(
         edges.select(F.col("dst").alias("node"), F.col("dst").alias("component"))).distinct()
     return nodes, iteration
 
 
-def minhash_clusters(df: DataFrame, settings: MinHashSettings = MinHashSettings()) -> tuple[DataFrame, dict]:
+def minhash_clusters(df: DataFrame, settings: MinHashSettings = MinHashSettings(),
+                     checkpoint_dir: str | None = None) -> tuple[DataFrame, dict]:
     """Every document of `df` with `minhash_cluster` (long: the smallest `_doc_id` of its connected
-    component) and `minhash_cluster_size`. Members of an LSH bucket are linked to the bucket's
-    smallest `_doc_id`; with `verify`, only when their signatures agree on ≥ threshold of values.
-    Same semantics as curation.minhash.local_clusters. Returns (DataFrame, partial stats)."""
+    component, its own id when alone) and `_linked` (whether it has a near-duplicate). Members of an
+    LSH bucket are linked to the bucket's smallest `_doc_id`; with `verify`, only when their signatures
+    agree on ≥ threshold of values. Same semantics as curation.minhash.local_clusters. Returns
+    (DataFrame, partial stats)."""
     params = settings.resolved()
     verify = params.verify
     df = with_doc_id(df)
@@ -224,38 +277,57 @@ def minhash_clusters(df: DataFrame, settings: MinHashSettings = MinHashSettings(
         edges = (edges.join(a, on="src").join(b, on="dst")
                  .where(equal / F.lit(float(params.num_perm)) >= F.lit(float(params.threshold)))
                  .select("src", "dst"))
-    components, iterations = connected_components(edges)
-    keyed.unpersist()
+    components, iterations = connected_components(edges, params.cc_max_iterations, checkpoint_dir)
+    keyed.unpersist()  # the first round's edges are materialized: the band keys are read no more
     clustered = (df.join(components, df[ID] == components["node"], "left")
                  .withColumn("minhash_cluster", F.coalesce(F.col("component"), F.col(ID)))
+                 .withColumn("_linked", F.col("component").isNotNull())
                  .drop("node", "component"))
-    clustered = clustered.withColumn("minhash_cluster_size",
-                                     F.count(F.lit(1)).over(Window.partitionBy("minhash_cluster")))
     stats = {"bands": params.bands, "rows": params.rows, "ngram": params.ngram, "num_perm": params.num_perm,
              "threshold": params.threshold, "verify": verify, "cc_iterations": iterations}
     return clustered, stats
 
 
-def minhash_dedup(df: DataFrame, settings: MinHashSettings = MinHashSettings(),
-                  drop_duplicates: bool = True) -> tuple[DataFrame, dict]:
+def keep_order(df: DataFrame, use_perplexity: bool) -> Column:
+    """`curation.minhash.keep_order_key` as a struct whose smallest value is the kept document: perplexity
+    known first, lowest perplexity, url, content (null url/content as ""), then `_doc_id`."""
+    ppl = F.col("perplexity") if use_perplexity and "perplexity" in df.columns else F.lit(None).cast("double")
+    return F.struct(ppl.isNull().alias("unknown"), F.coalesce(ppl, F.lit(0.0)).alias("perplexity"),
+                    F.coalesce(F.col("url"), F.lit("")).alias("url"),
+                    F.coalesce(F.col("raw_content"), F.lit("")).alias("content"), F.col(ID).alias("id"))
+
+
+def minhash_dedup(df: DataFrame, settings: MinHashSettings = MinHashSettings(), drop_duplicates: bool = True,
+                  checkpoint_dir: str | None = None) -> tuple[DataFrame, dict]:
     """MinHash LSH near-duplicate removal across `df` (see `minhash_clusters`): keeps one document
     per cluster, with its `minhash_cluster` and `minhash_cluster_size`: the lowest `perplexity`
     when keep="perplexity" and the column exists (nulls last), then the smallest url, then content.
+    Cluster sizes and the kept document come from one aggregation per cluster over the linked
+    documents' keys (partial aggregation first, so a cluster of a million copies is a few rows per
+    task, never one task holding the cluster), joined back to the documents on `_doc_id`.
     Returns the kept documents (persisted; `_doc_id` added) and {"in", "out", "dropped":
     {"near_duplicate"}, "clusters" (of size > 1), "cluster_sizes": {size: clusters}, "bands",
     "rows", "ngram", "num_perm", "threshold", "verify", "cc_iterations", "seconds"}.
     With drop_duplicates=False, every document comes back with a boolean `minhash_keep` instead."""
     started = time.perf_counter()
-    clustered, stats = minhash_clusters(df, settings)
-    order = []
-    if settings.keep == "perplexity" and "perplexity" in clustered.columns:
-        order.append(F.col("perplexity").asc_nulls_last())
-    order += [F.col("url").asc_nulls_last(), F.col("raw_content").asc_nulls_last(), F.col(ID)]
-    ranked = clustered.withColumn("_rank", F.row_number().over(Window.partitionBy("minhash_cluster").orderBy(*order)))
-    ranked = ranked.withColumn("minhash_keep", F.col("_rank") == 1).drop("_rank").persist()
-    kept = ranked.where("minhash_keep").drop("minhash_keep") if drop_duplicates else ranked
+    clustered, stats = minhash_clusters(df, settings, checkpoint_dir)
+    clustered = clustered.persist()  # read by the aggregation and by the join back
+    linked = clustered.where("_linked").select(ID, "minhash_cluster",
+                                               keep_order(clustered, settings.keep == "perplexity").alias("_key"))
+    per_cluster = linked.groupBy("minhash_cluster").agg(F.count(F.lit(1)).alias("_size"), F.min("_key").alias("_best"))
+    if drop_duplicates:  # only the kept documents need their cluster's size
+        marks = per_cluster.select(F.col("_best.id").alias(ID), "_size", F.lit(True).alias("_winner"))
+    else:
+        marks = (linked.select(ID, "minhash_cluster").join(per_cluster, on="minhash_cluster")
+                 .select(ID, "_size", (F.col(ID) == F.col("_best.id")).alias("_winner")))
+    marked = (clustered.join(marks, on=ID, how="left")
+              .withColumn("minhash_cluster_size", F.coalesce(F.col("_size"), F.lit(1)).cast("long"))
+              .withColumn("minhash_keep", ~F.col("_linked") | F.coalesce(F.col("_winner"), F.lit(False)))
+              .drop("_size", "_winner", "_linked").persist())
+    kept = marked.where("minhash_keep").drop("minhash_keep") if drop_duplicates else marked
 
-    sizes = ranked.where("minhash_keep").groupBy("minhash_cluster_size").count().collect()
+    sizes = marked.where("minhash_keep").groupBy("minhash_cluster_size").count().collect()
+    clustered.unpersist()
     cluster_sizes = {int(r["minhash_cluster_size"]): int(r["count"]) for r in sizes}
     docs_in = sum(size * n for size, n in cluster_sizes.items())
     docs_out = sum(cluster_sizes.values())
@@ -310,8 +382,9 @@ def main(argv: list[str] | None = None) -> dict:
         group = args.group.split(",") if args.group else None
         df, stats["line_dedup"] = line_dedup(df, group, settings.line_dedup, min_length=settings.extract.min_length)
     if "minhash" in steps:
-        df, stats["minhash"] = minhash_dedup(df, settings.minhash)
+        df, stats["minhash"] = minhash_dedup(df, settings.minhash, checkpoint_dir=str(output / "checkpoints"))
     df.drop(ID).write.mode("overwrite").option("compression", "zstd").parquet(str(output / "data"))
+    shutil.rmtree(output / "checkpoints", ignore_errors=True)
     stats["seconds"] = time.perf_counter() - started
     (output / "stats.json").write_text(json.dumps(stats, indent=2))
     print(json.dumps(stats, indent=2))

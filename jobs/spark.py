@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -73,3 +77,27 @@ def spark_session(app_name: str, master: str | None = None, log_file: str | os.P
     for key, value in (conf or {}).items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
+
+
+@contextmanager
+def counting_tasks(spark: SparkSession, name: str, counts: dict) -> Iterator[None]:
+    """Runs the block's Spark jobs in their own job group, then records in counts[name] how many jobs,
+    stages and tasks ran (skipped stages, whose shuffle output was reused, count for nothing)."""
+    sc = spark.sparkContext
+    group = f"{name}-{uuid.uuid4().hex[:8]}"
+    sc.setJobGroup(group, name)
+    try:
+        yield
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+        sc.setLocalProperty("spark.job.description", None)
+        tracker = sc.statusTracker()
+        jobs = tracker.getJobIdsForGroup(group)
+        deadline = time.monotonic() + 10  # the status store hears of finished jobs through an async bus
+        while time.monotonic() < deadline and any(
+                (info := tracker.getJobInfo(job)) is None or info.status == "RUNNING" for job in jobs):
+            time.sleep(0.05)
+        stage_ids = [stage for job in jobs if (info := tracker.getJobInfo(job)) for stage in info.stageIds]
+        ran = [info.numCompletedTasks for stage in stage_ids
+               if (info := tracker.getStageInfo(stage)) and info.numCompletedTasks]
+        counts[name] = {"jobs": len(jobs), "stages": len(ran), "tasks": sum(ran), "widest_stage": max(ran, default=0)}

@@ -26,12 +26,12 @@ from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 from curation.extract import ExtractStage
-from curation.minhash import MinHashParams, document_signatures
-from curation.perplexity import PerplexityStage, load_model
+from curation.minhash import MinHashSettings, document_signatures
+from curation.perplexity import PerplexitySettings, PerplexityStage, load_model
 from curation.pipeline import run_stages
+from curation.settings import load_settings
 from curation.warc import ArchiveReader, EmptyInput, TruncatedDownload
 from jobs import curate
-from jobs.config import CONFIG_DIR, load_config
 from jobs.train_lm import train_language
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -321,21 +321,21 @@ def long_document(shared_data: Path, size: int = 4_000_000) -> str:
 def test_minhash_reads_a_bounded_prefix_of_a_huge_document(shared_data):
     text = long_document(shared_data)
     tracemalloc.start()
-    signatures, _ = document_signatures([text], MinHashParams())
+    signatures, _ = document_signatures([text], MinHashSettings())
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 64 << 20, f"{peak / 2**20:.0f} MB"
-    prefix, _ = document_signatures([text[:MinHashParams().max_chars]], MinHashParams())
+    prefix, _ = document_signatures([text[:MinHashSettings().max_chars]], MinHashSettings())
     assert (signatures == prefix).all()
-    capped, _ = document_signatures([text], MinHashParams(max_chars=1000))
-    assert (capped == document_signatures([text[:1000]], MinHashParams(max_chars=None))[0]).all()
+    capped, _ = document_signatures([text], MinHashSettings(max_chars=1000))
+    assert (capped == document_signatures([text[:1000]], MinHashSettings(max_chars=None))[0]).all()
 
 
 def test_kenlm_scores_a_bounded_prefix_of_a_huge_document(shared_data, tmp_path):
     train_language("en", [str(shared_data / "wikipedia" / "en" / "wikitext2-valid.tokens.txt")], tmp_path,
                    vocab_size=2000, memory="64M")
     text = long_document(shared_data)
-    stage = PerplexityStage(tmp_path, max_chars=50_000)
+    stage = PerplexityStage(PerplexitySettings(str(tmp_path), max_chars=50_000))
     (doc,) = run_stages([{"raw_content": text, "language": "en"}], [stage])
     assert doc["perplexity"] == load_model(tmp_path, "en").perplexity(text[:50_000])
     assert stage.stats["text_capped"] == 1
@@ -374,7 +374,7 @@ def test_curate_keeps_every_good_document_and_lists_every_bad_input(spark, share
         response_member("http://noise.example/", bytes(rng.getrandbits(8) for _ in range(8000))) +
         response_member("http://controls.example/", bytes(rng.choice(range(1, 32)) for _ in range(8000))))
     overrides = ["input.backoff_seconds=0.01", "input.retries=1"]
-    config = load_config(CONFIG_DIR / "curate.yaml", [f"input.paths={json.dumps(real)}", *overrides])
+    config = load_settings(curate.CurateSettings, None, [f"input.paths={json.dumps(real)}", *overrides])
     started = time.perf_counter()
     curate.run(spark, config, tmp_path / "run", {"perplexity": False, "wikiref": False})
     kept_before = set(pq.read_table(tmp_path / "run" / "curated", columns=["url"]).column("url").to_pylist())
@@ -383,7 +383,7 @@ def test_curate_keeps_every_good_document_and_lists_every_bad_input(spark, share
     # The same run directory: the good segments are resumed, the bad ones added, phase 2 redone.
     with dropping_server(b"".join(good), "always") as (_, url):
         mixed = [*real, *sorted(str(p) for p in bad.iterdir()), url]
-        config = load_config(CONFIG_DIR / "curate.yaml", [f"input.paths={json.dumps(mixed)}", *overrides])
+        config = load_settings(curate.CurateSettings, None, [f"input.paths={json.dumps(mixed)}", *overrides])
         started = time.perf_counter()
         stats = curate.run(spark, config, tmp_path / "run", {"perplexity": False, "wikiref": False})
         print(f"with the bad input: {time.perf_counter() - started:.0f} s")

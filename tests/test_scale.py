@@ -1,0 +1,57 @@
+"""Phase 2 sized to the data: tasks follow the text, MinHash clusters never land on one task."""
+
+import json
+
+import pytest
+
+from curation.minhash import MinHashDedupStage, MinHashSettings
+from curation.settings import load_settings
+from jobs import curate
+
+NO_MODELS = {"perplexity": False, "wikiref": False}
+
+
+def test_tiny_partition_size_runs_annotate_on_several_tasks(spark, shared_data, tmp_path):
+    inputs = [str(shared_data / "wet/CC-MAIN-2019-30-697-docs.warc.wet.gz")]
+    config = load_settings(curate.CurateSettings, None, [f"input.paths={json.dumps(inputs)}",
+                                                         "partitions.text_bytes=200000", "minhash.enabled=false"])
+    stats = curate.run(spark, config, tmp_path / "run", NO_MODELS)
+
+    written = json.loads((tmp_path / "run" / "stats.json").read_text())
+    partitions, tasks = written["partitions"], written["tasks"]
+    # ~1 MB of text after line dedup: one task per 200 kB, whatever the two cores.
+    assert partitions["annotated_text_bytes"] > 5 * 200_000
+    assert partitions["annotate"] == -(-partitions["annotated_text_bytes"] // 200_000) >= 5
+    assert tasks["annotate"]["widest_stage"] == partitions["annotate"]
+    assert tasks["line_dedup"]["tasks"] >= 1 and tasks["write"]["tasks"] >= 1
+    assert written["stages"]["langid"]["in"] == written["stages"]["line_dedup"]["out"]
+    assert written["stages"]["langid"]["out"] == stats["documents_out"]
+    assert spark.conf.get("spark.sql.shuffle.partitions") == "4"  # the shared session's settings restored
+
+
+def test_cluster_of_identical_pages_kept_once(spark, shared_data, tmp_path):
+    from jobs.dedup import minhash_dedup
+
+    book = (shared_data / "text" / "botchan.en.txt").read_text(encoding="utf-8")
+    page, others = book[:3000], [book[3000 * k:3000 * (k + 1)] for k in range(1, 6)]
+    docs = [{"url": f"https://copy.example/{i:04d}", "raw_content": page, "perplexity": 100.0} for i in range(300)]
+    docs[123]["perplexity"] = 50.0  # the lowest perplexity wins over the smallest url
+    docs += [{"url": f"https://other.example/{i}", "raw_content": text, "perplexity": 10.0}
+             for i, text in enumerate(others)]
+    settings = MinHashSettings()
+    kept, stats = minhash_dedup(spark.createDataFrame(docs).repartition(4), settings,
+                                checkpoint_dir=str(tmp_path / "checkpoints"))
+    rows = sorted((r["url"], r["minhash_cluster_size"]) for r in kept.collect())
+    assert rows == [("https://copy.example/0123", 300), *((f"https://other.example/{i}", 1) for i in range(5))]
+    assert stats["cluster_sizes"] == {"1": 5, "300": 1} and stats["dropped"]["near_duplicate"] == 299
+    local = list(MinHashDedupStage(settings)(docs))
+    assert sorted((d["url"], d["minhash_cluster_size"]) for d in local) == rows
+    assert list((tmp_path / "checkpoints").glob("cc-*/round-*")) != []  # the last round, read by `kept`
+
+
+def test_connected_components_fail_clearly_at_the_bound(spark, tmp_path):
+    from jobs.dedup import connected_components
+
+    chain = spark.createDataFrame([(i, i + 1) for i in range(64)], "src long, dst long")
+    with pytest.raises(RuntimeError, match="did not converge in 1 rounds"):
+        connected_components(chain, max_iterations=1, checkpoint_dir=str(tmp_path))

@@ -23,3 +23,15 @@ def spark(tmp_path_factory):
                                   "spark.sql.shuffle.partitions": "4"})
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One torch thread for a module of tiny models: on a shared CPU, OpenMP threads that wait on each
+    other slow them by 10×. Modules ask for it with `pytestmark = pytest.mark.usefixtures(...)`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

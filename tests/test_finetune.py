@@ -33,13 +33,7 @@ from trainer.sample import beam_search, generate
 from trainer.sample import main as sample_main
 from trainer.train import checkpoints, load_checkpoint, train, train_state
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

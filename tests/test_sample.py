@@ -13,13 +13,7 @@ from trainer import convert
 from trainer.model import ModelConfig, Transformer
 from trainer.sample import attention_mask, beam_search, default_device_and_dtype, generate, generate_batch, main
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def peaked_model(vocab: int, seed: int, **overrides) -> Transformer:

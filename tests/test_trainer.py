@@ -47,13 +47,7 @@ VOCAB = 512
 TINY = dict(vocab_size=VOCAB, max_seq_len=64)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared CPU, OpenMP threads that wait on each other slow tiny models by 10×."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def make_corpus(shared_data, root):

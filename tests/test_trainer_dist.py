@@ -19,12 +19,7 @@ def corpus(shared_data, tmp_path_factory):
     return make_corpus(shared_data, tmp_path_factory.mktemp("trainer-dist"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def torchrun(corpus, out_dir, *settings: str) -> tuple[list[float], str]:

@@ -164,7 +164,7 @@ shards:
 
 # --- dedup ---
 # `make dedup DEDUP_INPUT=DIR DEDUP_OUTPUT=DIR`: CCNet line dedup then MinHash near-duplicate removal
-# over any Parquet with url and raw_content; ARGS passes more options (e.g. --threshold 0.85).
+# over any Parquet with url and raw_content; ARGS passes settings (e.g. minhash.threshold=0.85 --group cc_segment).
 .PHONY: dedup
 dedup:
 	@if [ -z "$(DEDUP_INPUT)" ] || [ -z "$(DEDUP_OUTPUT)" ]; then \

@@ -100,4 +100,5 @@ def counting_tasks(spark: SparkSession, name: str, counts: dict) -> Iterator[Non
         stage_ids = [stage for job in jobs if (info := tracker.getJobInfo(job)) for stage in info.stageIds]
         ran = [info.numCompletedTasks for stage in stage_ids
                if (info := tracker.getStageInfo(stage)) and info.numCompletedTasks]
-        counts[name] = {"jobs": len(jobs), "stages": len(ran), "tasks": sum(ran), "widest_stage": max(ran, default=0)}
+        counts[name] = {"jobs": len(jobs), "stages": len(ran), "tasks": sum(ran), "widest_stage": max(ran, default=0),
+                        "stage_tasks": ran}

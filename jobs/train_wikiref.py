@@ -140,7 +140,7 @@ def curated_join(spark, curated: str, cited_keys: set[str], seed: int = 0,
         positives = [row.asDict() for row in joined.where(F.col("cited")).drop("cited", "url_key").collect()]
         rest = joined.where(F.col("cited").isNull()).drop("cited", "url_key")
         pool = rest.count()
-        sample = rest.orderBy(F.rand(seed))
+        sample = rest.orderBy(F.xxhash64(F.lit(seed), "url"), "url")  # the same sample whatever the partitioning
         if negatives_wanted is not None:
             sample = sample.limit(negatives_wanted)
         negatives = [row.asDict() for row in sample.collect()]

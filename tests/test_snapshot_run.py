@@ -94,7 +94,8 @@ def test_snapshot_end_to_end_with_503s_and_failed_segments_listed(reference_run)
     run_dir, done = reference_run
     assert done.returncode == 0, done.stdout + done.stderr
     stats = json.loads((run_dir / "stats.json").read_text())
-    assert list(stats["stages"]) == ["read", "extract", "line_dedup", "langid", "perplexity", "wikiref", "minhash"]
+    assert list(stats["stages"]) == ["read", "extract", "line_dedup", "langid", "c4", "perplexity", "wikiref",
+                                     "minhash"]
     table = pq.read_table(run_dir / "curated").to_pandas()
     english = table[table.language == "en"]
     assert set(english.bucket) == {"head", "middle", "tail"}  # cutoffs computed over this run

@@ -63,6 +63,8 @@ class RunSettings:
     """How a run ends."""
     max_failed_share: float = setting(0.0, "exit non-zero when more than this share of segments failed",
                                       minimum=0, maximum=1)
+    skip_after_failures: int = setting(0, "a segment that failed in this many runs in a row is skipped, not "
+                                          "retried (0: always retried)", minimum=0)
 
 
 # ---- the loader ----------------------------------------------------------------------------------

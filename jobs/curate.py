@@ -28,8 +28,10 @@ import hashlib
 import json
 import logging
 import math
+import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import time
 import uuid
@@ -40,7 +42,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-from pyspark import AccumulatorParam
+from pyspark import TaskContext
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -85,6 +87,8 @@ from jobs.spark import counting_tasks, spark_session
 
 log = logging.getLogger("curate")
 DEDUP_GROUP = "_dedup_group"
+# A task-local property the tests set to make phase 1 SIGKILL the process of each input whose path contains it.
+FAILPOINT_KILL = "ccurate.failpoint.kill_segment"
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,8 @@ EXTRACTED = schema.arrow_schema(schema.EXTRACTED)
 # Phase 2's columns before MinHash: phase 1's, then those the row-wise stages write.
 ANNOTATED = schema.arrow_schema(schema.ordered([*schema.EXTRACTED, *(f for stage in ROW_STAGES for f in stage.writes)]))
 ANNOTATED_WITH_ID = ANNOTATED.append(pa.field(DOC_ID, pa.int64()))
+TASK_STATS = "_task_stats"
+ANNOTATED_OUT = ANNOTATED_WITH_ID.append(pa.field(TASK_STATS, pa.string()))
 ROW_GROUP_DOCS = 1000
 SETTINGS_HEADER = """\
 # Every setting of the curate job with its default and meaning: the output of
@@ -118,16 +124,6 @@ SETTINGS_HEADER = """\
 # file current). Use a copy of the lines you change as `--config FILE`, or pass them as KEY=VALUE.
 """
 LIBRARIES = ["pyspark", "fasttext", "warcio", "resiliparse", "pyarrow", "numpy"]
-
-
-class StatsAccumulator(AccumulatorParam):
-    """Nested counters from every task, merged on the driver."""
-
-    def zero(self, value: dict) -> dict:
-        return {}
-
-    def addInPlace(self, value1: dict, value2: dict) -> dict:
-        return merge_stats(value1, value2)
 
 
 def segment_id(source: str) -> str:
@@ -178,13 +174,46 @@ def extract_segment(source: str, segments_dir: str, settings: CurateSettings) ->
 def extract_segments(sources, segments_dir: str, settings: CurateSettings):
     """A task's share of phase 1; a failed input is reported, never fatal to the job."""
     install_redaction()  # this runs in a Python worker: its log goes to the console
+    kill_marker = TaskContext.get().getLocalProperty(FAILPOINT_KILL) if TaskContext.get() else None
     for source in sources:
-        try:
-            extract_segment(source, segments_dir, settings)
-            yield source, None
-        except Exception as error:
-            log.exception("%s failed", source)
-            yield source, f"{type(error).__name__}: {error}"
+        yield source, extract_in_child(source, segments_dir, settings, kill_marker)
+
+
+def extract_in_child(source: str, segments_dir: str, settings: CurateSettings, kill_marker: str | None = None):
+    """`extract_segment` in a forked child process; returns None or the cause of the failure. A
+    segment whose process dies (the kernel's OOM killer, a segfault in a parser) then fails alone:
+    were it Spark's Python worker that died, Spark would retry the task and then abort the whole job,
+    and every rerun would meet the same segment."""
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=extract_and_report, args=(source, segments_dir, settings, send, kill_marker))
+    child.start()
+    send.close()
+    try:
+        error = receive.recv()
+    except EOFError:  # the child died before it could answer
+        error = None
+    child.join()
+    if child.exitcode and child.exitcode < 0:
+        cause = signal.Signals(-child.exitcode).name
+        hint = " (out of memory?)" if cause == "SIGKILL" else ""
+        error = f"the process extracting it was killed by {cause}{hint}"
+        log.error("%s failed: %s", redact_text(source), error)
+    return error
+
+
+def extract_and_report(source: str, segments_dir: str, settings: CurateSettings, send, kill_marker: str | None):
+    """The child's side of `extract_in_child`: sends None, or the error as text."""
+    if kill_marker and kill_marker in source:
+        os.kill(os.getpid(), signal.SIGKILL)
+    try:
+        extract_segment(source, segments_dir, settings)
+        send.send(None)
+    except Exception as error:
+        log.exception("%s failed", source)
+        send.send(f"{type(error).__name__}: {error}")
+    finally:
+        send.close()
 
 
 def bad_input(stages: dict) -> dict:
@@ -220,9 +249,11 @@ def row_stages(settings: CurateSettings, enabled: dict[str, bool]) -> list:
     return [stage(getattr(settings, stage.name)) for stage in ROW_STAGES if enabled.get(stage.name, True)]
 
 
-def annotate(batches, stats, settings: CurateSettings, enabled: dict[str, bool]):
+def annotate(batches, settings: CurateSettings, enabled: dict[str, bool]):
     """Row-wise stages of phase 2, streamed per partition as Arrow batches (no Row objects cross
-    between the JVM and Python); counters go to the accumulator."""
+    between the JVM and Python). The stages' counters come last, as one row whose only value is
+    TASK_STATS: read by an action, they count each partition once however often Spark reruns the
+    task (an accumulator updated here would count a recomputed partition twice)."""
     stages = row_stages(settings, enabled)
     internal = frozenset([DOC_ID])
     docs = (doc for batch in batches for doc in batch.to_pylist())
@@ -232,11 +263,10 @@ def annotate(batches, stats, settings: CurateSettings, enabled: dict[str, bool])
         doc.setdefault("bucket", "all")
         out.append(doc)
         if len(out) == ROW_GROUP_DOCS:
-            yield pa.RecordBatch.from_pylist(out, ANNOTATED_WITH_ID)
+            yield pa.RecordBatch.from_pylist(out, ANNOTATED_OUT)
             out = []
-    if out:
-        yield pa.RecordBatch.from_pylist(out, ANNOTATED_WITH_ID)
-    stats.add({"stages": stage_stats(stages)})
+    out.append({TASK_STATS: json.dumps({"stages": stage_stats(stages)})})
+    yield pa.RecordBatch.from_pylist(out, ANNOTATED_OUT)
 
 
 def with_dedup_group(spark: SparkSession, documents, segments: list[str], group_size: int):
@@ -287,7 +317,6 @@ def write_curated(spark: SparkSession, run_dir: Path, done_files: list[str], set
 
 def curate_documents(spark: SparkSession, run_dir: Path, done_files: list[str], settings: CurateSettings,
                      enabled: dict[str, bool], input_bytes: int, segments: list[str]) -> dict:
-    accumulated = spark.sparkContext.accumulator({}, StatsAccumulator())
     stats: dict = {"stages": {}, "tasks": {}}
     tasks = stats["tasks"]
     curated, tmp = run_dir / "curated", run_dir / f"curated.tmp-{uuid.uuid4().hex}"
@@ -310,11 +339,12 @@ def curate_documents(spark: SparkSession, run_dir: Path, done_files: list[str], 
     stats["partitions"] = {"input_text_bytes": input_bytes, "annotated_text_bytes": text_bytes,
                            "annotate": annotate_tasks, "shuffle": int(spark.conf.get("spark.sql.shuffle.partitions"))}
     frame = (documents.select(*EXTRACTED.names, DOC_ID).repartition(annotate_tasks)
-             .mapInArrow(lambda batches: annotate(batches, accumulated, settings, enabled),
-                         from_arrow_schema(ANNOTATED_WITH_ID)))
+             .mapInArrow(lambda batches: annotate(batches, settings, enabled), from_arrow_schema(ANNOTATED_OUT)))
     frame = frame.persist()  # the row-wise stages run once, not once per later pass
     with counting_tasks(spark, "annotate", tasks):
-        frame.count()
+        for row in frame.where(F.col(TASK_STATS).isNotNull()).select(TASK_STATS).collect():
+            merge_stats(stats, json.loads(row[TASK_STATS]))
+    frame = frame.where(F.col(TASK_STATS).isNull()).drop(TASK_STATS)
     models = settings.perplexity.models
     if enabled["perplexity"] and set(available_languages(models)) - set(load_cutoffs(models)):
         with counting_tasks(spark, "bucket_from_run", tasks):  # a Spark job only when needed
@@ -333,7 +363,6 @@ def curate_documents(spark: SparkSession, run_dir: Path, done_files: list[str], 
         curated.rename(old)
     tmp.rename(curated)
     shutil.rmtree(old, ignore_errors=True)
-    merge_stats(stats, accumulated.value)
     if scored:
         stats["stages"]["minhash"] = scored
     return stats
@@ -391,7 +420,10 @@ def run(spark: SparkSession, settings: CurateSettings, run_dir: str | Path,
         "config": as_dict(settings), "inputs": inputs, "python": sys.version.split()[0],
         "libraries": {name: version(name) for name in LIBRARIES}})
 
-    todo = [source for source in inputs if not is_done(segments_dir, source)]
+    failed_runs = previous_failed_runs(run_dir)
+    skip_after = settings.run.skip_after_failures
+    skipped = {s for s in inputs if skip_after and failed_runs.get(s, 0) >= skip_after and not is_done(segments_dir, s)}
+    todo = [source for source in inputs if not is_done(segments_dir, source) and source not in skipped]
     failures = {}
     if todo:
         tasks = spark.sparkContext.parallelize(todo, len(todo))
@@ -402,9 +434,8 @@ def run(spark: SparkSession, settings: CurateSettings, run_dir: str | Path,
     segment_stats = {s: json.loads((segments_dir / f"{segment_id(s)}.json").read_text())["stages"] for s in done}
     snapshot = settings.input.snapshot
     manifest = {"snapshot": snapshot_name(snapshot) if snapshot else None,
-                "segments": [{"source": s, "id": segment_id(s), "state": "done" if s in segment_stats else "failed",
-                              "error": failures.get(s), "bad_input": bad_input(segment_stats.get(s, {}))}
-                             for s in inputs]}
+                "segments": [segment_entry(s, s in segment_stats, s in skipped, failures.get(s),
+                                           failed_runs.get(s, 0), segment_stats.get(s, {})) for s in inputs]}
     write_json(run_dir / "manifest.json", manifest)
 
     stats: dict = {}
@@ -412,14 +443,36 @@ def run(spark: SparkSession, settings: CurateSettings, run_dir: str | Path,
         merge_stats(stats, {"stages": segment_stats[source]})
     done_files = [str(segments_dir / f"{segment_id(s)}.parquet") for s in done]
     merge_stats(stats, write_curated(spark, run_dir, done_files, settings, enabled, [cc_segment(s) for s in done]))
-    failed = [seg for seg in manifest["segments"] if seg["state"] == "failed"]
-    result = {**stats, "inputs": len(inputs), "segments_done": len(done), "segments_resumed": len(inputs) - len(todo),
+    failed = [seg for seg in manifest["segments"] if seg["state"] != "done"]
+    result = {**stats, "inputs": len(inputs), "segments_done": len(done),
+              "segments_resumed": len(inputs) - len(todo) - len(skipped),
               "failed_segments": failed, "output": str(run_dir / "curated"),
               "documents_out": ds.dataset(run_dir / "curated", format="parquet").count_rows(),
               "seconds": round(time.time() - started, 2)}
     write_json(run_dir / "stats.json", result)
     result["report"] = str(write_report(run_dir, bucket_cutoffs(settings, run_dir, enabled)))
     return result
+
+
+def previous_failed_runs(run_dir: Path) -> dict[str, int]:
+    """{source: runs in a row it failed in}, from the manifest the previous run left."""
+    path = run_dir / "manifest.json"
+    if not path.exists():
+        return {}
+    return {seg["source"]: seg.get("failed_runs", 0) for seg in json.loads(path.read_text())["segments"]}
+
+
+def segment_entry(source: str, done: bool, skipped: bool, error: str | None, failed_before: int,
+                  stages: dict) -> dict:
+    """A segment's line in the manifest: its state, the cause of a failure, and the runs in a row
+    it failed in (a segment that fails every time is reported as such, and can be skipped)."""
+    if done:
+        return {"source": source, "id": segment_id(source), "state": "done", "error": None, "failed_runs": 0,
+                "bad_input": bad_input(stages)}
+    if skipped:
+        error = f"skipped: failed in {failed_before} runs in a row (run.skip_after_failures)"
+    return {"source": source, "id": segment_id(source), "state": "skipped" if skipped else "failed", "error": error,
+            "failed_runs": failed_before + (not skipped), "bad_input": {}}
 
 
 def bucket_cutoffs(settings: CurateSettings, run_dir: Path, enabled: dict[str, bool]) -> dict:

@@ -534,8 +534,13 @@ def main(argv=None) -> int:
     finally:
         spark.stop()
     print_summary(stats, output)
+    return exit_code(stats, settings.run)
+
+
+def exit_code(stats: dict, run_settings: RunSettings) -> int:
+    """1 when more than `run.max_failed_share` of the segments failed or were skipped, else 0."""
     failed_share = len(stats["failed_segments"]) / max(1, stats["inputs"])
-    return 1 if failed_share > settings.run.max_failed_share else 0
+    return 1 if failed_share > run_settings.max_failed_share else 0
 
 
 def print_summary(stats: dict, output: Path) -> None:

@@ -1,10 +1,12 @@
-"""`spark-submit` of the curate and shard jobs to a Spark standalone master + worker on 127.0.0.1,
-with the code from `make package` as --py-files and the models as --archives (executors see no
-checkout); and every job's script form, which is what spark-submit runs."""
+"""`spark-submit` of the curate and shard jobs to a Spark standalone master and two workers on
+127.0.0.1, with the code from `make package` as --py-files and the models as --archives (executors
+see no checkout); a curate run that loses an executor in phase 2; and every job's script form, which
+is what spark-submit runs."""
 
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -12,10 +14,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pyspark
 import pytest
 
+from curation.settings import load_settings
+from jobs import curate
 from tokenizer import train
 from tokenizer.shards import ShardReader
 
@@ -33,7 +38,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(condition, timeout=120, what="condition"):
+def wait_for(condition, timeout=120, what="condition", poll=0.5):
     """Polls `condition` until it is true; any error counts as not yet (a half-started server
     refuses, answers nothing or half an answer)."""
     deadline = time.time() + timeout
@@ -44,7 +49,7 @@ def wait_for(condition, timeout=120, what="condition"):
                 return
         except Exception as error:  # retried until the deadline, reported then
             last_error = error
-        time.sleep(0.5)
+        time.sleep(poll)
     raise TimeoutError(f"timed out waiting for {what} (last error: {last_error!r})")
 
 
@@ -54,27 +59,28 @@ def standalone_cluster(tmp_path_factory):
     # Executors must import the project from --py-files only, never from this checkout.
     env = {key: value for key, value in os.environ.items() if key not in {"PYTHONPATH", "PYSPARK_PYTHON"}}
     # Master, worker, their web UIs, and the drivers and executors they start: on loopback only.
-    env.update(SPARK_HOME=str(SPARK_HOME), SPARK_LOCAL_IP="127.0.0.1", SPARK_WORKER_DIR=str(work / "worker"),
-               SPARK_LOG_DIR=str(work))
-    port, master_ui, worker_ui = free_port(), free_port(), free_port()
+    env.update(SPARK_HOME=str(SPARK_HOME), SPARK_LOCAL_IP="127.0.0.1", SPARK_LOG_DIR=str(work))
+    port, master_ui = free_port(), free_port()
     spark_class = SPARK_HOME / "bin" / "spark-class"
     master = subprocess.Popen([spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
                                "--port", str(port), "--webui-port", str(master_ui)], cwd=work, env=env,
                               stdout=open(work / "master.log", "w"), stderr=subprocess.STDOUT)
-    worker = subprocess.Popen([spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
-                               "--cores", "2", "--memory", "2g", "--webui-port", str(worker_ui),
-                               f"spark://127.0.0.1:{port}"], cwd=work, env=env,
-                              stdout=open(work / "worker.log", "w"), stderr=subprocess.STDOUT)
+    # Two workers of one core each: a job's executors live on both, and one can be lost.
+    workers = [subprocess.Popen([spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
+                                 "--cores", "1", "--memory", "1536m", "--webui-port", str(free_port()),
+                                 "--work-dir", str(work / f"worker-{i}"), f"spark://127.0.0.1:{port}"],
+                                cwd=work, env=env, stdout=open(work / f"worker-{i}.log", "w"), stderr=subprocess.STDOUT)
+               for i in range(2)]
     try:
         def worker_registered():
             with urllib.request.urlopen(f"http://127.0.0.1:{master_ui}/json/", timeout=5) as answer:
-                return json.load(answer).get("aliveworkers", 0) >= 1
-        wait_for(worker_registered, what="the worker to register with the master")
-        held = sockets_of_tree(master.pid) | sockets_of_tree(worker.pid)
+                return json.load(answer).get("aliveworkers", 0) >= 2
+        wait_for(worker_registered, what="the workers to register with the master")
+        held = sockets_of_tree(master.pid).union(*(sockets_of_tree(worker.pid) for worker in workers))
         assert len(held) >= 4 and all(is_loopback(address) for _, address, _ in held), held
         yield f"spark://127.0.0.1:{port}", env, work
     finally:
-        for process in (worker, master):
+        for process in (*workers, master):
             process.terminate()
             process.wait(timeout=60)
 
@@ -105,7 +111,7 @@ def test_spark_submit_to_standalone_cluster_with_packaged_code_and_models(standa
     table = pq.read_table(tmp_path / "run" / "curated").to_pandas()
     assert len(table) == int(curated[1]) > 450 and (table.language == "en").sum() > 180
     # The executors ran the packaged code: their Python workers imported it from the zip.
-    assert list((work / "worker").rglob("ccurate.zip"))
+    assert list(work.glob("worker-*/*/*/ccurate.zip"))
 
 
 def test_shard_job_on_the_standalone_cluster(standalone_cluster, shared_data, tmp_path):
@@ -125,3 +131,63 @@ def test_shard_job_on_the_standalone_cluster(standalone_cluster, shared_data, tm
     readers = [ShardReader(idx.with_suffix("")) for idx in sorted((tmp_path / "shards").glob("*.idx"))]
     assert sum(len(r) for r in readers) == sum(map(len, docs.values())) == sum(
         s["num_docs"] for s in stats["splits"].values())
+
+
+def submit_curate(master: str, env: dict, work: Path, output: Path, inputs: list[str], log: Path) -> subprocess.Popen:
+    """spark-submit of the curate job, its console to `log` (a pipe nobody reads would fill and stop it)."""
+    subprocess.run(["make", "-s", "package"], cwd=REPO_ROOT, check=True, capture_output=True)
+    return subprocess.Popen(
+        [SPARK_HOME / "bin" / "spark-submit", "--master", master, "--executor-memory", "1g",
+         "--conf", f"spark.pyspark.python={BIN / 'python'}", "--py-files", str(REPO_ROOT / "dist/ccurate.zip"),
+         "--archives", f"{REPO_ROOT / 'dist/models.tar.gz'}#models", str(REPO_ROOT / "jobs/curate.py"),
+         "--output", str(output), "langid.model=models/lid.176.ftz", "--input", *inputs],
+        cwd=work, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def executors_of(worker_dir: Path) -> list[psutil.Process]:
+    """The executor JVMs a worker started (each runs in a folder under the worker's --work-dir)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if "org.apache.spark.executor.CoarseGrainedExecutorBackend" in (process.info["cmdline"] or []) and \
+                    Path(process.cwd()).is_relative_to(worker_dir):
+                found.append(process)
+        except psutil.Error:  # gone, or not ours
+            continue
+    return found
+
+
+def test_phase_2_survives_an_executor_killed_during_connected_components(standalone_cluster, shared_data, spark,
+                                                                          tmp_path):
+    master, env, work = standalone_cluster
+    inputs = [str(shared_data / "warc/CC-MAIN-2020-34-excerpt.warc.gz"),
+              str(shared_data / "wet/CC-MAIN-2019-30-697-docs.warc.wet.gz")]
+    output = tmp_path / "run"
+    console = tmp_path / "console.log"
+    job = submit_curate(master, env, work, output, inputs, console)
+    try:
+        # Connected components have started once a round's edges are being written.
+        wait_for(lambda: list(output.glob("checkpoints/cc-*/round-*")) or job.poll() is not None,
+                 timeout=600, poll=0.1, what="connected components to start")
+        victims = executors_of(work / "worker-0")
+        assert job.poll() is None and victims, "the run ended before an executor could be killed"
+        for executor in victims:
+            executor.send_signal(signal.SIGKILL)
+        job.wait(timeout=600)
+    finally:
+        job.kill()
+    log = console.read_text()
+    assert job.returncode == 0, log[-5000:]
+    assert "Lost executor" in log and "Shuffle files lost for executor" in log
+    # The same run in local mode, no executor lost: the same documents.
+    settings = load_settings(curate.CurateSettings, None, [f"input.paths={json.dumps(inputs)}"])
+    curate.run(spark, settings, tmp_path / "local", curate.model_stages(settings))
+    columns = ["url", "raw_content", "language", "bucket"]
+    cluster_docs = pq.read_table(output / "curated", columns=columns).to_pandas().sort_values("url")
+    local_docs = pq.read_table(tmp_path / "local" / "curated", columns=columns).to_pandas().sort_values("url")
+    assert len(cluster_docs) > 450
+    assert cluster_docs.reset_index(drop=True).equals(local_docs.reset_index(drop=True))
+    # The counts are those of the rows written, though some of phase 2's tasks ran twice.
+    stats = json.loads((output / "stats.json").read_text())
+    assert stats["stages"]["minhash"]["out"] == stats["documents_out"] == len(cluster_docs)
+    assert stats["stages"]["langid"]["in"] == stats["stages"]["line_dedup"]["out"]

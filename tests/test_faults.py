@@ -1,0 +1,55 @@
+"""Faults a long run meets (issue 13): a segment whose process dies fails alone, with its cause, and
+is reported (and can be skipped) when it keeps failing; phase 2's counts equal the rows written."""
+
+import json
+
+import pyarrow.parquet as pq
+
+from curation.settings import RunSettings, load_settings
+from jobs import curate
+
+INPUTS = ("warc/CC-MAIN-2020-34-excerpt.warc.gz", "warc/wget-org-pages.warc.gz",
+          "wet/CC-MAIN-2024-22-one-page.warc.wet.gz")
+DYING = "wget-org-pages"
+NO_MODELS = {"perplexity": False, "wikiref": False}
+
+
+def settings_for(shared_data, *overrides):
+    paths = [str(shared_data / name) for name in INPUTS]
+    return load_settings(curate.CurateSettings, None, [f"input.paths={json.dumps(paths)}", *overrides])
+
+
+def test_a_segment_whose_process_is_killed_fails_alone_and_is_skipped_once_it_keeps_failing(spark, shared_data,
+                                                                                            tmp_path):
+    run_dir = tmp_path / "run"
+    spark.sparkContext.setLocalProperty(curate.FAILPOINT_KILL, DYING)  # its extraction gets SIGKILL
+    try:
+        stats = curate.run(spark, settings_for(shared_data, "run.skip_after_failures=1"), run_dir, NO_MODELS)
+    finally:
+        spark.sparkContext.setLocalProperty(curate.FAILPOINT_KILL, None)
+    segments = {seg["source"].split("/")[-1]: seg for seg in json.loads((run_dir / "manifest.json").read_text())
+                ["segments"]}
+    dying = segments["wget-org-pages.warc.gz"]
+    assert dying["state"] == "failed" and "killed by SIGKILL" in dying["error"] and dying["failed_runs"] == 1
+    assert [seg["state"] for name, seg in segments.items() if DYING not in name] == ["done", "done"]
+    assert not list((run_dir / "segments").glob(f"{DYING}*"))  # nothing half-written left behind
+    curated = pq.read_table(run_dir / "curated")
+    assert curated.num_rows == stats["documents_out"] > 0
+    assert not any(DYING in url for url in curated.column("url").to_pylist())
+    assert curate.exit_code(stats, RunSettings()) == 1
+    assert curate.exit_code(stats, RunSettings(max_failed_share=0.5)) == 0
+    # Counts from the rows the stages wrote: each stage's output is the next one's input, and the
+    # last one's is what the curated Parquet holds.
+    stages = stats["stages"]
+    assert stages["line_dedup"]["out"] == stages["langid"]["in"]
+    assert stages["langid"]["out"] == stages["c4"]["in"]
+    assert stages["c4"]["out"] == stages["minhash"]["in"]
+    assert stages["minhash"]["out"] == curated.num_rows
+
+    # The next run (the failpoint off) does not retry it: it failed in 1 run in a row.
+    stats = curate.run(spark, settings_for(shared_data, "run.skip_after_failures=1"), run_dir, NO_MODELS)
+    dying = {seg["source"].split("/")[-1]: seg for seg in json.loads((run_dir / "manifest.json").read_text())
+             ["segments"]}["wget-org-pages.warc.gz"]
+    assert dying["state"] == "skipped" and "failed in 1 runs in a row" in dying["error"]
+    assert stats["segments_resumed"] == 2 and stats["failed_segments"] == [dying]
+    assert not list((run_dir / "segments").glob(f"{DYING}*"))

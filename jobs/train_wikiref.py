@@ -29,7 +29,9 @@ import datetime as dt
 import glob
 import hashlib
 import json
+import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -257,9 +259,25 @@ def find_positives(cited: dict[str, str], pages: list[str], references: list[str
     return found
 
 
+# fastText 0.9.3 initialises only the first `thread`/10 of its input matrix (`uniformThread`'s block
+# is a tenth of it) and, unlike 0.9.2, allocates it uninitialised (intgemm's AlignedVector): the rest
+# holds whatever the allocator hands back. In a fresh process with large allocations always mapped
+# fresh from the kernel (MALLOC_MMAP_THRESHOLD_ fixes glibc's threshold, which otherwise grows after
+# a free) that is zeros, as in 0.9.2; in a process that trained or freed big buffers before it is
+# garbage, and the model comes out degenerate (scores stuck at 0 or 1) or fastText "Encounters NaN".
+FIT_IN_FRESH_PROCESS = """
+import json, sys, fasttext
+try:
+    fasttext.train_supervised(input=sys.argv[1], verbose=0, **json.loads(sys.argv[3])).save_model(sys.argv[2])
+except RuntimeError as error:
+    sys.exit(f"fastText: {error}")
+"""
+
+
 def fit(train_rows: list[tuple[str, str]], hyper: dict, output: Path, log):
-    """fastText on (label, line) rows; returns (model, the hyperparameters used). fastText diverges
-    ("Encountered NaN") now and then at a high learning rate on small data: halve it and retry."""
+    """fastText on (label, line) rows, trained in a fresh process (see FIT_IN_FRESH_PROCESS); returns
+    (model, the hyperparameters used). fastText diverges ("Encountered NaN") now and then at a high
+    learning rate on small data: halve it and retry."""
     import fasttext
 
     output.mkdir(parents=True, exist_ok=True)
@@ -267,17 +285,21 @@ def fit(train_rows: list[tuple[str, str]], hyper: dict, output: Path, log):
         for label, text in train_rows:
             handle.write(f"{LABEL_PREFIX}{label} {text}\n")
         train_file = Path(handle.name)
+    model_file = train_file.with_suffix(".bin")
+    environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 << 10)}
     try:
         for attempt in range(4):
-            try:
-                return fasttext.train_supervised(input=str(train_file), verbose=0, **hyper), hyper
-            except RuntimeError as error:
-                if "NaN" not in str(error) or attempt == 3:
-                    raise
-                log(f"fastText diverged at lr={hyper['lr']}; retrying at lr={hyper['lr'] / 2}")
-                hyper = {**hyper, "lr": hyper["lr"] / 2}
+            result = subprocess.run([sys.executable, "-c", FIT_IN_FRESH_PROCESS, str(train_file), str(model_file),
+                                     json.dumps(hyper)], env=environment, capture_output=True, text=True)
+            if result.returncode == 0:
+                return fasttext.load_model(str(model_file)), hyper
+            if "NaN" not in result.stderr or attempt == 3:
+                raise RuntimeError(f"fastText training failed: {result.stderr.strip()[-2000:]}")
+            log(f"fastText diverged at lr={hyper['lr']}; retrying at lr={hyper['lr'] / 2}")
+            hyper = {**hyper, "lr": hyper["lr"] / 2}
     finally:
         train_file.unlink()
+        model_file.unlink(missing_ok=True)
 
 
 def train(wikipedia: list[str], pages: list[str], output: Path, references: list[str] = (),

@@ -11,7 +11,14 @@ import pytest
 from curation.extract import ExtractSettings, ExtractStage
 from curation.pipeline import run_stages
 from curation.warc import ArchiveReader
-from curation.wikiref import WikirefSettings, WikirefStage, article_passages, load_model, reference_probabilities
+from curation.wikiref import (
+    WikirefSettings,
+    WikirefStage,
+    article_passages,
+    fasttext_line,
+    load_model,
+    reference_probabilities,
+)
 from jobs.train_wikiref import TooFewPositives, WikirefTrainingSettings, roc_auc, train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,6 +61,28 @@ def test_manifest_records_positives_and_metrics(trained):
     assert held_out["at_0.5"]["precision"] > 0.8 and held_out["at_0.25"]["recall"] > 0.75, held_out
     assert manifest["hyperparameters"]["wordNgrams"] == 2
     assert manifest["cited_url_keys"] > 1000
+
+
+def test_training_again_in_a_process_that_trained_before_gives_the_same_model(trained, shared_data, tmp_path):
+    # fastText 0.9.3 leaves most of its input matrix uninitialised: trained in a process whose
+    # allocator hands back memory of an earlier training, the model would come out different
+    # (degenerate, or "Encountered NaN").
+    import fasttext
+
+    _, first = trained
+    articles, pages = training_inputs(shared_data)
+    earlier = tmp_path / "earlier.txt"
+    passages = [passage for article in articles for passage in article_passages(Path(article).read_text())]
+    passages += [page["raw_content"] for page in ArchiveReader().read(next(p for p in pages if "697" in p))]
+    earlier.write_text("".join(f"__label__{i % 2} {fasttext_line(text)}\n" for i, text in enumerate(passages)))
+    for _ in range(2):
+        try:
+            fasttext.train_supervised(input=str(earlier), dim=32, bucket=200_000, wordNgrams=2, thread=1, verbose=0)
+        except RuntimeError:  # "Encountered NaN" is one of the ways it shows
+            pass
+    again = train(articles, pages, tmp_path / "again", allow_fallback=True, settings=WikirefTrainingSettings(seed=1),
+                  log=lambda m: None)
+    assert again["sha256"] == first["sha256"]
 
 
 def test_ranks_unseen_wikipedia_text_above_cc_spam(trained, shared_data):

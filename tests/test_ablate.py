@@ -43,6 +43,7 @@ def run_dir(shared_data, models, tmp_path_factory):
     (root / "segments").mkdir()
     pq.write_table(pa.table({"url": [p["url"] for p in pages], "raw_content": [p["raw_content"] for p in pages]}),
                    root / "segments" / "seg-0.parquet")
+    (root / "segments" / "seg-0.json").write_text(json.dumps({"documents": len(pages)}))  # as a run's sidecar
     model = fasttext.load_model(str(models[1] / "wikiref.bin"))
     for b, bucket in enumerate(("head", "tail")):
         part = pages[b::2]
@@ -80,7 +81,7 @@ def test_reduced_ablation(shared_data, models, run_dir, tmp_path):
 
     # The held-out raw documents are out of every arm, by URL and by text.
     raw_eval = set(saved["eval_sets"]["raw"]["urls"])
-    segments = pq.read_table(run_dir / "segments").to_pydict()
+    segments = pq.read_table(run_dir / "segments" / "seg-0.parquet").to_pydict()
     texts_by_url = dict(zip(segments["url"], segments["raw_content"]))
     assert raw_eval and raw_eval <= set(texts_by_url)
     eval_texts = {texts_by_url[u] for u in raw_eval}

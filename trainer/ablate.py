@@ -64,14 +64,15 @@ class AblationConfig:
     max_tokens: int = 2_000_000  # an arm is encoded up to this many tokens (bounds the work on big runs)
     split_seed: int = 0  # draws the held-out raw slice and the order of documents within an arm
     raw_heldout_fraction: float = 0.05  # share of phase-1 documents (by URL hash) held out of every arm
-    eval_tokens: int = 32_768  # tokens per evaluation set at most (whole documents)
+    eval_tokens: int = 32_768  # tokens per evaluation set at most (documents in seeded order, the last one cut)
     vocab_size: int = 4096  # the shared tokenizer's (shrunk by tokenizer.train when the sample is small)
     tokenizer_chars: int = 20_000_000  # character budget of the tokenizer's sample
     character_coverage: float = 0.9995  # below LLaMA's 0.99995: raw pages hold CJK text a small vocabulary cannot
     preset: str = "tiny"  # model size from trainer.model.PRESETS
     seq_len: int = 128  # tokens of context per window
-    batch_size: int = 8  # windows per step
-    max_steps: int = 300  # optimizer steps per model
+    batch_size: int = 4  # windows per step
+    max_steps: int = 200  # optimizer steps per model (defaults: ~100k tokens, about one pass over a bucket of the
+    # shared-data run, ~40 s a model on one busy core; scale all three up with the run)
     lr: float | None = None  # peak learning rate; None: the preset's
     eval_batches: int = 2  # the trainer's own validation batches (on `wikipedia`) at start and end
     threads: int = 1  # torch threads (more only on an idle machine: waiting OpenMP threads slow tiny models)
@@ -101,7 +102,7 @@ def paragraph_hashes(text: str) -> set[str]:
 
 # --- the run's documents ---
 
-def read_parquet(path: Path, columns: list[str], partitioning: str | None = None) -> dict[str, list]:
+def read_parquet(path: Path | list[str], columns: list[str], partitioning: str | None = None) -> dict[str, list]:
     dataset = ds.dataset(path, format="parquet", partitioning=partitioning)
     present = [c for c in columns if c in dataset.schema.names]
     table = dataset.to_table(columns=present)
@@ -115,7 +116,7 @@ def arm_candidates(run_dir: Path, cfg: AblationConfig) -> dict[str, list[Documen
     segments = sorted((run_dir / "segments").glob("*.parquet"))
     if not segments:
         raise FileNotFoundError(f"{run_dir}/segments: no phase-1 Parquet (is {run_dir} a curate run directory?)")
-    raw = read_parquet(run_dir / "segments", ["url", "raw_content"])
+    raw = read_parquet([str(p) for p in segments], ["url", "raw_content"])  # beside them: each segment's stats
     rows = [dict(zip(curated, values)) for values in zip(*curated.values())]
     rows = [r for r in rows if r["raw_content"] and (cfg.language is None or r["language"] == cfg.language)]
 
@@ -307,6 +308,7 @@ def run_ablation(run_dir: str | Path, out_dir: str | Path, cfg: AblationConfig, 
 
     candidates = arm_candidates(run_dir, cfg)
     wiki_docs, wiki_check = wikipedia_eval(wikipedia or [], Path(lm_dir), Path(wikiref_dir))
+    wiki_docs.sort(key=lambda d: seeded_fraction(d.url + "\0" + d.text, cfg.split_seed))  # not the file's first few
     raw_eval = [d for d in candidates["raw"] if seeded_fraction(d.url, cfg.split_seed) < cfg.raw_heldout_fraction]
     if not raw_eval:
         raise ValueError(f"raw_heldout_fraction={cfg.raw_heldout_fraction} of {len(candidates['raw'])} "

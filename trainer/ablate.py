@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 import torch
 
 from curation.normalize import normalize
-from curation.wikipedia import read_articles, read_wikitext
+from curation.wikipedia import read_articles
 from tokenizer import train as tokenizer_train
 from tokenizer.encode import load_processor
 from tokenizer.shards import ShardWriter
@@ -52,6 +52,7 @@ BUCKET_ARMS = ("head", "middle", "tail")
 ARMS = (*BUCKET_ARMS, "wikiref", "curated", "c4", "raw")
 EVAL_SETS = ("wikipedia", "raw")
 MIN_PARAGRAPH_CHARS = 100  # shorter normalized lines ("Early life", "References") are shared by unrelated articles
+EVAL_BATCH = 16  # windows per forward when evaluating (no gradients: larger batches are cheaper per token)
 FINAL_LOSS_STEPS = 10  # the final training loss is the mean of this many last steps (one step is noisy)
 
 
@@ -71,8 +72,8 @@ class AblationConfig:
     preset: str = "tiny"  # model size from trainer.model.PRESETS
     seq_len: int = 128  # tokens of context per window
     batch_size: int = 4  # windows per step
-    max_steps: int = 200  # optimizer steps per model (defaults: ~100k tokens, about one pass over a bucket of the
-    # shared-data run, ~40 s a model on one busy core; scale all three up with the run)
+    max_steps: int = 150  # optimizer steps per model (defaults: 77k tokens, about one pass over a bucket of the
+    # shared-data run, ~1 min a model on one busy core; scale all three up with the run)
     lr: float | None = None  # peak learning rate; None: the preset's
     eval_batches: int = 2  # the trainer's own validation batches (on `wikipedia`) at start and end
     threads: int = 1  # torch threads (more only on an idle machine: waiting OpenMP threads slow tiny models)
@@ -141,20 +142,13 @@ def trained_wikipedia(lm_dir: Path, wikiref_dir: Path) -> tuple[set[str], set[st
     from the sources their manifests record (read again with the readers they used)."""
     titles, paragraphs, sources = set(), set(), []
     lm_manifest = json.loads((lm_dir / "manifest.json").read_text())
-    for entry in lm_manifest.get("languages", {}).values():
-        for source in entry["sources"]:
-            sources.append(source)
-            for article in read_articles(source):
-                titles.add(article.title)
-                paragraphs |= paragraph_hashes(article.text)
-    wikiref_manifest = json.loads((wikiref_dir / "manifest.json").read_text())
-    for source in wikiref_manifest["inputs"]["wikipedia"]:
-        sources.append(source)
-        for article in read_wikitext([source]):
+    sources += [source for entry in lm_manifest.get("languages", {}).values() for source in entry["sources"]]
+    # The classifier read wikitext (its cited URLs; with the fallback, its passages): as plain text, the same articles.
+    sources += json.loads((wikiref_dir / "manifest.json").read_text())["inputs"]["wikipedia"]
+    for source in sources:
+        for article in read_articles(source):
             titles.add(article.title)
-            # The classifier saw the wikitext; its paragraphs as plain text are what an article holds.
-            for plain in read_articles(source):
-                paragraphs |= paragraph_hashes(plain.text)
+            paragraphs |= paragraph_hashes(article.text)
     return titles, paragraphs, sources
 
 
@@ -341,10 +335,11 @@ def run_ablation(run_dir: str | Path, out_dir: str | Path, cfg: AblationConfig, 
     eval_info["wikipedia"]["check"] = wiki_check
 
     encoded = {name: encode(sp, docs, cfg.max_tokens) for name, docs in arms.items()}
-    budget = cfg.token_budget or min(tokens for _, tokens in encoded.values())
+    smallest = min(encoded, key=lambda name: encoded[name][1])
+    budget = cfg.token_budget or encoded[smallest][1]
     results = {"run": str(run_dir), "settings": asdict(cfg), "tokenizer": {"path": str(model_path),
-               "vocab_size": vocab}, "token_budget": budget, "skipped_arms": skipped, "eval_sets": eval_info,
-               "arms": {}}
+               "vocab_size": vocab}, "token_budget": budget, "budget_from": "token_budget" if cfg.token_budget
+               else f"the smallest arm, {smallest}", "skipped_arms": skipped, "eval_sets": eval_info, "arms": {}}
     for name, docs in arms.items():
         arrays, tokens = encoded[name]
         kept, total = [], 0
@@ -376,7 +371,7 @@ def run_ablation(run_dir: str | Path, out_dir: str | Path, cfg: AblationConfig, 
                    "tokens_trained": cfg.max_steps * cfg.batch_size * cfg.seq_len,
                    "final_train_loss": float(np.mean(trained["losses"][-FINAL_LOSS_STEPS:])), "eval": {}}
             for eval_set in EVAL_SETS:
-                loss = evaluate(model, out / "eval" / eval_set, cfg.seq_len, cfg.batch_size)
+                loss = evaluate(model, out / "eval" / eval_set, cfg.seq_len, EVAL_BATCH)
                 info = eval_info[eval_set]
                 run["eval"][eval_set] = {"loss": loss, "bpb": loss * info["tokens"] / info["bytes"] / math.log(2)}
             results["arms"][name]["runs"].append(run)

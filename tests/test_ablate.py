@@ -4,12 +4,14 @@ models' training text."""
 
 import json
 import math
+import shutil
 
 import fasttext
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from curation.report import write_report
 from curation.warc import ArchiveReader
 from curation.wikipedia import read_articles, read_wikitext
 from curation.wikiref import reference_probabilities
@@ -78,6 +80,12 @@ def test_reduced_ablation(shared_data, models, run_dir, tmp_path):
             loss, bpb = run["eval"][eval_set]["loss"], run["eval"][eval_set]["bpb"]
             assert 0 < loss < 10 and 0 < bpb < 20
     assert (out / "ablate.png").stat().st_size > 0 and "| head |" in (out / "results.md").read_text()
+    # report.html of a run shows RUN/ablate when it is there.
+    report_run = tmp_path / "report-run"
+    shutil.copytree(out, report_run / "ablate", ignore=shutil.ignore_patterns("models", "arms", "eval"))
+    (report_run / "stats.json").write_text("{}")
+    page = write_report(report_run).read_text()
+    assert "Ablation" in page and 'src="ablate/ablate.png"' in page and "<td>head</td>" in page
 
     # The held-out raw documents are out of every arm, by URL and by text.
     raw_eval = set(saved["eval_sets"]["raw"]["urls"])

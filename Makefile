@@ -214,5 +214,5 @@ ABLATE_OUT ?= $(RUN)/ablate
 ABLATE_ARGS ?=
 ablate:
 	$(PY) -m trainer.ablate --run $(RUN) --output $(ABLATE_OUT) --lm $(LM_DIR) --wikiref $(WIKIREF_DIR) \
-		--wikipedia $(WIKI_HELDOUT) $(ABLATE_ARGS)
+		$(foreach w,$(WIKI_HELDOUT),--wikipedia $(w)) $(ABLATE_ARGS)
 # --- pipeline ---

@@ -411,7 +411,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", required=True, help="results.json, ablate.png, the arms' shards and models")
     parser.add_argument("--lm", default="models/lm", help="the KenLM directory the run used (its manifest.json)")
     parser.add_argument("--wikiref", default="models/wikiref", help="the wikiref classifier directory the run used")
-    parser.add_argument("--wikipedia", nargs="+", required=True, help="Wikipedia text held out of both models")
+    parser.add_argument("--wikipedia", action="append", required=True,
+                        help="Wikipedia text held out of both models (repeat the flag for several)")
     parser.add_argument("settings", nargs="*", metavar="key=value", help="AblationConfig fields")
     args = parser.parse_args(argv)
     results = run_ablation(args.run, args.output, parse_config(args.settings), args.lm, args.wikiref, args.wikipedia)

@@ -17,7 +17,7 @@ from curation.wikipedia import read_articles, read_wikitext
 from curation.wikiref import reference_probabilities
 from jobs import train_lm, train_wikiref
 from tokenizer.shards import ShardReader
-from trainer.ablate import AblationConfig, paragraph_hashes, run_ablation
+from trainer.ablate import main, paragraph_hashes
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -62,14 +62,16 @@ def test_reduced_ablation(shared_data, models, run_dir, tmp_path):
     lm_dir, wikiref_dir = models
     wiki = shared_data / "wikipedia" / "en"
     held_out, trained = str(wiki / "wikitext2-test.tokens.txt"), str(wiki / "enwiki-pages-articles-sample.xml.bz2")
-    cfg = AblationConfig(arms=("head", "raw"), seeds=(0,), max_steps=4, batch_size=4, seq_len=64, vocab_size=1000,
-                         character_coverage=0.98, eval_tokens=4096, raw_heldout_fraction=0.1, eval_batches=1)
     out = tmp_path / "ablate"
-    # The enwiki sample trained the KenLM model: passed as evaluation text too, it must be refused.
-    results = run_ablation(run_dir, out, cfg, lm_dir, wikiref_dir, [held_out, trained])
+    # Through the command line, as `make ablate` runs it. The enwiki sample trained the KenLM model: passed
+    # as evaluation text too, its articles must be refused.
+    main(["--run", str(run_dir), "--output", str(out), "--lm", str(lm_dir), "--wikiref", str(wikiref_dir),
+          "--wikipedia", held_out, "--wikipedia", trained, 'arms=["head", "raw"]', "seeds=[0]", "max_steps=4",
+          "batch_size=4", "seq_len=64", "vocab_size=1000", "character_coverage=0.98", "eval_tokens=4096",
+          "raw_heldout_fraction=0.1", "eval_batches=1"])
 
     saved = json.loads((out / "results.json").read_text())
-    assert saved["summary"] == results["summary"]
+    assert saved["settings"]["arms"] == ["head", "raw"] and saved["settings"]["max_steps"] == 4
     assert set(saved["arms"]) == {"head", "raw"} and set(saved["summary"]) == {"head", "raw"}
     for name, arm in saved["arms"].items():
         assert arm["tokens"] == saved["token_budget"] > 0 and not arm["short"]

@@ -171,3 +171,48 @@ dedup:
 		echo "usage: make dedup DEDUP_INPUT=DIR DEDUP_OUTPUT=DIR [ARGS=...]"; exit 2; fi
 	$(PY) -m jobs.dedup --input $(DEDUP_INPUT) --output $(DEDUP_OUTPUT) $(ARGS)
 # --- dedup ---
+
+# --- pipeline ---
+# `make pipeline` (INPUT=… or SNAPSHOT=YYYY-WW, OUTPUT=run directory): lm → classifier → curate → tokenizer →
+# shards → pretrain, each a file target that make skips while its output exists and is newer than its input.
+# Offline, the models learn from the shared Wikipedia text, less WIKI_HELDOUT (the articles `make ablate`
+# evaluates on; it checks that no model read them). The run's tokenizer, shards and model go under OUTPUT.
+# `make ablate RUN=… ABLATE_OUT=…`: the same small LLaMA trained on each bucket of a run (trainer/ablate.py).
+.PHONY: pipeline ablate
+WIKI_HELDOUT ?= $(SHARED)/wikipedia/en/wikitext2-test.tokens.txt
+PIPELINE_WIKI ?= $(filter-out $(WIKI_HELDOUT),$(wildcard $(SHARED)/wikipedia/en/*)) $(SHARED)/wikipedia/wikitext
+RUN_TOKENIZER := $(OUTPUT)/tokenizer
+RUN_SHARDS := $(OUTPUT)/shards
+RUN_PRETRAIN := $(OUTPUT)/pretrain
+pipeline: $(RUN_PRETRAIN)/model.pt
+	@echo "pipeline done: models $(LM_DIR) $(WIKIREF_DIR); run $(OUTPUT) (report.html); tokenizer $(RUN_TOKENIZER);" \
+		"shards $(RUN_SHARDS); model $(RUN_PRETRAIN)/model.pt"
+$(LM_DIR)/manifest.json:
+	@echo "== pipeline: make lm → $(LM_DIR) (held out: $(WIKI_HELDOUT))"
+	$(MAKE) --no-print-directory lm WIKI="$(or $(WIKI),$(PIPELINE_WIKI))" LM_ARGS="--filter-language $(LM_ARGS)"
+$(WIKIREF_DIR)/manifest.json:
+	@echo "== pipeline: make classifier → $(WIKIREF_DIR)"
+	$(MAKE) --no-print-directory classifier CURATED= WIKIREF_FALLBACK=$(or $(WIKIREF_FALLBACK),1) ARGS=
+$(OUTPUT)/stats.json: $(LM_DIR)/manifest.json $(WIKIREF_DIR)/manifest.json
+	@echo "== pipeline: make curate → $(OUTPUT)"
+	$(MAKE) --no-print-directory curate \
+		ARGS="perplexity.models=$(LM_DIR) wikiref.model=$(WIKIREF_DIR)/wikiref.bin $(CURATE_ARGS)"
+$(RUN_TOKENIZER)/manifest.json: $(OUTPUT)/stats.json
+	@echo "== pipeline: make tokenizer → $(RUN_TOKENIZER)"
+	$(MAKE) --no-print-directory tokenizer CURATED=$(OUTPUT)/curated TOKENIZER_DIR=$(RUN_TOKENIZER)
+$(RUN_SHARDS)/stats.json: $(RUN_TOKENIZER)/manifest.json
+	@echo "== pipeline: make shards → $(RUN_SHARDS)"
+	rm -rf $(RUN_SHARDS)  # shards of an older tokenizer: the job refuses to mix them
+	$(MAKE) --no-print-directory shards CURATED=$(OUTPUT)/curated TOKENIZER_DIR=$(RUN_TOKENIZER) SHARDS_DIR=$(RUN_SHARDS)
+$(RUN_PRETRAIN)/model.pt: $(RUN_SHARDS)/stats.json
+	@echo "== pipeline: make pretrain → $(RUN_PRETRAIN)"
+	rm -rf $(RUN_PRETRAIN)  # a checkpoint of older shards would be resumed
+	$(MAKE) --no-print-directory pretrain PRETRAIN_DATA=$(RUN_SHARDS) ARGS="out_dir=$(RUN_PRETRAIN) $(PRETRAIN_ARGS)"
+
+RUN ?= $(OUTPUT)
+ABLATE_OUT ?= $(RUN)/ablate
+ABLATE_ARGS ?=
+ablate:
+	$(PY) -m trainer.ablate --run $(RUN) --output $(ABLATE_OUT) --lm $(LM_DIR) --wikiref $(WIKIREF_DIR) \
+		$(foreach w,$(WIKI_HELDOUT),--wikipedia $(w)) $(ABLATE_ARGS)
+# --- pipeline ---

@@ -126,6 +126,23 @@ def drop_table(stages: dict) -> str:
     return f"<table><tr><th>stage</th><th>in</th><th>out</th><th>dropped, by reason</th></tr>{rows}</table>"
 
 
+def ablation_section(run_dir: Path) -> str:
+    """The table and plot of `make ablate` (RUN/ablate/results.json) when it has run."""
+    path = run_dir / "ablate" / "results.json"
+    if not path.exists():
+        return ""
+    results = json.loads(path.read_text())
+    sets = list(results["eval_sets"])
+    rows = "".join(f"<tr><td>{html.escape(arm)}</td><td>{results['arms'][arm]['tokens']:,}</td>"
+                   + "".join(f"<td>{summary[s]['loss']['mean']:.3f} ± {summary[s]['loss']['std']:.3f}</td>"
+                             for s in sets) + "</tr>"
+                   for arm, summary in results["summary"].items())
+    head = "".join(f"<th>held-out {html.escape(s)} loss</th>" for s in sets)
+    return (f"<h2>Ablation: the same LLaMA trained on each arm ({len(results['settings']['seeds'])} seeds, "
+            f"mean ± std)</h2><table><tr><th>arm</th><th>tokens</th>{head}</tr>{rows}</table>"
+            '<img src="ablate/ablate.png" alt="held-out loss per arm">')
+
+
 def write_report(run_dir: str | Path, cutoffs: dict | None = None) -> Path:
     """Writes RUN_DIR/report.html and RUN_DIR/report/*.png; returns the HTML path.
     `cutoffs`: {language: {"p30": value, "p60": value}} drawn on the perplexity plots."""
@@ -167,6 +184,7 @@ languages, from {stats.get('segments_done', 0)}/{stats.get('inputs', 0)} segment
 {drop_table(stages)}
 {f'<h2>Failed segments</h2><ul>{failed}</ul>' if failed else ''}
 {figures}
+{ablation_section(run_dir)}
 <script>window.addEventListener("load", () => {{
   const images = [...document.images];
   const loaded = images.filter(i => i.complete && i.naturalWidth > 0).length;

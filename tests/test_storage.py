@@ -17,9 +17,12 @@ from pathlib import Path
 import boto3
 import pyarrow.parquet as pq
 import pytest
+import sentencepiece as spm
 from moto.server import ThreadedMotoServer
 
 from curation import storage
+from tokenizer.shards import ShardReader
+from trainer.data import find_shards
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "ccurate-test"
@@ -161,6 +164,35 @@ def test_runs_killed_in_phase_1_and_in_phase_2_resume_to_the_same_documents(s3, 
     assert not storage.list_files(f"{run}/checkpoints", recursive=True)
     assert set(storage.list_files(f"{run}/curated", recursive=True)) == {
         *storage.published_files(f"{run}/curated"), f"{run}/curated/_PUBLISHED.json"}
+
+
+def test_shards_on_s3_feed_the_trainer(s3, s3_run, shared_data, tmp_path):
+    """jobs.shards reads the curated run from S3 and writes its shards there; the trainer trains on them."""
+    spm.SentencePieceTrainer.train(input=str(shared_data / "text" / "botchan.en.txt"),
+                                   model_prefix=str(tmp_path / "tok"), vocab_size=400, model_type="bpe", minloglevel=2)
+    shards = f"s3://{BUCKET}/shards"
+    env = {**os.environ, **s3, "OMP_NUM_THREADS": "1"}
+    made = subprocess.run([sys.executable, "-m", "jobs.shards", "--input", f"{s3_run[0]}/curated", "--tokenizer",
+                           str(tmp_path / "tok.model"), "--output", shards, "--shard-tokens", "20000",
+                           "--val-fraction", "0.2", "--master", "local[2]"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert made.returncode == 0, made.stderr[-3000:]
+    names = [name[len(shards) + 1:] for name in storage.list_files(shards, recursive=True)]
+    assert {"train-00000.bin", "train-00000.idx", "val-00000.idx", "plan.json", "stats.json"} <= set(names)
+    assert not any(name.startswith("parts/") or storage.TEMPORARY.search(name) for name in names)
+    train = find_shards(shards, "train")
+    stats = json.loads(storage.read_text(f"{shards}/stats.json"))
+    assert sum(s.num_tokens for s in train) == stats["splits"]["train"]["num_tokens"] > 0
+    reader = ShardReader(train[0].prefix)
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "tok.model"))
+    texts = {text for _, text in documents(s3_run[0])}
+    assert sp.decode(reader.document(0).tolist()) in texts
+    trained = subprocess.run([sys.executable, "-m", "trainer.train", f"data_dir={shards}",
+                              f"out_dir={tmp_path / 'train'}", "preset=tiny", "seq_len=16", "batch_size=8",
+                              "max_steps=2", "eval_interval=0", "eval_batches=1"], cwd=REPO_ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "checkpoint:" in trained.stdout
 
 
 def test_output_that_is_not_a_run_directory_is_refused_untouched(tmp_path, shared_data):

@@ -9,11 +9,16 @@ Settings: `CurateSettings` below, one section per stage (defaults and meanings i
 modules; `--print-settings` lists them all), from an optional `--config` YAML and KEY=VALUE
 arguments.
 
+DIR is a local path or a URI (s3://, gs://, hdfs://: `curation.storage`); every file goes through
+that layer, Spark's data included (`jobs.storage_io`), so no Hadoop connector is needed. A new DIR
+is claimed (DIR/_ccurate_run.json); a non-empty one without that marker is refused (exit 2).
 The run directory is resumable. Phase 1 reads and extracts each input (one Spark task each,
 streaming) into DIR/segments/ID.parquet, published atomically with its stats (ID.json, written
 last, marks it done); a re-run skips done segments and redoes failed or missing ones. Phase 2
-reads every done segment and runs the run-wide stages, then replaces DIR/curated/ atomically
-(language=xx/bucket=yy/*.parquet, zstd). A stage whose model is not there (no `make lm`, no
+reads every done segment and runs the run-wide stages, then writes DIR/curated/
+(language=xx/bucket=yy/*.parquet, zstd), published by DIR/curated/_PUBLISHED.json written last
+(the files and their rows; the previous result's files are deleted after it). What a killed run
+left unpublished is removed by the next run. A stage whose model is not there (no `make lm`, no
 `make classifier`) is left out with a note, and its columns stay empty (bucket `all`). Phase 2's
 tasks follow the data: about `partitions.text_bytes` of text each, at least one per core.
 DIR/manifest.json lists the segments and their state, DIR/stats.json the counts per stage and

@@ -76,8 +76,10 @@ def join(location: str | os.PathLike, *names: str) -> str:
     return os.path.join(location, *names) if not is_uri(location) else "/".join([location.rstrip("/"), *names])
 
 
-def renames_atomically(location: str) -> bool:
-    return resolve(location)[0].type_name in ("local", "hdfs")
+def local_path(location: str | os.PathLike) -> str | None:
+    """The path on this machine's disk of a local path or `file://` URI; None on any other store."""
+    store, path = resolve(location)
+    return path if store is LOCAL else None
 
 
 def exists(location: str | os.PathLike) -> bool:

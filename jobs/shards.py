@@ -135,7 +135,7 @@ def run(spark: SparkSession, input_path: str, tokenizer: str | os.PathLike, outp
     shipped = f"tokenizer-{sha256.hex()[:16]}.model"
     if not storage.exists(storage.join(output_dir, shipped)):
         storage.write_bytes(storage.join(output_dir, shipped), model.read_bytes())
-    local_copy = storage.join(output_dir if not storage.is_uri(output_dir) else tempfile.gettempdir(), shipped)
+    local_copy = os.path.join(storage.local_path(output_dir) or tempfile.gettempdir(), shipped)
     if not os.path.exists(local_copy):
         storage.write_bytes(local_copy, model.read_bytes())
     spark.sparkContext.addFile(local_copy)

@@ -80,9 +80,10 @@ class ShardWriter:
         self._lengths: list[np.ndarray] = []  # document lengths, one array per batch of documents added
         # Written locally (beside the shard, or in a local temporary directory when it goes to a store
         # without rename), then published.
-        self._staging = None if not storage.is_uri(prefix) else tempfile.TemporaryDirectory(prefix="ccurate-shard-")
+        local = storage.local_path(prefix)
+        self._staging = None if local else tempfile.TemporaryDirectory(prefix="ccurate-shard-")
         self._tmp_bin, self._tmp_idx = (f"{path}.tmp-{uuid.uuid4().hex}" for path in shard_paths(
-            prefix if self._staging is None else os.path.join(self._staging.name, os.path.basename(str(prefix)))))
+            local or os.path.join(self._staging.name, os.path.basename(str(prefix)))))
         os.makedirs(os.path.dirname(os.path.abspath(self._tmp_bin)), exist_ok=True)
         self._bin = open(self._tmp_bin, "wb")
 
@@ -110,13 +111,14 @@ class ShardWriter:
         offsets = np.asarray(shard.offsets[first:last + 1], dtype=np.int64)
         position, remaining = int(offsets[0]) * self.dtype.itemsize, int(offsets[-1] - offsets[0]) * self.dtype.itemsize
         self._bin.flush()  # the kernel appends at the file's offset: buffered tokens go first
+        local = storage.local_path(shard.bin_path)
         while remaining:
-            if storage.is_uri(shard.bin_path):
+            if local:
+                with open(local, "rb") as source:
+                    sent = os.sendfile(self._bin.fileno(), source.fileno(), position, remaining)
+            else:
                 sent = self._bin.write(storage.read_range(shard.bin_path, position, min(remaining, COPY_BYTES)))
                 self._bin.flush()
-            else:
-                with open(shard.bin_path, "rb") as source:
-                    sent = os.sendfile(self._bin.fileno(), source.fileno(), position, remaining)
             if not sent:
                 raise ShardError(f"{shard.bin_path}: shorter than its index says (truncated while read)")
             position, remaining = position + sent, remaining - sent
@@ -206,13 +208,13 @@ class ShardReader:
         if bin_size != num_tokens * itemsize:
             raise ShardError(f"{self.bin_path}: {bin_size} bytes, expected {num_tokens * itemsize} "
                              f"for {num_tokens} tokens (truncated or corrupt)")
-        local = not storage.is_uri(self.idx_path)
-        self.offsets = (np.memmap(self.idx_path, dtype=OFFSET_DTYPE, mode="r", offset=HEADER.size) if local
+        local_idx, local_bin = storage.local_path(self.idx_path), storage.local_path(self.bin_path)
+        self.offsets = (np.memmap(local_idx, dtype=OFFSET_DTYPE, mode="r", offset=HEADER.size) if local_idx
                         else np.frombuffer(storage.read_bytes(self.idx_path), OFFSET_DTYPE, offset=HEADER.size))
         if self.offsets[0] != 0 or self.offsets[-1] != num_tokens or np.any(np.diff(self.offsets.astype(np.int64)) < 0):
             raise ShardError(f"{self.idx_path}: document offsets are not a monotone cover of {num_tokens} tokens")
-        self.tokens = (np.memmap(self.bin_path, dtype=self.dtype, mode="r") if num_tokens and local
-                       else np.zeros(0, dtype=self.dtype) if local else None)
+        self.tokens = (np.memmap(local_bin, dtype=self.dtype, mode="r") if num_tokens and local_bin
+                       else np.zeros(0, dtype=self.dtype) if local_bin else None)
         self.vocab_size = vocab_size
         self.tokenizer_sha256 = sha
         self.num_docs = num_docs

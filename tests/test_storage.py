@@ -185,8 +185,8 @@ def test_shards_on_s3_feed_the_trainer(s3, s3_run, shared_data, tmp_path):
     assert sum(s.num_tokens for s in train) == stats["splits"]["train"]["num_tokens"] > 0
     reader = ShardReader(train[0].prefix)
     sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "tok.model"))
-    texts = {text for _, text in documents(s3_run[0])}
-    assert sp.decode(reader.document(0).tolist()) in texts
+    encoded = {(sp.bos_id(), *sp.encode(text), sp.eos_id()) for _, text in documents(s3_run[0])}
+    assert tuple(reader.document(0).tolist()) in encoded
     trained = subprocess.run([sys.executable, "-m", "trainer.train", f"data_dir={shards}",
                               f"out_dir={tmp_path / 'train'}", "preset=tiny", "seq_len=16", "batch_size=8",
                               "max_steps=2", "eval_interval=0", "eval_batches=1"], cwd=REPO_ROOT, env=env,

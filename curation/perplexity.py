@@ -16,6 +16,7 @@ model or without cutoffs (and `perplexity` is then -1.0, cc_net's "no score" val
 from __future__ import annotations
 
 import csv
+import io
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from pathlib import Path
 import kenlm
 import sentencepiece as spm
 
+from curation import storage
 from curation.normalize import normalize
 from curation.pipeline import Stage
 from curation.settings import setting
@@ -117,25 +119,22 @@ def available_languages(models_dir: str | Path) -> list[str]:
 
 
 def read_cutoffs(path: str | Path) -> dict[str, list[float]]:
-    """CCNet's cutoff.csv: {lang: [p0, …, p99]}."""
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    """CCNet's cutoff.csv (a local path or URI): {lang: [p0, …, p99]}."""
+    rows = list(csv.reader(io.StringIO(storage.read_text(path), newline="")))
     header, body = rows[0], rows[1:]
     body.sort(key=lambda row: int(float(row[0])))
     return {lang: [float(row[i]) for row in body] for i, lang in enumerate(header) if i > 0 and lang}
 
 
 def write_cutoffs(path: str | Path, cutoffs: dict[str, list[float]]) -> None:
-    """Writes {lang: [p0..p99]} in CCNet's cutoff.csv format (atomically)."""
-    path = Path(path)
+    """Writes {lang: [p0..p99]} in CCNet's cutoff.csv format (atomically; a local path or URI)."""
     langs = sorted(cutoffs)
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["", *langs])
-        for i in range(100):
-            writer.writerow([i, *(_fmt(cutoffs[lang][i]) for lang in langs)])
-    tmp.replace(path)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["", *langs])
+    for i in range(100):
+        writer.writerow([i, *(_fmt(cutoffs[lang][i]) for lang in langs)])
+    storage.write_text(path, text.getvalue())
 
 
 def _fmt(value: float) -> str:

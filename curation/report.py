@@ -11,31 +11,32 @@ from __future__ import annotations
 
 import argparse
 import html
+import io
 import json
+import os
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pyarrow.dataset as ds  # noqa: E402
 
-from curation import schema  # noqa: E402
+from curation import schema, storage  # noqa: E402
 from curation.redact import redact_text  # noqa: E402
 
 SCORE_COLUMNS = ["language", *schema.SCORES]
 MAX_SAMPLES_PER_LANGUAGE = 100_000
 
 
-def read_columns(curated: Path) -> dict:
+def read_columns(curated: str) -> dict:
     """Counts per language plus a bounded sample of each score, batch by batch."""
     columns: dict = {"languages": Counter(), "characters": 0, "perplexity": defaultdict(list),
                      "wikiref_score": [], "cluster_sizes": Counter()}
-    if not curated.exists():
+    files = storage.parquet_files(curated) if storage.is_dir(curated) else []
+    if not files:
         return columns
-    dataset = ds.dataset(curated, format="parquet", partitioning="hive")
+    dataset = storage.parquet_dataset(curated, files)
     present = [name for name in SCORE_COLUMNS if name in dataset.schema.names]
     for batch in dataset.to_batches(columns=present):
         data = batch.to_pydict()
@@ -51,33 +52,35 @@ def read_columns(curated: Path) -> dict:
     return columns
 
 
-def save(fig, path: Path) -> str:
+def save(fig, location: str) -> str:
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=90)
     plt.close(fig)
-    return path.name
+    storage.write_bytes(location, png.getvalue())
+    return os.path.basename(location)
 
 
-def plot_funnel(stages: dict, out: Path) -> str:
+def plot_funnel(stages: dict, out: str) -> str:
     names = list(stages)
     fig, ax = plt.subplots(figsize=(8, 3.5))
     ax.bar(["input records"] + names, [stages[names[0]].get("in", 0)] + [stages[n].get("out", 0) for n in names],
            color="#4c72b0")
     ax.set_ylabel("documents")
     ax.set_title("Documents after each stage")
-    return save(fig, out / "funnel.png")
+    return save(fig, storage.join(out, "funnel.png"))
 
 
-def plot_languages(languages: Counter, out: Path) -> str:
+def plot_languages(languages: Counter, out: str) -> str:
     top = languages.most_common(25)
     fig, ax = plt.subplots(figsize=(8, 3.5))
     ax.bar([lang for lang, _ in top], [n for _, n in top], color="#55a868")
     ax.set_ylabel("documents")
     ax.set_title("Documents per language (top 25)")
-    return save(fig, out / "languages.png")
+    return save(fig, storage.join(out, "languages.png"))
 
 
-def plot_perplexity(perplexity: dict, cutoffs: dict, out: Path) -> str:
+def plot_perplexity(perplexity: dict, cutoffs: dict, out: str) -> str:
     langs = sorted(perplexity, key=lambda lang: -len(perplexity[lang]))[:6]
     fig, axes = plt.subplots(len(langs), 1, figsize=(8, 2.2 * len(langs)), squeeze=False)
     for ax, lang in zip(axes[:, 0], langs):
@@ -88,34 +91,34 @@ def plot_perplexity(perplexity: dict, cutoffs: dict, out: Path) -> str:
             ax.axvline(value, color="#c44e52", linestyle="--")
             ax.text(value, ax.get_ylim()[1] * 0.9, f" {name}", color="#c44e52")
         ax.set_title(f"{lang}: perplexity ({len(values)} documents)")
-    return save(fig, out / "perplexity.png")
+    return save(fig, storage.join(out, "perplexity.png"))
 
 
-def plot_histogram(values, title: str, xlabel: str, out: Path, name: str, log: bool = False) -> str:
+def plot_histogram(values, title: str, xlabel: str, out: str, name: str, log: bool = False) -> str:
     fig, ax = plt.subplots(figsize=(8, 3))
     ax.hist(values, bins=40, color="#64b5cd", log=log)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
-    return save(fig, out / name)
+    return save(fig, storage.join(out, name))
 
 
-def plot_throughput(stages: dict, out: Path) -> str:
+def plot_throughput(stages: dict, out: str) -> str:
     rates = {name: s["in"] / s["seconds"] for name, s in stages.items() if s.get("seconds") and s.get("in")}
     fig, ax = plt.subplots(figsize=(8, 3))
     ax.bar(list(rates), list(rates.values()), color="#ccb974")
     ax.set_ylabel("documents / s (one core)")
     ax.set_title("Throughput per stage")
-    return save(fig, out / "throughput.png")
+    return save(fig, storage.join(out, "throughput.png"))
 
 
-def plot_rule_hits(name: str, stage: dict, out: Path) -> str:
+def plot_rule_hits(name: str, stage: dict, out: str) -> str:
     """Lines removed and documents failed by each rule of a stage that counts them (C4's)."""
     hits = {key: n for key, n in stage.items() if key.startswith(("lines_removed.", "pages_hit.")) and n}
     fig, ax = plt.subplots(figsize=(8, 3))
     ax.barh(list(hits), list(hits.values()), color="#dd8452", log=True)
     ax.set_xlabel("lines (lines_removed.*) or documents (pages_hit.*)")
     ax.set_title(f"{name}: hits per rule")
-    return save(fig, out / f"{name}-rules.png")
+    return save(fig, storage.join(out, f"{name}-rules.png"))
 
 
 def drop_table(stages: dict) -> str:
@@ -126,12 +129,12 @@ def drop_table(stages: dict) -> str:
     return f"<table><tr><th>stage</th><th>in</th><th>out</th><th>dropped, by reason</th></tr>{rows}</table>"
 
 
-def ablation_section(run_dir: Path) -> str:
+def ablation_section(run_dir: str) -> str:
     """The table and plot of `make ablate` (RUN/ablate/results.json) when it has run."""
-    path = run_dir / "ablate" / "results.json"
-    if not path.exists():
+    path = storage.join(run_dir, "ablate", "results.json")
+    if not storage.exists(path):
         return ""
-    results = json.loads(path.read_text())
+    results = json.loads(storage.read_text(path))
     sets = list(results["eval_sets"])
     rows = "".join(f"<tr><td>{html.escape(arm)}</td><td>{results['arms'][arm]['tokens']:,}</td>"
                    + "".join(f"<td>{summary[s]['loss']['mean']:.3f} ± {summary[s]['loss']['std']:.3f}</td>"
@@ -143,15 +146,14 @@ def ablation_section(run_dir: Path) -> str:
             '<img src="ablate/ablate.png" alt="held-out loss per arm">')
 
 
-def write_report(run_dir: str | Path, cutoffs: dict | None = None) -> Path:
+def write_report(run_dir: str | os.PathLike, cutoffs: dict | None = None) -> str:
     """Writes RUN_DIR/report.html and RUN_DIR/report/*.png; returns the HTML path.
     `cutoffs`: {language: {"p30": value, "p60": value}} drawn on the perplexity plots."""
-    run_dir = Path(run_dir)
-    stats = json.loads((run_dir / "stats.json").read_text())
+    run_dir = str(run_dir)
+    stats = json.loads(storage.read_text(storage.join(run_dir, "stats.json")))
     stages = stats.get("stages", {})
-    out = run_dir / "report"
-    out.mkdir(exist_ok=True)
-    columns = read_columns(run_dir / "curated")
+    out = storage.join(run_dir, "report")
+    columns = read_columns(storage.join(run_dir, "curated"))
     plots = [("Funnel", plot_funnel(stages, out))] if stages else []
     if columns["languages"]:
         plots.append(("Languages", plot_languages(columns["languages"], out)))
@@ -175,7 +177,7 @@ def write_report(run_dir: str | Path, cutoffs: dict | None = None) -> Path:
     figures = "".join(f'<h2>{html.escape(title)}</h2><img src="report/{name}" alt="{html.escape(title)}">'
                       for title, name in plots)
     page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>Curation report: {html.escape(run_dir.name)}</title>
+<html><head><meta charset="utf-8"><title>Curation report: {html.escape(os.path.basename(run_dir.rstrip("/")))}</title>
 <style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}td,th{{padding:2px 8px;text-align:left}}
 img{{max-width:100%}}</style></head>
 <body><h1>Curation report: {html.escape(str(run_dir))}</h1>
@@ -191,8 +193,8 @@ languages, from {stats.get('segments_done', 0)}/{stats.get('inputs', 0)} segment
   document.body.dataset.imagesLoaded = loaded + "/" + images.length;
 }});</script>
 </body></html>"""
-    path = run_dir / "report.html"
-    path.write_text(page)
+    path = storage.join(run_dir, "report.html")
+    storage.write_text(path, page)
     return path
 
 

@@ -9,11 +9,16 @@ Settings: `CurateSettings` below, one section per stage (defaults and meanings i
 modules; `--print-settings` lists them all), from an optional `--config` YAML and KEY=VALUE
 arguments.
 
+DIR is a local path or a URI (s3://, gs://, hdfs://: `curation.storage`); every file goes through
+that layer, Spark's data included (`jobs.storage_io`), so no Hadoop connector is needed. A new DIR
+is claimed (DIR/_ccurate_run.json); a non-empty one without that marker is refused (exit 2).
 The run directory is resumable. Phase 1 reads and extracts each input (one Spark task each,
 streaming) into DIR/segments/ID.parquet, published atomically with its stats (ID.json, written
 last, marks it done); a re-run skips done segments and redoes failed or missing ones. Phase 2
-reads every done segment and runs the run-wide stages, then replaces DIR/curated/ atomically
-(language=xx/bucket=yy/*.parquet, zstd). A stage whose model is not there (no `make lm`, no
+reads every done segment and runs the run-wide stages, then writes DIR/curated/
+(language=xx/bucket=yy/*.parquet, zstd), published by DIR/curated/_PUBLISHED.json written last
+(the files and their rows; the previous result's files are deleted after it). What a killed run
+left unpublished is removed by the next run. A stage whose model is not there (no `make lm`, no
 `make classifier`) is left out with a note, and its columns stay empty (bucket `all`). Phase 2's
 tasks follow the data: about `partitions.text_bytes` of text each, at least one per core.
 DIR/manifest.json lists the segments and their state, DIR/stats.json the counts per stage and
@@ -30,17 +35,14 @@ import logging
 import math
 import multiprocessing
 import os
-import shutil
 import signal
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pyspark import TaskContext
 from pyspark.sql import SparkSession
@@ -48,7 +50,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from curation import schema
+from curation import schema, storage
 from curation.c4 import C4Settings, C4Stage
 from curation.commoncrawl import list_paths, select_segments, snapshot_name
 from curation.dedup_lines import LineDedupSettings
@@ -79,11 +81,13 @@ from curation.settings import (
     load_settings,
     section,
 )
+from curation.storage import NotARunDirectory
 from curation.warc import ArchiveReader, ReadSettings, cc_segment
 from curation.wikiref import WikirefSettings, WikirefStage
 from jobs.dedup import ID as DOC_ID
 from jobs.dedup import line_dedup, minhash_dedup
-from jobs.spark import counting_tasks, spark_session
+from jobs.spark import counting_tasks, run_log_file, spark_session
+from jobs.storage_io import read_parquet, write_parquet
 
 log = logging.getLogger("curate")
 DEDUP_GROUP = "_dedup_group"
@@ -141,14 +145,12 @@ def segment_id(source: str) -> str:
 def extract_segment(source: str, segments_dir: str, settings: CurateSettings) -> dict:
     """Streams one input through reading and extraction into ID.parquet; writes ID.json last."""
     seg = segment_id(source)
-    final = os.path.join(segments_dir, seg + ".parquet")
-    tmp = f"{final}.tmp-{uuid.uuid4().hex}"
     reader = ArchiveReader(settings.read.max_payload_bytes, settings.read.max_line_bytes,
                            settings.input.retries, settings.input.backoff_seconds)
     extract = ExtractStage(settings.extract)
     started = time.time()
-    try:
-        with pq.ParquetWriter(tmp, EXTRACTED, compression="zstd") as writer:
+    with storage.atomic_output(storage.join(segments_dir, seg + ".parquet")) as out:
+        with pq.ParquetWriter(out, EXTRACTED, compression="zstd") as writer:
             batch: list[dict] = []
             for doc in run_stages(reader.read(source), [extract]):
                 batch.append(doc)
@@ -158,16 +160,9 @@ def extract_segment(source: str, segments_dir: str, settings: CurateSettings) ->
             writer.write_table(pa.Table.from_pylist(batch, EXTRACTED))
         if reader.stats["dropped.corrupt_record"] and not reader.stats["out"]:
             raise ValueError("no page could be read: corrupt, or not a WARC/WET file")
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     stats = {"source": redact_text(source), "seconds": round(time.time() - started, 3),
              "stages": {"read": nest_counters(reader.stats), "extract": nest_counters(extract.stats)}}
-    tmp_json = f"{final[:-8]}.json.tmp-{uuid.uuid4().hex}"
-    with open(tmp_json, "w") as f:
-        json.dump(stats, f)
-    os.replace(tmp_json, os.path.join(segments_dir, seg + ".json"))
+    storage.write_text(storage.join(segments_dir, seg + ".json"), json.dumps(stats))
     return stats
 
 
@@ -222,8 +217,8 @@ def bad_input(stages: dict) -> dict:
     return {reason: n for stage in stages.values() for reason, n in stage["dropped"].items() if reason in reasons}
 
 
-def is_done(segments_dir: Path, source: str) -> bool:
-    return (segments_dir / f"{segment_id(source)}.json").exists()
+def is_done(segments_dir: str, source: str) -> bool:
+    return storage.exists(storage.join(segments_dir, f"{segment_id(source)}.json"))
 
 
 # ---- phase 2: run-wide stages over every done segment ------------------------------------------
@@ -282,7 +277,8 @@ def stored_text_bytes(files: list[str]) -> int:
     """Bytes of `raw_content` in phase 1's Parquet files, from their footers (no data read)."""
     total = 0
     for path in files:
-        meta = pq.read_metadata(path)
+        with storage.open_input(path) as f:
+            meta = pq.read_metadata(f)
         for group in range(meta.num_row_groups):
             row_group = meta.row_group(group)
             total += sum(row_group.column(c).total_uncompressed_size for c in range(row_group.num_columns)
@@ -301,7 +297,7 @@ SHUFFLE_CONF = ("spark.sql.shuffle.partitions", "spark.sql.adaptive.enabled",
                 "spark.sql.adaptive.coalescePartitions.enabled", "spark.sql.adaptive.advisoryPartitionSizeInBytes")
 
 
-def write_curated(spark: SparkSession, run_dir: Path, done_files: list[str], settings: CurateSettings,
+def write_curated(spark: SparkSession, run_dir: str, done_files: list[str], settings: CurateSettings,
                   enabled: dict[str, bool], segments: list[str] = ()) -> dict:
     input_bytes = stored_text_bytes(done_files)
     previous = {key: spark.conf.get(key, None) for key in SHUFFLE_CONF}
@@ -315,15 +311,12 @@ def write_curated(spark: SparkSession, run_dir: Path, done_files: list[str], set
             spark.conf.unset(key) if value is None else spark.conf.set(key, value)
 
 
-def curate_documents(spark: SparkSession, run_dir: Path, done_files: list[str], settings: CurateSettings,
+def curate_documents(spark: SparkSession, run_dir: str, done_files: list[str], settings: CurateSettings,
                      enabled: dict[str, bool], input_bytes: int, segments: list[str]) -> dict:
     stats: dict = {"stages": {}, "tasks": {}}
     tasks = stats["tasks"]
-    curated, tmp = run_dir / "curated", run_dir / f"curated.tmp-{uuid.uuid4().hex}"
-    checkpoints = run_dir / "checkpoints"
-    extracted_schema = from_arrow_schema(EXTRACTED)
-    documents = spark.read.schema(extracted_schema).parquet(*done_files) if done_files else \
-        spark.createDataFrame([], extracted_schema)
+    checkpoints = storage.join(run_dir, "checkpoints")
+    documents = read_parquet(spark, storage.join(run_dir, "segments"), done_files, EXTRACTED)
     text_bytes = input_bytes
     if settings.line_dedup.enabled:
         documents = with_dedup_group(spark, documents, segments, settings.line_dedup.group_size)
@@ -352,23 +345,19 @@ def curate_documents(spark: SparkSession, run_dir: Path, done_files: list[str], 
     scored: dict = {}
     if settings.minhash.enabled:
         with counting_tasks(spark, "minhash", tasks):
-            frame, scored = minhash_dedup(frame, settings.minhash, checkpoint_dir=str(checkpoints))
+            frame, scored = minhash_dedup(frame, settings.minhash, checkpoint_dir=checkpoints)
     with counting_tasks(spark, "write", tasks):
-        (frame.drop(DOC_ID).write.mode("overwrite").option("compression", "zstd")
-         .partitionBy("language", "bucket").parquet(str(tmp)))
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    # Replace the previous result whole: readers see the old or the new output, never a mix.
-    old = run_dir / f"curated.old-{uuid.uuid4().hex}"
-    if curated.exists():
-        curated.rename(old)
-    tmp.rename(curated)
-    shutil.rmtree(old, ignore_errors=True)
+        written = write_parquet(frame.drop(DOC_ID), storage.join(run_dir, "curated"), ["language", "bucket"])
+    storage.delete(checkpoints)
+    # The new files replace the previous result when their marker is written: readers that follow
+    # the marker see the old or the new output, never a mix.
+    storage.publish_files(storage.join(run_dir, "curated"), written)
     if scored:
         stats["stages"]["minhash"] = scored
     return stats
 
 
-def bucket_from_run(frame, run_dir: Path):
+def bucket_from_run(frame, run_dir: str):
     """Buckets for languages that have a KenLM model but no cutoffs beside it: CCNet's percentiles
     computed over this run's documents (written to RUN/cutoff.csv, CCNet's format), as `make
     cutoffs` does for the models. Returns the re-bucketed frame and the languages concerned."""
@@ -379,7 +368,7 @@ def bucket_from_run(frame, run_dir: Path):
     if not rows:
         return frame, []
     cutoffs = {row["language"]: [float(v) for v in row["cutoffs"]] for row in rows}
-    write_cutoffs(run_dir / "cutoff.csv", cutoffs)
+    write_cutoffs(storage.join(run_dir, "cutoff.csv"), cutoffs)
 
     @F.udf(T.StringType())
     def run_bucket(language, perplexity, current):  # the rule's one place: perplexity.bucket
@@ -396,7 +385,7 @@ def resolve_inputs(source: InputSettings) -> list[str]:
         return select_segments(paths, source.segments, source.seed)
     inputs = []
     for pattern in source.paths:
-        matches = sorted(glob.glob(pattern)) if "://" not in pattern else [pattern]
+        matches = sorted(glob.glob(pattern)) if not storage.is_uri(pattern) else [pattern]
         if not matches:
             raise FileNotFoundError(f"input {pattern!r} matches no file")
         inputs.extend(matches)
@@ -407,16 +396,18 @@ def resolve_inputs(source: InputSettings) -> list[str]:
 
 def run(spark: SparkSession, settings: CurateSettings, run_dir: str | Path,
         enabled: dict[str, bool] | None = None) -> dict:
-    """Curates the configured inputs into `run_dir`, resuming what an earlier run left; returns
-    (and writes) the stats. `enabled`: the result of `model_stages(settings)` when already known."""
+    """Curates the configured inputs into `run_dir` (a local path or URI, see `curation.storage`),
+    resuming what an earlier run left; returns (and writes) the stats. `enabled`: the result of
+    `model_stages(settings)` when already known. Raises NotARunDirectory for a non-empty directory
+    that is not a run directory."""
     started = time.time()
     enabled = enabled if enabled is not None else model_stages(settings)
-    run_dir = Path(run_dir)
-    segments_dir = run_dir / "segments"
-    segments_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = storage.absolute(run_dir)
+    storage.claim_run_directory(run_dir, "curate")
+    segments_dir = storage.join(run_dir, "segments")
     remove_leftovers(run_dir)
     inputs = resolve_inputs(settings.input)
-    write_json(run_dir / "config.json", {
+    write_json(storage.join(run_dir, "config.json"), {
         "config": as_dict(settings), "inputs": inputs, "python": sys.version.split()[0],
         "libraries": {name: version(name) for name in LIBRARIES}})
 
@@ -428,38 +419,39 @@ def run(spark: SparkSession, settings: CurateSettings, run_dir: str | Path,
     if todo:
         tasks = spark.sparkContext.parallelize(todo, len(todo))
         failures = dict(item for item in tasks.mapPartitions(
-            lambda part: extract_segments(part, str(segments_dir), settings)).collect() if item[1])
+            lambda part: extract_segments(part, segments_dir, settings)).collect() if item[1])
     done = [s for s in inputs if is_done(segments_dir, s)]
     # Phase-1 counters survive a resume: they are stored per segment.
-    segment_stats = {s: json.loads((segments_dir / f"{segment_id(s)}.json").read_text())["stages"] for s in done}
+    segment_stats = {s: json.loads(storage.read_text(storage.join(segments_dir, f"{segment_id(s)}.json")))["stages"]
+                     for s in done}
     snapshot = settings.input.snapshot
     manifest = {"snapshot": snapshot_name(snapshot) if snapshot else None,
                 "segments": [segment_entry(s, s in segment_stats, s in skipped, failures.get(s),
                                            failed_runs.get(s, 0), segment_stats.get(s, {})) for s in inputs]}
-    write_json(run_dir / "manifest.json", manifest)
+    write_json(storage.join(run_dir, "manifest.json"), manifest)
 
     stats: dict = {}
     for source in done:
         merge_stats(stats, {"stages": segment_stats[source]})
-    done_files = [str(segments_dir / f"{segment_id(s)}.parquet") for s in done]
+    done_files = [storage.join(segments_dir, f"{segment_id(s)}.parquet") for s in done]
     merge_stats(stats, write_curated(spark, run_dir, done_files, settings, enabled, [cc_segment(s) for s in done]))
     failed = [seg for seg in manifest["segments"] if seg["state"] != "done"]
     result = {**stats, "inputs": len(inputs), "segments_done": len(done),
               "segments_resumed": len(inputs) - len(todo) - len(skipped),
-              "failed_segments": failed, "output": str(run_dir / "curated"),
-              "documents_out": ds.dataset(run_dir / "curated", format="parquet").count_rows(),
+              "failed_segments": failed, "output": storage.join(run_dir, "curated"),
+              "documents_out": sum(storage.published_files(storage.join(run_dir, "curated")).values()),
               "seconds": round(time.time() - started, 2)}
-    write_json(run_dir / "stats.json", result)
+    write_json(storage.join(run_dir, "stats.json"), result)
     result["report"] = str(write_report(run_dir, bucket_cutoffs(settings, run_dir, enabled)))
     return result
 
 
-def previous_failed_runs(run_dir: Path) -> dict[str, int]:
+def previous_failed_runs(run_dir: str) -> dict[str, int]:
     """{source: runs in a row it failed in}, from the manifest the previous run left."""
-    path = run_dir / "manifest.json"
-    if not path.exists():
+    path = storage.join(run_dir, "manifest.json")
+    if not storage.exists(path):
         return {}
-    return {seg["source"]: seg.get("failed_runs", 0) for seg in json.loads(path.read_text())["segments"]}
+    return {seg["source"]: seg.get("failed_runs", 0) for seg in json.loads(storage.read_text(path))["segments"]}
 
 
 def segment_entry(source: str, done: bool, skipped: bool, error: str | None, failed_before: int,
@@ -475,27 +467,28 @@ def segment_entry(source: str, done: bool, skipped: bool, error: str | None, fai
             "failed_runs": failed_before + (not skipped), "bad_input": {}}
 
 
-def bucket_cutoffs(settings: CurateSettings, run_dir: Path, enabled: dict[str, bool]) -> dict:
+def bucket_cutoffs(settings: CurateSettings, run_dir: str, enabled: dict[str, bool]) -> dict:
     """{language: {"p30": …, "p60": …}} used for this run's buckets, for the report's plots."""
     if not enabled["perplexity"]:
         return {}
     cutoffs = dict(load_cutoffs(settings.perplexity.models))
-    if (run_dir / "cutoff.csv").exists():
-        cutoffs.update(read_cutoffs(run_dir / "cutoff.csv"))
+    if storage.exists(storage.join(run_dir, "cutoff.csv")):
+        cutoffs.update(read_cutoffs(storage.join(run_dir, "cutoff.csv")))
     return {lang: {"p30": values[HEAD_PERCENTILE], "p60": values[TAIL_PERCENTILE]} for lang, values in cutoffs.items()}
 
 
-def remove_leftovers(run_dir: Path) -> None:
-    """Temporary files of a killed run: never published, so never read; one run per directory."""
-    for leftover in [*run_dir.glob("segments/*.tmp-*"), *run_dir.glob("curated.tmp-*"), *run_dir.glob("curated.old-*"),
-                     *run_dir.glob("checkpoints")]:
-        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+def remove_leftovers(run_dir: str) -> None:
+    """What a killed run wrote and never published, so never read: its temporary files, curated files
+    that no marker lists, its checkpoints. One run per directory."""
+    storage.remove_temporaries(run_dir)
+    storage.remove_temporaries(storage.join(run_dir, "segments"))
+    storage.remove_unpublished(storage.join(run_dir, "curated"))
+    storage.delete(storage.join(run_dir, "checkpoints"))
 
 
-def write_json(path: Path, value) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(redact_config(value), indent=2))  # insertion order: stages in pipeline order
-    tmp.replace(path)
+def write_json(location: str, value) -> None:
+    # insertion order: stages in pipeline order
+    storage.write_text(location, json.dumps(redact_config(value), indent=2))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -527,8 +520,13 @@ def main(argv=None) -> int:
     except (SettingsError, ValueError, FileNotFoundError, ConnectionError) as error:
         print(f"error: {redact_text(str(error))}", file=sys.stderr)
         return 2
-    output = Path(args.output)
-    spark = spark_session("ccurate-curate", master=args.master, log_file=output / "logs" / "spark.log")
+    output = storage.absolute(args.output)
+    try:
+        storage.claim_run_directory(output, "curate")
+    except (NotARunDirectory, OSError) as error:
+        print(f"error: --output {redact_text(str(error))}", file=sys.stderr)
+        return 2
+    spark = spark_session("ccurate-curate", master=args.master, log_file=run_log_file(output, "curate"))
     try:
         stats = run(spark, settings, output, enabled)
     finally:
@@ -543,13 +541,14 @@ def exit_code(stats: dict, run_settings: RunSettings) -> int:
     return 1 if failed_share > run_settings.max_failed_share else 0
 
 
-def print_summary(stats: dict, output: Path) -> None:
+def print_summary(stats: dict, output: str) -> None:
     print(f"\ncurated {stats['documents_out']} documents from {stats['segments_done']}/{stats['inputs']} segments "
           f"({stats['segments_resumed']} already done) in {stats['seconds']} s")
     for name, stage in stats.get("stages", {}).items():
         dropped = ", ".join(f"{reason} {n}" for reason, n in sorted(stage.get("dropped", {}).items()))
         print(f"  {name:<10} in {stage.get('in', 0):>8}  out {stage.get('out', 0):>8}  {dropped}")
-    print(f"  output:   {stats['output']}\n  stats:    {output / 'stats.json'}\n  manifest: {output / 'manifest.json'}"
+    print(f"  output:   {stats['output']}\n  stats:    {storage.join(output, 'stats.json')}"
+          f"\n  manifest: {storage.join(output, 'manifest.json')}"
           f"\n  report:   {stats['report']}")
     for failure in stats["failed_segments"]:
         print(redact_text(f"  FAILED {failure['source']}: {failure['error']}"))

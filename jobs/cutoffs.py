@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from curation import storage
 from curation.langid import LanguageIdSettings, LanguageIdStage
 from curation.perplexity import CUTOFF_FILE, available_languages, load_model, read_cutoffs, write_cutoffs
 from curation.redact import install_redaction, redact_config
@@ -43,11 +44,8 @@ def read_documents(sources: Iterable[str], lid_model: str | None = None) -> Iter
                 for line in f:
                     if line.strip():
                         yield json.loads(line)
-        elif name.endswith(".parquet") or Path(name).is_dir():
-            import pyarrow.dataset as ds
-
-            dataset = ds.dataset(name, format="parquet", partitioning="hive")
-            for batch in dataset.to_batches(columns=["raw_content", "language"]):
+        elif name.endswith(".parquet") or storage.is_dir(name):
+            for batch in storage.parquet_dataset(name).to_batches(columns=["raw_content", "language"]):
                 yield from batch.to_pylist()
         else:
             archives.append(name)

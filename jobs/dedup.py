@@ -34,7 +34,6 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -42,14 +41,17 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from curation import storage
 from curation.dedup_lines import GroupDedup, LineDedupSettings
 from curation.extract import ExtractSettings
 from curation.minhash import MinHasher, MinHashSettings, band_keys, shingle_bytes
 from curation.settings import SettingsError, load_settings, section
+from jobs.storage_io import read_parquet, write_parquet
 
 log = logging.getLogger("dedup")
 
 ID = "_doc_id"
+EDGES = pa.schema([("src", pa.int64()), ("dst", pa.int64())])
 
 
 def with_doc_id(df: DataFrame) -> DataFrame:
@@ -206,14 +208,10 @@ def _checkpoint_root(spark, checkpoint_dir: str | None) -> str:
 def _materialized(edges: DataFrame, round_dir: str) -> DataFrame:
     """A round's edges computed once, as Parquet: the next round reads them back with a plan that starts
     there (a plan that kept every round would double in size each round) and they survive the loss of an
-    executor (unlike `localCheckpoint`)."""
-    edges.write.mode("overwrite").parquet(round_dir)
-    return edges.sparkSession.read.parquet(round_dir)
-
-
-def _remove(spark, path: str) -> None:
-    hadoop_path = spark._jvm.org.apache.hadoop.fs.Path(path)
-    hadoop_path.getFileSystem(spark._jsc.hadoopConfiguration()).delete(hadoop_path, True)
+    executor (unlike `localCheckpoint`). Written and read by Python tasks (jobs.storage_io): any store
+    of `curation.storage`, with no Hadoop connector."""
+    written = write_parquet(edges, round_dir)
+    return read_parquet(edges.sparkSession, round_dir, sorted(written), EDGES)
 
 
 def connected_components(edges: DataFrame, max_iterations: int = 64,
@@ -236,7 +234,7 @@ def connected_components(edges: DataFrame, max_iterations: int = 64,
         next_dir = f"{run_dir}/round-{iteration}"
         edges = _materialized(_small_star(_large_star(edges)), next_dir)
         next_checksum = _edge_checksum(edges)
-        _remove(spark, round_dir)
+        storage.delete(round_dir)
         round_dir = next_dir
         if next_checksum == checksum:
             break
@@ -370,23 +368,28 @@ def main(argv: list[str] | None = None) -> dict:
     except SettingsError as error:
         parser.error(str(error))
 
-    from jobs.spark import spark_session
+    from jobs.spark import run_log_file, spark_session
 
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-    spark = spark_session("ccurate-dedup", master=args.master, log_file=output / "spark.log")
+    output = storage.absolute(args.output)
+    try:
+        storage.claim_run_directory(output, "dedup")
+    except storage.NotARunDirectory as error:
+        parser.exit(2, f"error: --output {error}\n")
+    spark = spark_session("ccurate-dedup", master=args.master, log_file=run_log_file(output, "dedup"))
     started = time.perf_counter()
-    df = spark.read.parquet(args.input)
+    df = read_parquet(spark, storage.absolute(args.input))
     stats: dict = {}
     if "lines" in steps:
         group = args.group.split(",") if args.group else None
         df, stats["line_dedup"] = line_dedup(df, group, settings.line_dedup, min_length=settings.extract.min_length)
     if "minhash" in steps:
-        df, stats["minhash"] = minhash_dedup(df, settings.minhash, checkpoint_dir=str(output / "checkpoints"))
-    df.drop(ID).write.mode("overwrite").option("compression", "zstd").parquet(str(output / "data"))
-    shutil.rmtree(output / "checkpoints", ignore_errors=True)
+        df, stats["minhash"] = minhash_dedup(df, settings.minhash, checkpoint_dir=storage.join(output, "checkpoints"))
+    data = storage.join(output, "data")
+    storage.remove_unpublished(data)  # a killed run's files
+    storage.publish_files(data, write_parquet(df.drop(ID), data))
+    storage.delete(storage.join(output, "checkpoints"))
     stats["seconds"] = time.perf_counter() - started
-    (output / "stats.json").write_text(json.dumps(stats, indent=2))
+    storage.write_text(storage.join(output, "stats.json"), json.dumps(stats, indent=2))
     print(json.dumps(stats, indent=2))
     return stats
 

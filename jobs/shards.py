@@ -17,7 +17,7 @@ import argparse
 import heapq
 import json
 import os
-import shutil
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -25,7 +25,8 @@ from pathlib import Path
 from pyspark import SparkFiles, TaskContext
 from pyspark.sql import SparkSession
 
-from jobs.spark import spark_session
+from curation import storage
+from jobs.spark import run_log_file, spark_session
 from tokenizer.encode import (
     SPLITS,
     ShardSettings,
@@ -45,19 +46,12 @@ from tokenizer.shards import ShardReader, shard_exists, tokenizer_hash
 TASK_TEXT_BYTES = 256 << 20  # text per encoding task when there is plenty: tens of seconds on one core
 
 
-def remove_stale_temporaries(*directories: Path) -> None:
-    """Half-written files of a killed run (never published, so never read)."""
-    for directory in directories:
-        for path in directory.glob("*.tmp*"):
-            path.unlink()
-
-
-def load_plan(output_dir: Path, settings: dict) -> dict | None:
+def load_plan(output_dir: str, settings: dict) -> dict | None:
     """The plan of an earlier run into this directory, which must have had the same settings."""
-    path = output_dir / "plan.json"
-    if not path.exists():
+    path = storage.join(output_dir, "plan.json")
+    if not storage.exists(path):
         return None
-    plan = json.loads(path.read_text())
+    plan = json.loads(storage.read_text(path))
     differing = {k: (plan["settings"].get(k), v) for k, v in settings.items() if plan["settings"].get(k) != v}
     if differing:
         raise ValueError(f"{path}: the shards there were made with other settings {differing} "
@@ -65,9 +59,9 @@ def load_plan(output_dir: Path, settings: dict) -> dict | None:
     return plan
 
 
-def write_plan(output_dir: Path, settings: dict, units: list[Unit]) -> dict:
+def write_plan(output_dir: str, settings: dict, units: list[Unit]) -> dict:
     plan = {"settings": settings, "units": [asdict(u) for u in units]}
-    write_json_atomically(output_dir / "plan.json", plan)
+    write_json_atomically(storage.join(output_dir, "plan.json"), plan)
     return plan
 
 
@@ -90,7 +84,7 @@ def model_file(tokenizer: str | os.PathLike) -> Path:
     return path / "tokenizer.model" if path.is_dir() else path
 
 
-def summarize(output_dir: Path, plan: dict, encoded: int, written: list[str], timings: dict) -> dict:
+def summarize(output_dir: str, plan: dict, encoded: int, written: list[str], timings: dict) -> dict:
     """stats.json: totals per split, per split/language/bucket and per shard, and what this run did."""
     stats = {"settings": plan["settings"], "splits": {}, "groups": {}, "shards": {},
              "empty_documents": sum(c["empty"] for c in plan["unit_counts"]),
@@ -104,14 +98,14 @@ def summarize(output_dir: Path, plan: dict, encoded: int, written: list[str], ti
     for split in SPLITS:
         names = [s["name"] for s in plan["shards"] if s["split"] == split]
         for name in names:
-            reader = ShardReader(output_dir / name)
+            reader = ShardReader(storage.join(output_dir, name))
             stats["shards"][name] = {"num_docs": reader.num_docs, "num_tokens": reader.num_tokens}
         stats["splits"][split] = {"shards": len(names),
                                   "num_docs": sum(stats["shards"][n]["num_docs"] for n in names),
                                   "num_tokens": sum(stats["shards"][n]["num_tokens"] for n in names)}
     seconds = sum(timings.values())
     stats["tokens_per_second"] = round(sum(s["num_tokens"] for s in stats["splits"].values()) / max(seconds, 1e-9))
-    write_json_atomically(output_dir / "stats.json", stats)
+    write_json_atomically(storage.join(output_dir, "stats.json"), stats)
     return stats
 
 
@@ -119,10 +113,11 @@ def run(spark: SparkSession, input_path: str, tokenizer: str | os.PathLike, outp
         seed: int = 0, val_fraction: float = 0.01, shard_tokens: int = 100_000_000,
         add_bos: bool = True, add_eos: bool = True) -> dict:
     timings, started = {}, time.perf_counter()
-    output_dir = Path(output_dir).resolve()
-    parts_dir = output_dir / "parts"
-    parts_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(output_dir, parts_dir)
+    output_dir = storage.absolute(output_dir)
+    storage.claim_run_directory(output_dir, "shards")
+    parts_dir = storage.join(output_dir, "parts")
+    for directory in (output_dir, parts_dir):  # half-written files of a killed run (never published)
+        storage.remove_temporaries(directory)
     job = ShardSettings(seed, val_fraction, shard_tokens, add_bos, add_eos)
     model = model_file(tokenizer)
     sha256 = tokenizer_hash(model)
@@ -134,24 +129,27 @@ def run(spark: SparkSession, input_path: str, tokenizer: str | os.PathLike, outp
     units = {u["name"]: Unit(**u) for u in plan["units"]}
     timings["plan"] = time.perf_counter() - started
 
-    # Ship a copy named by its hash, kept beside the shards as the record of their tokenizer: workers
-    # of any cluster read it from SparkFiles, and two tokenizers never collide within one SparkContext.
+    # Ship a copy named by its hash (also kept beside the shards as the record of their tokenizer):
+    # workers of any cluster read it from SparkFiles, and two tokenizers never collide within one
+    # SparkContext. SparkFiles ships local files: a local copy when the shards go to a store.
     shipped = f"tokenizer-{sha256.hex()[:16]}.model"
-    if not (output_dir / shipped).exists():
-        shutil.copy(model, output_dir / (shipped + ".tmp"))
-        os.replace(output_dir / (shipped + ".tmp"), output_dir / shipped)
-    spark.sparkContext.addFile(str(output_dir / shipped))
+    if not storage.exists(storage.join(output_dir, shipped)):
+        storage.write_bytes(storage.join(output_dir, shipped), model.read_bytes())
+    local_copy = os.path.join(storage.local_path(output_dir) or tempfile.gettempdir(), shipped)
+    if not os.path.exists(local_copy):
+        storage.write_bytes(local_copy, model.read_bytes())
+    spark.sparkContext.addFile(local_copy)
 
     # Encode the units not yet done that a missing shard needs (all of them before the layout exists).
     started = time.perf_counter()
-    pending = [s for s in plan.get("shards", []) if not shard_exists(output_dir / s["name"])]
+    pending = [s for s in plan.get("shards", []) if not shard_exists(storage.join(output_dir, s["name"]))]
     needed = ({u for s in pending for u, _ in s["units"]} if "shards" in plan else set(units))
-    todo = [units[n] for n in sorted(needed) if not sidecar_path(parts_dir, n).exists()]
+    todo = [units[n] for n in sorted(needed) if not storage.exists(sidecar_path(parts_dir, n))]
     filesystem = dataset.filesystem
 
     def encode(group: list[Unit]) -> list[str]:
         for unit in group:
-            if not sidecar_path(parts_dir, unit.name).exists():  # a retried task skips what it did
+            if not storage.exists(sidecar_path(parts_dir, unit.name)):  # a retried task skips what it did
                 encode_unit(unit, filesystem, SparkFiles.get(shipped), sha256, job, parts_dir,
                             threads=TaskContext.get().cpus())
         return [unit.name for unit in group]
@@ -164,9 +162,9 @@ def run(spark: SparkSession, input_path: str, tokenizer: str | os.PathLike, outp
     started = time.perf_counter()
     if "shards" not in plan:
         ordered = unit_order(list(units.values()), seed)
-        plan["unit_counts"] = [json.loads(sidecar_path(parts_dir, u.name).read_text()) for u in ordered]
+        plan["unit_counts"] = [json.loads(storage.read_text(sidecar_path(parts_dir, u.name))) for u in ordered]
         plan["shards"] = lay_out(plan["unit_counts"], shard_tokens)
-        write_json_atomically(output_dir / "plan.json", plan)
+        write_json_atomically(storage.join(output_dir, "plan.json"), plan)
         pending = plan["shards"]
 
     def assemble(shard: dict) -> str:
@@ -174,7 +172,7 @@ def run(spark: SparkSession, input_path: str, tokenizer: str | os.PathLike, outp
         return shard["name"]
 
     written = spark.sparkContext.parallelize(pending, len(pending)).map(assemble).collect() if pending else []
-    shutil.rmtree(parts_dir)  # every shard is published now
+    storage.delete(parts_dir)  # every shard is published now
     timings["assemble"] = time.perf_counter() - started
     return summarize(output_dir, plan, len(todo), written, {k: round(v, 3) for k, v in timings.items()})
 
@@ -191,9 +189,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-eos", dest="add_eos", action="store_false", help="no EOS after each document")
     parser.add_argument("--master", default=None, help="Spark master when not under spark-submit (local[*])")
     args = parser.parse_args(argv)
-    spark = spark_session("tokenize", master=args.master, log_file=Path(args.output) / "spark.log")
+    output = storage.absolute(args.output)
     try:
-        stats = run(spark, args.input, args.tokenizer, args.output, args.seed, args.val_fraction,
+        storage.claim_run_directory(output, "shards")
+    except storage.NotARunDirectory as error:
+        parser.exit(2, f"error: --output {error}\n")
+    spark = spark_session("tokenize", master=args.master, log_file=run_log_file(output, "shards"))
+    try:
+        stats = run(spark, storage.absolute(args.input), args.tokenizer, output, args.seed, args.val_fraction,
                     args.shard_tokens, args.add_bos, args.add_eos)
     finally:
         spark.stop()

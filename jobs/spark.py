@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -52,6 +54,14 @@ def local_conf(log_file: Path) -> dict[str, str]:
         # by default), not the process's: give it the user's.
         "spark.hadoop.fs.permissions.umask-mode": f"{process_umask():03o}",
     }
+
+
+def run_log_file(output: str, job: str) -> str:
+    """Where a local run's Spark log goes: OUTPUT/logs/spark.log, or a local file in the temporary
+    directory when OUTPUT is a URI (log4j writes local files only)."""
+    if "://" not in output:
+        return os.path.join(output, "logs", "spark.log")
+    return os.path.join(tempfile.gettempdir(), f"ccurate-{job}-{hashlib.sha1(output.encode()).hexdigest()[:10]}.log")
 
 
 def spark_session(app_name: str, master: str | None = None, log_file: str | os.PathLike | None = None,

@@ -34,7 +34,7 @@ from pathlib import Path
 import sentencepiece as spm
 from tqdm import tqdm
 
-from curation import wikipedia
+from curation import storage, wikipedia
 from curation.normalize import normalize
 from curation.redact import install_redaction, redact_config, redact_text
 
@@ -192,9 +192,7 @@ def update_manifest(output: Path, lang: str, entry: dict) -> None:
     path = output / "manifest.json"
     manifest = json.loads(path.read_text()) if path.exists() else {}
     manifest.setdefault("languages", {})[lang] = entry
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(redact_config(manifest), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    storage.write_text(path, json.dumps(redact_config(manifest), indent=2, sort_keys=True) + "\n")
 
 
 def train_language(lang: str, inputs: list[str], output: Path, *, vocab_size: int = DEFAULT_VOCAB,

@@ -42,6 +42,7 @@ from typing import Literal
 
 import numpy as np
 
+from curation import storage
 from curation.extract import ExtractStage
 from curation.langid import LanguageIdSettings, LanguageIdStage
 from curation.pipeline import run_stages, stage_stats
@@ -133,7 +134,9 @@ def curated_join(spark, curated: str, cited_keys: set[str], seed: int = 0,
     from pyspark.sql import types as T
 
     key = F.udf(lambda url: url_key(url) if url else None, T.StringType())
-    docs = (spark.read.parquet(curated).select("url", "raw_content", "source_domain")
+    from jobs.storage_io import read_parquet
+
+    docs = (read_parquet(spark, storage.absolute(curated)).select("url", "raw_content", "source_domain")
             .withColumn("url_key", key("url")))
     cited = spark.createDataFrame([(k, True) for k in sorted(cited_keys)] or [("", False)],
                                   "url_key string, cited boolean")
@@ -339,8 +342,8 @@ def train(wikipedia: list[str], pages: list[str], output: Path, references: list
     model, hyper = fit(train_rows, asdict(settings.fasttext), output, log)
     model_path = output / "wikiref.bin"
     partial = output / "wikiref.bin.partial"
-    model.save_model(str(partial))
-    partial.replace(model_path)
+    model.save_model(str(partial))  # fastText writes local files only
+    storage.upload(partial, model_path)
 
     scores = reference_probabilities(model, pos_test + neg_test)
     held_out = metrics([1] * len(pos_test) + [0] * len(neg_test), scores, settings.threshold)
@@ -377,7 +380,7 @@ def train(wikipedia: list[str], pages: list[str], output: Path, references: list
         "held_out_metrics": held_out,
         "seconds": round(time.time() - started, 1),
     }
-    (output / "manifest.json").write_text(json.dumps(redact_config(manifest), indent=2) + "\n")
+    storage.write_text(output / "manifest.json", json.dumps(redact_config(manifest), indent=2) + "\n")
     return manifest
 
 

@@ -296,7 +296,8 @@ def test_rerun_and_restart_give_identical_bytes(spark, shards, curated, model_di
     (second / "train-00001.bin").unlink()
     (second / "train-00001.idx").unlink()
     (second / "train-00002.idx").unlink()
-    (second / "train-00000.bin.tmp4242").write_bytes(b"half a shard")
+    (second / f"train-00000.bin.tmp-{'0' * 32}").write_bytes(b"half a shard")
+    (second / "notes.tmp.txt").write_text("not the job's: kept")
     kept = (second / "train-00000.bin").stat().st_mtime_ns
     stats = shard_job.run(spark, str(curated[0]), model_dir, second, **JOB)
     assert stats["shards_written"] == ["train-00001", "train-00002"]
@@ -305,7 +306,7 @@ def test_rerun_and_restart_give_identical_bytes(spark, shards, curated, model_di
               for u, _ in shard["units"]}
     assert stats["units"] == {"total": 12, "encoded": len(needed)} and len(needed) < 12  # only what they need
     assert (second / "train-00000.bin").stat().st_mtime_ns == kept
-    assert not list(second.glob("*.tmp*"))
+    assert [p.name for p in second.glob("*.tmp*")] == ["notes.tmp.txt"]
     assert shard_bytes(second) == shard_bytes(first)
     splits = [json.loads((run / "stats.json").read_text())["splits"] for run in (first, second)]
     assert splits[0] == splits[1]

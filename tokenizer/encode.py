@@ -26,7 +26,6 @@ import json
 import os
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -34,6 +33,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import sentencepiece as spm
 
+from curation import storage
 from tokenizer.shards import ShardReader, ShardWriter
 
 SPLITS = ("train", "val")
@@ -69,17 +69,18 @@ def shard_name(split: str, shard: int) -> str:
     return f"{split}-{shard:05d}"
 
 
-def part_prefix(parts_dir: Path, unit: str, split: str) -> Path:
-    return parts_dir / f"{unit}.{split}"
+def part_prefix(parts_dir: str | os.PathLike, unit: str, split: str) -> str:
+    return storage.join(parts_dir, f"{unit}.{split}")
 
 
-def sidecar_path(parts_dir: Path, unit: str) -> Path:
-    return parts_dir / f"{unit}.json"
+def sidecar_path(parts_dir: str | os.PathLike, unit: str) -> str:
+    return storage.join(parts_dir, f"{unit}.json")
 
 
 def open_dataset(path: str | os.PathLike) -> ds.Dataset:
-    """Any Parquet file or directory (local, or a URI pyarrow reads such as s3://), Hive partitions as keys."""
-    dataset = ds.dataset(str(path), format="parquet", partitioning="hive")
+    """Any Parquet file or directory (local, or a URI such as s3://: `curation.storage`; the published
+    files of a directory that has a marker), Hive partitions as keys."""
+    dataset = storage.parquet_dataset(path)
     if "raw_content" not in dataset.schema.names:
         raise ValueError(f"{path}: no raw_content column (columns: {dataset.schema.names})")
     return dataset
@@ -153,7 +154,7 @@ def read_batches(unit: Unit, filesystem):
 
 
 def encode_unit(unit: Unit, filesystem, model_path: str, tokenizer_sha256: bytes, settings: ShardSettings,
-                parts_dir: Path, threads: int = 1) -> None:
+                parts_dir: str | os.PathLike, threads: int = 1) -> None:
     """Encodes one unit into its two parts and publishes its sidecar with the unit's counts."""
     sp = load_processor(model_path)
     # Parts are not fsynced: a killed job's writes stay in the page cache, and they are rebuilt anyway.
@@ -205,9 +206,10 @@ def lay_out(ordered_counts: list[dict], shard_tokens: int) -> list[dict]:
     return shards
 
 
-def assemble_shard(shard: dict, parts_dir: Path, output_dir: Path, vocab_size: int, tokenizer_sha256: bytes) -> None:
+def assemble_shard(shard: dict, parts_dir: str | os.PathLike, output_dir: str | os.PathLike, vocab_size: int,
+                   tokenizer_sha256: bytes) -> None:
     """Writes one shard from the parts of its units and publishes it."""
-    with ShardWriter(output_dir / shard["name"], vocab_size, tokenizer_sha256) as writer:
+    with ShardWriter(storage.join(output_dir, shard["name"]), vocab_size, tokenizer_sha256) as writer:
         for unit, start in shard["units"]:
             part = ShardReader(part_prefix(parts_dir, unit, shard["split"]), tokenizer_sha256, vocab_size)
             doc_starts = start + np.asarray(part.offsets[:-1], dtype=np.int64)
@@ -215,7 +217,5 @@ def assemble_shard(shard: dict, parts_dir: Path, output_dir: Path, vocab_size: i
             writer.copy_documents(part, int(first), int(last))
 
 
-def write_json_atomically(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+def write_json_atomically(path: str | os.PathLike, data: dict) -> None:
+    storage.write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")

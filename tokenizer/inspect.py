@@ -26,7 +26,7 @@ def shard_prefix(path: str) -> Path:
 
 def find_tokenizer(reader: ShardReader, given: str | None) -> Path:
     """The given model, or the job's copy beside the shard, checked against the shard's hash."""
-    candidates = [Path(given)] if given else sorted(reader.idx_path.parent.glob("tokenizer-*.model"))
+    candidates = [Path(given)] if given else sorted(Path(reader.idx_path).parent.glob("tokenizer-*.model"))
     for model in candidates:
         model = model / "tokenizer.model" if model.is_dir() else model
         if tokenizer_hash(model) == reader.tokenizer_sha256:

@@ -10,9 +10,11 @@ Header (little-endian, 68 bytes): magic b"LLMSHARD", format version (u32), bytes
 vocabulary size (u32), SHA-256 of the tokenizer model (32 bytes), document count (u64), token count (u64).
 
 The writer streams tokens to disk and publishes both files atomically (temporary names, then
-rename, `.idx` last), so a reader never sees half a shard. The reader memory-maps and refuses any
-mismatch with a message that names the file and the problem; `validate()` also scans the tokens
-for ids outside the vocabulary (O(tokens): `python -m tokenizer.inspect` runs it).
+rename, `.idx` last; on an object store, local files uploaded whole, `.idx` last: `curation.storage`),
+so a reader never sees half a shard. A shard NAME may be a local path or a URI (s3://…). The reader
+memory-maps (or reads ranges of) a shard and refuses any mismatch with a message that names the file
+and the problem; `validate()` also scans the tokens for ids outside the vocabulary
+(O(tokens): `python -m tokenizer.inspect` runs it).
 """
 
 from __future__ import annotations
@@ -20,14 +22,19 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
+
+from curation import storage
 
 MAGIC = b"LLMSHARD"
 VERSION = 1
 HEADER = struct.Struct("<8sIII32sQQ")
 OFFSET_DTYPE = np.dtype("<u8")
+COPY_BYTES = 16 << 20  # tokens copied per read from a shard on an object store
 
 
 class ShardError(ValueError):
@@ -44,15 +51,14 @@ def tokenizer_hash(model_path: str | os.PathLike) -> bytes:
     return hashlib.sha256(Path(model_path).read_bytes()).digest()
 
 
-def shard_paths(prefix: str | os.PathLike) -> tuple[Path, Path]:
-    prefix = Path(prefix)
-    return prefix.with_name(prefix.name + ".bin"), prefix.with_name(prefix.name + ".idx")
+def shard_paths(prefix: str | os.PathLike) -> tuple[str, str]:
+    return f"{prefix}.bin", f"{prefix}.idx"
 
 
 def shard_exists(prefix: str | os.PathLike) -> bool:
     """True once a shard has been published (the .idx is renamed into place last)."""
     bin_path, idx_path = shard_paths(prefix)
-    return bin_path.exists() and idx_path.exists()
+    return storage.exists(bin_path) and storage.exists(idx_path)
 
 
 class ShardWriter:
@@ -72,7 +78,13 @@ class ShardWriter:
         self.num_tokens = 0
         self.num_docs = 0
         self._lengths: list[np.ndarray] = []  # document lengths, one array per batch of documents added
-        self._tmp_bin = self.bin_path.with_name(self.bin_path.name + f".tmp{os.getpid()}")
+        # Written locally (beside the shard, or in a local temporary directory when it goes to a store
+        # without rename), then published.
+        local = storage.local_path(prefix)
+        self._staging = None if local else tempfile.TemporaryDirectory(prefix="ccurate-shard-")
+        self._tmp_bin, self._tmp_idx = (f"{path}.tmp-{uuid.uuid4().hex}" for path in shard_paths(
+            local or os.path.join(self._staging.name, os.path.basename(str(prefix)))))
+        os.makedirs(os.path.dirname(os.path.abspath(self._tmp_bin)), exist_ok=True)
         self._bin = open(self._tmp_bin, "wb")
 
     def add_document(self, tokens) -> None:
@@ -99,12 +111,17 @@ class ShardWriter:
         offsets = np.asarray(shard.offsets[first:last + 1], dtype=np.int64)
         position, remaining = int(offsets[0]) * self.dtype.itemsize, int(offsets[-1] - offsets[0]) * self.dtype.itemsize
         self._bin.flush()  # the kernel appends at the file's offset: buffered tokens go first
-        with open(shard.bin_path, "rb") as source:
-            while remaining:
-                sent = os.sendfile(self._bin.fileno(), source.fileno(), position, remaining)
-                if not sent:
-                    raise ShardError(f"{shard.bin_path}: shorter than its index says (truncated while read)")
-                position, remaining = position + sent, remaining - sent
+        local = storage.local_path(shard.bin_path)
+        while remaining:
+            if local:
+                with open(local, "rb") as source:
+                    sent = os.sendfile(self._bin.fileno(), source.fileno(), position, remaining)
+            else:
+                sent = self._bin.write(storage.read_range(shard.bin_path, position, min(remaining, COPY_BYTES)))
+                self._bin.flush()
+            if not sent:
+                raise ShardError(f"{shard.bin_path}: shorter than its index says (truncated while read)")
+            position, remaining = position + sent, remaining - sent
         self._lengths.append(np.diff(offsets))
         self.num_tokens += int(offsets[-1] - offsets[0])
         self.num_docs += len(offsets) - 1
@@ -118,8 +135,7 @@ class ShardWriter:
         self._bin.close()
         header = HEADER.pack(MAGIC, VERSION, self.dtype.itemsize, self.vocab_size,
                              self.tokenizer_sha256, self.num_docs, self.num_tokens)
-        tmp_idx = self.idx_path.with_name(self.idx_path.name + f".tmp{os.getpid()}")
-        with open(tmp_idx, "wb") as f:
+        with open(self._tmp_idx, "wb") as f:
             f.write(header)
             offsets = np.zeros(self.num_docs + 1, dtype=OFFSET_DTYPE)
             np.cumsum(np.concatenate([np.zeros(0, np.int64), *self._lengths]), out=offsets[1:])
@@ -127,13 +143,19 @@ class ShardWriter:
             if self.durable:
                 f.flush()
                 os.fsync(f.fileno())
-        os.replace(self._tmp_bin, self.bin_path)
-        os.replace(tmp_idx, self.idx_path)
+        storage.upload(self._tmp_bin, self.bin_path)
+        storage.upload(self._tmp_idx, self.idx_path)
+        if self._staging is not None:
+            self._staging.cleanup()
 
     def abort(self) -> None:
         """Drop a half-written shard without publishing anything."""
         self._bin.close()
-        self._tmp_bin.unlink(missing_ok=True)
+        for path in (self._tmp_bin, self._tmp_idx):
+            if os.path.exists(path):
+                os.remove(path)
+        if self._staging is not None:
+            self._staging.cleanup()
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -146,7 +168,8 @@ class ShardWriter:
 
 
 class ShardReader:
-    """Memory-maps a published shard after validating its header and file sizes.
+    """Memory-maps a published shard after validating its header and file sizes (a shard on a store
+    without memory maps, s3://…: its offsets are read, its tokens by `read_tokens`; `tokens` is None).
 
     `expected_tokenizer_sha256` / `expected_vocab_size`, when given, must match the header."""
 
@@ -154,15 +177,14 @@ class ShardReader:
                  expected_vocab_size: int | None = None):
         self.bin_path, self.idx_path = shard_paths(prefix)
         for path in (self.idx_path, self.bin_path):
-            if not path.exists():
+            if not storage.exists(path):
                 raise ShardError(f"{path}: missing (shard {prefix} is not published)")
-            if not path.is_file():
+            if storage.is_dir(path):
                 raise ShardError(f"{path}: not a file (a shard is NAME.bin and NAME.idx)")
-        idx_size = self.idx_path.stat().st_size
+        idx_size = storage.size(self.idx_path)
         if idx_size < HEADER.size:
             raise ShardError(f"{self.idx_path}: truncated header ({idx_size} of {HEADER.size} bytes)")
-        with open(self.idx_path, "rb") as f:
-            fields = HEADER.unpack(f.read(HEADER.size))
+        fields = HEADER.unpack(storage.read_range(self.idx_path, 0, HEADER.size))
         magic, version, itemsize, vocab_size, sha, num_docs, num_tokens = fields
         if magic != MAGIC:
             raise ShardError(f"{self.idx_path}: not a token shard index (magic {magic!r})")
@@ -182,15 +204,17 @@ class ShardReader:
         if idx_size != expected_idx:
             raise ShardError(f"{self.idx_path}: {idx_size} bytes, expected {expected_idx} for {num_docs} documents")
         self.dtype = token_dtype(vocab_size)
-        bin_size = self.bin_path.stat().st_size
+        bin_size = storage.size(self.bin_path)
         if bin_size != num_tokens * itemsize:
             raise ShardError(f"{self.bin_path}: {bin_size} bytes, expected {num_tokens * itemsize} "
                              f"for {num_tokens} tokens (truncated or corrupt)")
-        self.offsets = np.memmap(self.idx_path, dtype=OFFSET_DTYPE, mode="r", offset=HEADER.size)
+        local_idx, local_bin = storage.local_path(self.idx_path), storage.local_path(self.bin_path)
+        self.offsets = (np.memmap(local_idx, dtype=OFFSET_DTYPE, mode="r", offset=HEADER.size) if local_idx
+                        else np.frombuffer(storage.read_bytes(self.idx_path), OFFSET_DTYPE, offset=HEADER.size))
         if self.offsets[0] != 0 or self.offsets[-1] != num_tokens or np.any(np.diff(self.offsets.astype(np.int64)) < 0):
             raise ShardError(f"{self.idx_path}: document offsets are not a monotone cover of {num_tokens} tokens")
-        self.tokens = (np.memmap(self.bin_path, dtype=self.dtype, mode="r") if num_tokens
-                       else np.zeros(0, dtype=self.dtype))
+        self.tokens = (np.memmap(local_bin, dtype=self.dtype, mode="r") if num_tokens and local_bin
+                       else np.zeros(0, dtype=self.dtype) if local_bin else None)
         self.vocab_size = vocab_size
         self.tokenizer_sha256 = sha
         self.num_docs = num_docs
@@ -199,21 +223,28 @@ class ShardReader:
     def __len__(self) -> int:
         return self.num_docs
 
+    def read_tokens(self, start: int, count: int) -> np.ndarray:
+        """Tokens [start, start + count): a view of the memory map, or one ranged read from a store."""
+        if self.tokens is not None:
+            return self.tokens[start:start + count]
+        itemsize = self.dtype.itemsize
+        return np.frombuffer(storage.read_range(self.bin_path, start * itemsize, count * itemsize), self.dtype)
+
     def validate(self, chunk_tokens: int = 1 << 24) -> None:
         """Scans every token (O(tokens), in chunks of `chunk_tokens`, so a few MB of memory) and
         refuses an id outside the vocabulary. Opening checks only the header and sizes."""
         for start in range(0, self.num_tokens, chunk_tokens):
-            chunk = self.tokens[start:start + chunk_tokens]
+            chunk = self.read_tokens(start, chunk_tokens)
             if int(chunk.max()) >= self.vocab_size:
                 bad = start + int(np.argmax(chunk >= self.vocab_size))
-                raise ShardError(f"{self.bin_path}: token {bad} has id {int(self.tokens[bad])}, "
+                raise ShardError(f"{self.bin_path}: token {bad} has id {int(chunk[bad - start])}, "
                                  f"outside the vocabulary of {self.vocab_size}")
 
     def document(self, i: int) -> np.ndarray:
-        return self.tokens[self.offsets[i]:self.offsets[i + 1]]
+        return self.read_tokens(int(self.offsets[i]), int(self.offsets[i + 1] - self.offsets[i]))
 
     def header(self) -> dict:
-        return {"path": str(self.idx_path.with_suffix("")), "version": VERSION,
+        return {"path": self.idx_path.removesuffix(".idx"), "version": VERSION,
                 "dtype": self.dtype.name, "vocab_size": self.vocab_size,
                 "tokenizer_sha256": self.tokenizer_sha256.hex(),
                 "num_docs": self.num_docs, "num_tokens": self.num_tokens}

@@ -22,29 +22,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from curation import storage
 from tokenizer.shards import ShardError, ShardReader, shard_paths
 
 
 @dataclass(frozen=True)
 class Shard:
     """What the trainer keeps of one published shard: its header facts, no open file."""
-    prefix: Path  # NAME of NAME.bin / NAME.idx
+    prefix: str  # NAME of NAME.bin / NAME.idx: a local path or a URI (curation.storage)
     num_tokens: int  # tokens in NAME.bin
     dtype: np.dtype  # token dtype of NAME.bin
     vocab_size: int  # from the header: every id must be below it
     tokenizer_sha256: bytes  # from the header: the tokenizer model that made the shard
 
     @property
-    def bin_path(self) -> Path:
+    def bin_path(self) -> str:
         return shard_paths(self.prefix)[0]
 
     def read(self, start: int, count: int) -> np.ndarray:
         """`count` tokens from `start`: one open/read/close, so no handle outlives the call."""
-        fd = os.open(self.bin_path, os.O_RDONLY)
-        try:
-            data = os.pread(fd, count * self.dtype.itemsize, start * self.dtype.itemsize)
-        finally:
-            os.close(fd)
+        data = storage.read_range(self.bin_path, start * self.dtype.itemsize, count * self.dtype.itemsize)
         if len(data) != count * self.dtype.itemsize:
             raise ShardError(f"{self.bin_path}: {len(data) // self.dtype.itemsize} tokens at {start}, "
                              f"expected {count} (file shrank?)")
@@ -52,14 +49,15 @@ class Shard:
 
 
 def find_shards(directory: str | Path, split: str, expected_tokenizer_sha256: bytes | None = None) -> list[Shard]:
-    """Every published `{split}-*.idx` shard in `directory`, validated; all must share one tokenizer."""
-    paths = sorted(Path(directory).glob(f"{split}-*.idx"))
+    """Every published `{split}-*.idx` shard in `directory` (a local path or URI), validated; all must
+    share one tokenizer."""
+    paths = [path.removesuffix(".idx") for path in storage.list_files(directory, f"{split}-*.idx")]
     if not paths:
         raise FileNotFoundError(f"no {split}-*.idx shards in {directory} (run `make shards` first)")
     shards = []
     for path in paths:
-        reader = ShardReader(path.with_suffix(""), expected_tokenizer_sha256)  # validates; closed when dropped
-        shards.append(Shard(path.with_suffix(""), reader.num_tokens, reader.dtype, reader.vocab_size,
+        reader = ShardReader(path, expected_tokenizer_sha256)  # validates; closed when dropped
+        shards.append(Shard(path, reader.num_tokens, reader.dtype, reader.vocab_size,
                             reader.tokenizer_sha256))
     first = shards[0]
     for shard in shards[1:]:
@@ -144,7 +142,7 @@ class WindowOrder:
 
 def shard_list(shards: list[Shard]) -> list[list]:
     """[name, token count] per shard: what a checkpoint records to detect a changed data folder."""
-    return [[s.prefix.name, s.num_tokens] for s in shards]
+    return [[os.path.basename(s.prefix), s.num_tokens] for s in shards]
 
 
 class TrainLoader:

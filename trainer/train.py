@@ -42,6 +42,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
+from curation import storage
 from trainer.data import TrainLoader, val_batches
 from trainer.model import ModelConfig, Transformer, preset
 
@@ -52,7 +53,7 @@ warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavai
 @dataclass
 class TrainConfig:
     preset: str = "tiny"  # model size from trainer.model.PRESETS
-    data_dir: str = "runs/local/shards"  # directory of train-*.idx / val-*.idx shards
+    data_dir: str = "runs/local/shards"  # directory (local path or URI, e.g. s3://) of train-*.idx / val-*.idx shards
     out_dir: str = "runs/local/pretrain"  # checkpoint, log and loss curve go here
     seq_len: int = 128  # tokens of context per training window
     batch_size: int = 16  # windows per micro-batch per process
@@ -455,7 +456,7 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(argv)
-    if not Path(cfg.data_dir).is_dir():
+    if not storage.is_dir(cfg.data_dir):
         raise SystemExit(f"no shard directory {cfg.data_dir}: run `make shards` first")
     result = train(cfg)
     if int(os.environ.get("RANK", 0)) == 0:

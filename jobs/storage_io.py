@@ -1,0 +1,92 @@
+"""Spark DataFrames from and to Parquet files on any store of `curation.storage`, through Python tasks.
+
+Spark's own readers and writers go through Hadoop filesystems, which need the store's connector in
+the cluster's JVM (hadoop-aws for s3a://, the GCS connector…). These do the I/O in Python tasks with
+pyarrow instead: a cluster needs only pyarrow (with the store's support) on its executors, and the run
+directory is the same URI for the driver and every task.
+- `read_parquet`: one task per file, streaming its batches (a task holds one batch at a time).
+- `write_parquet`: each task writes its rows under its own file names (one file per partition value
+  it meets, hive layout `col=value/`), each published whole, and returns (file, rows); the driver
+  gets the files of the successful task attempts only, so a retried or speculative attempt's files
+  are never listed (`curation.storage.publish_files` then deletes them).
+"""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import ExitStack
+from urllib.parse import quote
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pyspark import TaskContext
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+
+from curation import storage
+
+BATCH_ROWS = 1000  # rows per batch read: a few MB of text
+NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"  # how Spark and pyarrow name a null partition value
+WRITTEN = "path string, rows long"
+
+
+def read_parquet(spark: SparkSession, location: str, files: list[str] | None = None,
+                 schema: pa.Schema | None = None) -> DataFrame:
+    """The rows of the Parquet `files` under `location` (default: `curation.storage.parquet_files`) as a
+    DataFrame of `schema` (default: the files', with their hive partition columns), one task per file."""
+    files = storage.parquet_files(location) if files is None else files
+    dataset = storage.parquet_dataset(location, files)
+    schema = schema or dataset.schema
+    partitioning, names = dataset.partitioning, schema.names
+
+    def read(batches):
+        for batch in batches:
+            for index in batch.column(0).to_pylist():
+                for part in storage.parquet_dataset(location, [files[index]], partitioning).to_batches(
+                        columns=names, batch_size=BATCH_ROWS):
+                    yield pa.RecordBatch.from_arrays([part.column(n).cast(schema.field(n).type) for n in names],
+                                                     schema=schema)
+
+    return spark.range(len(files), numPartitions=max(1, len(files))).mapInArrow(read, from_arrow_schema(schema))
+
+
+def partition_directory(columns: list[str], values: tuple) -> str:
+    return "/".join(f"{c}={NULL_PARTITION if v is None else quote(str(v), safe='')}" for c, v in zip(columns, values))
+
+
+def write_parquet(df: DataFrame, directory: str, partition_by: list[str] = ()) -> dict[str, int]:
+    """Writes `df` as zstd Parquet files under `directory` (hive directories by `partition_by`, whose
+    columns leave the files); returns {file: rows} of what was written. Nothing is published: the
+    caller lists the result with `curation.storage.publish_files` (or reads it back)."""
+    partition_by = list(partition_by)
+    data_columns = [c for c in df.columns if c not in partition_by]
+    file_schema = to_arrow_schema(df.select(*data_columns).schema)
+
+    def write(batches):
+        attempt = f"part-{TaskContext.get().partitionId():05d}-{uuid.uuid4().hex[:12]}"
+        writers: dict[tuple, tuple[pq.ParquetWriter, str]] = {}
+        rows: dict[str, int] = {}
+        with ExitStack() as files:
+            for batch in batches:
+                table = pa.Table.from_batches([batch])
+                keys = table.select(partition_by).group_by(partition_by).aggregate([]).to_pylist() \
+                    if partition_by else [{}]
+                for key in keys:
+                    values = tuple(key[c] for c in partition_by)
+                    part = table
+                    for column, value in key.items():
+                        part = part.filter(pc.is_null(part[column]) if value is None
+                                           else pc.equal(part[column], value))
+                    if values not in writers:
+                        location = storage.join(directory, *filter(None, [partition_directory(partition_by, values)]),
+                                                f"{attempt}.zstd.parquet")
+                        out = files.enter_context(storage.atomic_output(location))
+                        writers[values] = files.enter_context(pq.ParquetWriter(out, file_schema, compression="zstd")), \
+                            location
+                    writer, location = writers[values]
+                    writer.write_table(part.select(data_columns).cast(file_schema))
+                    rows[location] = rows.get(location, 0) + part.num_rows
+        yield pa.RecordBatch.from_pydict({"path": list(rows), "rows": list(rows.values())})
+
+    return {row["path"]: row["rows"] for row in df.mapInArrow(write, WRITTEN).collect()}

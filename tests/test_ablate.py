@@ -5,6 +5,7 @@ models' training text."""
 import json
 import math
 import shutil
+from pathlib import Path
 
 import fasttext
 import pyarrow as pa
@@ -86,7 +87,7 @@ def test_reduced_ablation(shared_data, models, run_dir, tmp_path):
     report_run = tmp_path / "report-run"
     shutil.copytree(out, report_run / "ablate", ignore=shutil.ignore_patterns("models", "arms", "eval"))
     (report_run / "stats.json").write_text("{}")
-    page = write_report(report_run).read_text()
+    page = Path(write_report(report_run)).read_text()
     assert "Ablation" in page and 'src="ablate/ablate.png"' in page and "<td>head</td>" in page
 
     # The held-out raw documents are out of every arm, by URL and by text.

@@ -181,6 +181,8 @@ dedup:
 .PHONY: pipeline ablate
 WIKI_HELDOUT ?= $(SHARED)/wikipedia/en/wikitext2-test.tokens.txt
 PIPELINE_WIKI ?= $(filter-out $(WIKI_HELDOUT),$(wildcard $(SHARED)/wikipedia/en/*)) $(SHARED)/wikipedia/wikitext
+# The steps are file targets under OUTPUT, which make can only name on a local disk.
+ifeq ($(findstring ://,$(OUTPUT)),)
 RUN_TOKENIZER := $(OUTPUT)/tokenizer
 RUN_SHARDS := $(OUTPUT)/shards
 RUN_PRETRAIN := $(OUTPUT)/pretrain
@@ -208,6 +210,10 @@ $(RUN_PRETRAIN)/model.pt: $(RUN_SHARDS)/stats.json
 	@echo "== pipeline: make pretrain → $(RUN_PRETRAIN)"
 	rm -rf $(RUN_PRETRAIN)  # a checkpoint of older shards would be resumed
 	$(MAKE) --no-print-directory pretrain PRETRAIN_DATA=$(RUN_SHARDS) ARGS="out_dir=$(RUN_PRETRAIN) $(PRETRAIN_ARGS)"
+else
+pipeline:
+	@echo "make pipeline keeps its steps' outputs under a local OUTPUT (not $(OUTPUT)): run the steps one by one"; exit 2
+endif
 
 RUN ?= $(OUTPUT)
 ABLATE_OUT ?= $(RUN)/ablate

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pyspark
 import pytest
 
+from bench.corpus import make_corpus
 from curation.settings import load_settings
 from jobs import curate
 from tokenizer import train
@@ -26,6 +27,7 @@ from tokenizer.shards import ShardReader
 
 from .conftest import REPO_ROOT
 from .listening_sockets import is_loopback, sockets_of_tree
+from .test_bad_input import page, response_member
 from .test_tokenizer import COVERAGE, VOCAB, write_curated
 
 BIN = REPO_ROOT / ".venv" / "bin"
@@ -133,14 +135,15 @@ def test_shard_job_on_the_standalone_cluster(standalone_cluster, shared_data, tm
         s["num_docs"] for s in stats["splits"].values())
 
 
-def submit_curate(master: str, env: dict, work: Path, output: Path, inputs: list[str], log: Path) -> subprocess.Popen:
+def submit_curate(master: str, env: dict, work: Path, output: Path, inputs: list[str], log: Path,
+                  settings: list[str]) -> subprocess.Popen:
     """spark-submit of the curate job, its console to `log` (a pipe nobody reads would fill and stop it)."""
     subprocess.run(["make", "-s", "package"], cwd=REPO_ROOT, check=True, capture_output=True)
     return subprocess.Popen(
         [SPARK_HOME / "bin" / "spark-submit", "--master", master, "--executor-memory", "1g",
          "--conf", f"spark.pyspark.python={BIN / 'python'}", "--py-files", str(REPO_ROOT / "dist/ccurate.zip"),
          "--archives", f"{REPO_ROOT / 'dist/models.tar.gz'}#models", str(REPO_ROOT / "jobs/curate.py"),
-         "--output", str(output), "langid.model=models/lid.176.ftz", "--input", *inputs],
+         "--output", str(output), "langid.model=models/lid.176.ftz", *settings, "--input", *inputs],
         cwd=work, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
@@ -160,11 +163,16 @@ def executors_of(worker_dir: Path) -> list[psutil.Process]:
 def test_phase_2_survives_an_executor_killed_during_connected_components(standalone_cluster, shared_data, spark,
                                                                           tmp_path):
     master, env, work = standalone_cluster
-    inputs = [str(shared_data / "warc/CC-MAIN-2020-34-excerpt.warc.gz"),
-              str(shared_data / "wet/CC-MAIN-2019-30-697-docs.warc.wet.gz")]
+    # Near-duplicates, so that connected components have edges to write (line dedup off: it would
+    # empty the copies first).
+    near_duplicates = tmp_path / "near-duplicates.warc.gz"
+    near_duplicates.write_bytes(b"".join(response_member(doc["url"], page(doc["url"], doc["raw_content"]))
+                                         for doc in make_corpus(shared_data, originals=30)))
+    inputs = [str(near_duplicates), str(shared_data / "wet/CC-MAIN-2019-30-697-docs.warc.wet.gz")]
+    settings = ["line_dedup.enabled=false"]
     output = tmp_path / "run"
     console = tmp_path / "console.log"
-    job = submit_curate(master, env, work, output, inputs, console)
+    job = submit_curate(master, env, work, output, inputs, console, settings)
     try:
         # Connected components have started once a round's edges are being written.
         wait_for(lambda: list(output.glob("checkpoints/cc-*/round-*")) or job.poll() is not None,
@@ -180,8 +188,8 @@ def test_phase_2_survives_an_executor_killed_during_connected_components(standal
     assert job.returncode == 0, log[-5000:]
     assert "Lost executor" in log and "Shuffle files lost for executor" in log
     # The same run in local mode, no executor lost: the same documents.
-    settings = load_settings(curate.CurateSettings, None, [f"input.paths={json.dumps(inputs)}"])
-    curate.run(spark, settings, tmp_path / "local", curate.model_stages(settings))
+    local_settings = load_settings(curate.CurateSettings, None, [f"input.paths={json.dumps(inputs)}", *settings])
+    curate.run(spark, local_settings, tmp_path / "local", curate.model_stages(local_settings))
     columns = ["url", "raw_content", "language", "bucket"]
     cluster_docs = pq.read_table(output / "curated", columns=columns).to_pandas().sort_values("url")
     local_docs = pq.read_table(tmp_path / "local" / "curated", columns=columns).to_pandas().sort_values("url")
@@ -190,4 +198,5 @@ def test_phase_2_survives_an_executor_killed_during_connected_components(standal
     # The counts are those of the rows written, though some of phase 2's tasks ran twice.
     stats = json.loads((output / "stats.json").read_text())
     assert stats["stages"]["minhash"]["out"] == stats["documents_out"] == len(cluster_docs)
-    assert stats["stages"]["langid"]["in"] == stats["stages"]["line_dedup"]["out"]
+    assert stats["stages"]["minhash"]["dropped"]["near_duplicate"] > 50
+    assert stats["stages"]["langid"]["in"] == stats["stages"]["extract"]["out"]

@@ -144,6 +144,7 @@ class LineBoundedReader(DecompressingBufferedReader):
         super().__init__(stream)
         self.max_line_bytes = max_line_bytes
         self.ended_inside_member = False  # set at the end of the input
+        self.gzip_file = False  # known once the first block has inflated
 
     def readline(self, length: int | None = None) -> bytes:
         limit = self.max_line_bytes if length is None else min(length, self.max_line_bytes)
@@ -168,9 +169,14 @@ class LineBoundedReader(DecompressingBufferedReader):
 
     def _decompress(self, data: bytes) -> bytes:
         self.member_fed = self.member_fed or bool(data)
-        if self.decompressor is not None and data and self.num_block_read:
+        if self.decompressor is not None and data and (self.num_block_read or self.gzip_file):
             return self.decompressor.decompress(data)  # zlib.error: the member is corrupt
-        return super()._decompress(data)  # first block: warcio's test of whether the file is gzip
+        # The file's first block: warcio's test of whether the file is gzip (it drops the decompressor
+        # of a plain file). Not every member's first block: warcio would then read a corrupt member's
+        # bytes, and the good members after it, as plain text, and lose them.
+        data = super()._decompress(data)
+        self.gzip_file = self.decompressor is not None
+        return data
 
     def inside_member(self) -> bool:
         """True while a gzip member has been started and not finished."""

@@ -86,7 +86,7 @@ from curation.warc import ArchiveReader, ReadSettings, cc_segment
 from curation.wikiref import WikirefSettings, WikirefStage
 from jobs.dedup import ID as DOC_ID
 from jobs.dedup import line_dedup, minhash_dedup
-from jobs.spark import counting_tasks, run_log_file, spark_session
+from jobs.spark import claimed_session, counting_tasks
 from jobs.storage_io import read_parquet, write_parquet
 
 log = logging.getLogger("curate")
@@ -522,11 +522,10 @@ def main(argv=None) -> int:
         return 2
     output = storage.absolute(args.output)
     try:
-        storage.claim_run_directory(output, "curate")
+        spark = claimed_session("ccurate-curate", output, "curate", args.master)
     except (NotARunDirectory, OSError) as error:
         print(f"error: --output {redact_text(str(error))}", file=sys.stderr)
         return 2
-    spark = spark_session("ccurate-curate", master=args.master, log_file=run_log_file(output, "curate"))
     try:
         stats = run(spark, settings, output, enabled)
     finally:

@@ -368,14 +368,13 @@ def main(argv: list[str] | None = None) -> dict:
     except SettingsError as error:
         parser.error(str(error))
 
-    from jobs.spark import run_log_file, spark_session
+    from jobs.spark import claimed_session
 
     output = storage.absolute(args.output)
     try:
-        storage.claim_run_directory(output, "dedup")
+        spark = claimed_session("ccurate-dedup", output, "dedup", args.master)
     except storage.NotARunDirectory as error:
         parser.exit(2, f"error: --output {error}\n")
-    spark = spark_session("ccurate-dedup", master=args.master, log_file=run_log_file(output, "dedup"))
     started = time.perf_counter()
     df = read_parquet(spark, storage.absolute(args.input))
     stats: dict = {}

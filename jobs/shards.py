@@ -26,7 +26,7 @@ from pyspark import SparkFiles, TaskContext
 from pyspark.sql import SparkSession
 
 from curation import storage
-from jobs.spark import run_log_file, spark_session
+from jobs.spark import claimed_session
 from tokenizer.encode import (
     SPLITS,
     ShardSettings,
@@ -191,10 +191,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     output = storage.absolute(args.output)
     try:
-        storage.claim_run_directory(output, "shards")
+        spark = claimed_session("tokenize", output, "shards", args.master)
     except storage.NotARunDirectory as error:
         parser.exit(2, f"error: --output {error}\n")
-    spark = spark_session("tokenize", master=args.master, log_file=run_log_file(output, "shards"))
     try:
         stats = run(spark, storage.absolute(args.input), args.tokenizer, output, args.seed, args.val_fraction,
                     args.shard_tokens, args.add_bos, args.add_eos)

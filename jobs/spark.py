@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+from curation import storage
 from curation.redact import SPARK_REDACTION_REGEX, install_redaction
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +63,14 @@ def run_log_file(output: str, job: str) -> str:
     if "://" not in output:
         return os.path.join(output, "logs", "spark.log")
     return os.path.join(tempfile.gettempdir(), f"ccurate-{job}-{hashlib.sha1(output.encode()).hexdigest()[:10]}.log")
+
+
+def claimed_session(app_name: str, output: str, job: str, master: str | None = None) -> SparkSession:
+    """Claims the job's `output` (raises storage.NotARunDirectory for a non-empty folder that is not
+    one), then starts its session, logging to `run_log_file`. The claim comes first: the log would
+    make a new folder non-empty."""
+    storage.claim_run_directory(output, job)
+    return spark_session(app_name, master=master, log_file=run_log_file(output, job))
 
 
 def spark_session(app_name: str, master: str | None = None, log_file: str | os.PathLike | None = None,

@@ -96,20 +96,14 @@ def test_every_job_runs_as_a_script(job):
 
 def test_spark_submit_to_standalone_cluster_with_packaged_code_and_models(standalone_cluster, shared_data, tmp_path):
     master, env, work = standalone_cluster
-    subprocess.run(["make", "-s", "package"], cwd=REPO_ROOT, check=True, capture_output=True)
     inputs = [str(shared_data / "warc/CC-MAIN-2020-34-excerpt.warc.gz"),
               str(shared_data / "wet/CC-MAIN-2019-30-697-docs.warc.wet.gz")]
-    submit = subprocess.run(
-        [SPARK_HOME / "bin" / "spark-submit", "--master", master, "--executor-memory", "1g",
-         "--conf", f"spark.pyspark.python={BIN / 'python'}",
-         "--py-files", str(REPO_ROOT / "dist/ccurate.zip"),
-         "--archives", f"{REPO_ROOT / 'dist/models.tar.gz'}#models",
-         str(REPO_ROOT / "jobs/curate.py"), "--output", str(tmp_path / "run"),
-         "langid.model=models/lid.176.ftz", "--input", *inputs],
-        cwd=work, env=env, capture_output=True, text=True, timeout=600)
-    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
-    curated = re.search(r"curated (\d+) documents from 2/2 segments", submit.stdout)
-    assert curated, submit.stdout[-3000:]
+    console = tmp_path / "console.log"
+    returncode = submit_curate(master, env, work, tmp_path / "run", inputs, console, []).wait(timeout=600)
+    output = console.read_text()
+    assert returncode == 0, output[-6000:]
+    curated = re.search(r"curated (\d+) documents from 2/2 segments", output)
+    assert curated, output[-3000:]
     table = pq.read_table(tmp_path / "run" / "curated").to_pandas()
     assert len(table) == int(curated[1]) > 450 and (table.language == "en").sum() > 180
     # The executors ran the packaged code: their Python workers imported it from the zip.

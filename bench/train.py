@@ -52,6 +52,9 @@ def plain_loop(cfg: TrainConfig, vocab_size: int, device: torch.device, skip: in
     torch.manual_seed(cfg.seed)
     data = ShardReader(find_shards(cfg.data_dir, "train")[0].prefix).tokens
     model = Transformer(preset(cfg.preset, vocab_size=vocab_size, max_seq_len=cfg.seq_len)).to(device)
+    if cfg.compile:
+        for block in model.layers:
+            block.compile()  # as the trainer does, so that both sides run the same kernels
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1,
                                   fused=device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -78,6 +81,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--compile", action="store_true", help="torch.compile each block (trainer and plain loop)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best median of each side counts")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -91,12 +95,13 @@ def main() -> None:
         for r in range(args.rounds):
             cfg = TrainConfig(preset=args.preset, data_dir=str(shards), out_dir=f"{tmp}/run{r}", seq_len=args.seq_len,
                               batch_size=args.batch_size, max_steps=args.steps + skip, eval_interval=0,
-                              eval_batches=1, log_interval=10**9, device=args.device)
+                              eval_batches=1, log_interval=10**9, device=args.device,
+                              compile=args.compile)
             best_ours = max(best_ours, statistics.median(ours(cfg, skip)))
             best_plain = max(best_plain, statistics.median(plain_loop(cfg, vocab_size, device, skip)))
     model = Transformer(preset(args.preset, vocab_size=vocab_size, max_seq_len=args.seq_len))
     print(f"preset {args.preset} ({model.num_params():,} parameters, vocabulary {vocab_size}), "
-          f"{args.batch_size}×{args.seq_len} tokens/step, {args.device}")
+          f"{args.batch_size}×{args.seq_len} tokens/step, {args.device}{', compiled blocks' if args.compile else ''}")
     print(f"trainer step: {best_ours:,.0f} tokens/s; plain loop: {best_plain:,.0f} tokens/s; "
           f"ratio ours/plain = {best_ours / best_plain:.2f} (target ≥ 0.95)")
     peak = peak_flops(device)

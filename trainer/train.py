@@ -160,10 +160,10 @@ def init_processes(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     if "RANK" in os.environ:
         dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
         rank, world = dist.get_rank(), dist.get_world_size()
-    if cfg.device == "auto":
-        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if cfg.device == "auto" else cfg.device)
+    if device.type == "cuda" and device.index is None:  # plain "cuda": this process's GPU under torchrun
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True

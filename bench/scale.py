@@ -75,15 +75,16 @@ def corpus(n: int, words: list[str], seed: int = 0) -> list[dict]:
 
 
 def run_phase2(spark, docs: list[dict], work: Path) -> tuple[dict, float]:
-    files = []
-    for k in range(0, len(docs), FILE_DOCS):
-        path = work / f"segment-{k // FILE_DOCS:05d}.parquet"
-        pq.write_table(pa.Table.from_pylist(docs[k:k + FILE_DOCS], curate.EXTRACTED), path, compression="zstd")
-        files.append(str(path))
+    sources = [f"bench-segment-{k // FILE_DOCS:05d}" for k in range(0, len(docs), FILE_DOCS)]
+    (work / "segments").mkdir()
+    for source, k in zip(sources, range(0, len(docs), FILE_DOCS)):
+        pq.write_table(pa.Table.from_pylist(docs[k:k + FILE_DOCS], curate.EXTRACTED),
+                       curate.segment_file(str(work), source), compression="zstd")
     settings = load_settings(curate.CurateSettings)
     enabled = curate.model_stages(settings)
     started = time.perf_counter()
-    stats = curate.write_curated(spark, work, files, settings, enabled)
+    groups = curate.dedup_groups(sources, sources, settings.line_dedup.group_size)
+    stats = curate.write_curated(spark, str(work), groups, settings, enabled)
     return stats, time.perf_counter() - started
 
 

@@ -109,6 +109,14 @@ def list_files(directory: str | os.PathLike, pattern: str = "*", recursive: bool
     return [join(directory, name) for name in sorted(relative) if fnmatch.fnmatchcase(name, pattern)]
 
 
+def list_directories(directory: str | os.PathLike) -> list[str]:
+    """The directories right inside `directory`, sorted; [] when it does not exist."""
+    store, root = resolve(directory)
+    infos = store.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    return [join(directory, info.base_name) for info in sorted(infos, key=lambda i: i.base_name)
+            if info.type == pafs.FileType.Directory]
+
+
 def read_bytes(location: str | os.PathLike) -> bytes:
     store, path = resolve(location)
     with store.open_input_stream(path) as f:
@@ -214,21 +222,29 @@ def parquet_dataset(location: str | os.PathLike, files: list[str] | None = None,
 
 # ---- a set of files published by a marker ---------------------------------------------------------
 
-def publish_files(directory: str | os.PathLike, files: dict[str, int]) -> None:
+def publish_files(directory: str | os.PathLike, files: dict[str, int], about: dict | None = None) -> None:
     """Publishes `files` ({location under `directory`: rows}) as `directory`'s content, by a marker
-    written last; then deletes every other file there (an earlier run's, a failed task's)."""
+    written last (holding `about` too: what the files were made from); then deletes every other file
+    there (an earlier run's, a failed task's)."""
     prefix = join(directory, "")
     relative = {location[len(prefix):]: rows for location, rows in sorted(files.items())}
-    write_text(join(directory, PUBLISHED), json.dumps({"files": relative, "rows": sum(relative.values())}, indent=1))
+    marker = {"files": relative, "rows": sum(relative.values()), **({"about": about} if about is not None else {})}
+    write_text(join(directory, PUBLISHED), json.dumps(marker, indent=1))
     remove_unpublished(directory)
+
+
+def published_marker(directory: str | os.PathLike) -> dict | None:
+    """The marker `publish_files` last wrote in `directory` ({"files", "rows", "about"?}); None when none."""
+    marker = join(directory, PUBLISHED)
+    return json.loads(read_text(marker)) if exists(marker) else None
 
 
 def published_files(directory: str | os.PathLike) -> dict[str, int] | None:
     """{location: rows} of the files last published in `directory`; None when none were."""
-    marker = join(directory, PUBLISHED)
-    if not exists(marker):
+    marker = published_marker(directory)
+    if marker is None:
         return None
-    return {join(directory, name): rows for name, rows in json.loads(read_text(marker))["files"].items()}
+    return {join(directory, name): rows for name, rows in marker["files"].items()}
 
 
 def remove_unpublished(directory: str | os.PathLike) -> None:

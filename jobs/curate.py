@@ -15,9 +15,14 @@ is claimed (DIR/_ccurate_run.json); a non-empty one without that marker is refus
 The run directory is resumable. Phase 1 reads and extracts each input (one Spark task each,
 streaming) into DIR/segments/ID.parquet, published atomically with its stats (ID.json, written
 last, marks it done); a re-run skips done segments and redoes failed or missing ones. Phase 2
-reads every done segment and runs the run-wide stages, then writes DIR/curated/
-(language=xx/bucket=yy/*.parquet, zstd), published by DIR/curated/_PUBLISHED.json written last
-(the files and their rows; the previous result's files are deleted after it). What a killed run
+works by dedup group (`line_dedup.group_size` consecutive inputs): each group's documents go through
+line dedup, the row-wise stages and MinHash signatures once, into DIR/groups/group=N/, published
+with the group's segments and a fingerprint of the settings and models that made it; a rerun makes
+only the groups whose segments or fingerprint changed (stats.json's `processed` says which, and the
+documents each stage saw). MinHash then clusters every group's stored signatures (no text read),
+and the kept documents are written to DIR/curated/ (language=xx/bucket=yy/*.parquet, zstd),
+published by DIR/curated/_PUBLISHED.json written last (the files and their rows; the previous
+result's files are deleted after it). The result equals a run from scratch. What a killed run
 left unpublished is removed by the next run. A stage whose model is not there (no `make lm`, no
 `make classifier`) is left out with a note, and its columns stay empty (bucket `all`). Phase 2's
 tasks follow the data: about `partitions.text_bytes` of text each, at least one per core.
@@ -30,6 +35,7 @@ from __future__ import annotations
 import argparse
 import glob
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -55,8 +61,8 @@ from curation.c4 import C4Settings, C4Stage
 from curation.commoncrawl import list_paths, select_segments, snapshot_name
 from curation.dedup_lines import LineDedupSettings
 from curation.extract import ExtractSettings, ExtractStage
-from curation.langid import LanguageIdSettings, LanguageIdStage
-from curation.minhash import MinHashSettings
+from curation.langid import LanguageIdSettings, LanguageIdStage, default_model_path
+from curation.minhash import MinHasher, MinHashSettings
 from curation.perplexity import (
     HEAD_PERCENTILE,
     TAIL_PERCENTILE,
@@ -85,12 +91,13 @@ from curation.storage import NotARunDirectory
 from curation.warc import ArchiveReader, ReadSettings, cc_segment
 from curation.wikiref import WikirefSettings, WikirefStage
 from jobs.dedup import ID as DOC_ID
-from jobs.dedup import line_dedup, minhash_dedup
+from jobs.dedup import SIGNATURE, SIGNATURES, line_dedup, minhash_dedup, signature_column
 from jobs.spark import claimed_session, counting_tasks
 from jobs.storage_io import read_parquet, write_parquet
 
 log = logging.getLogger("curate")
-DEDUP_GROUP = "_dedup_group"
+GROUP = "group"  # a document's dedup group: RUN/groups/group=N/ keeps the group's annotated documents
+FILE = "_file"  # a document's segment file, by its index in the files read
 # A task-local property the tests set to make phase 1 SIGKILL the process of each input whose path contains it.
 FAILPOINT_KILL = "ccurate.failpoint.kill_segment"
 
@@ -119,8 +126,11 @@ EXTRACTED = schema.arrow_schema(schema.EXTRACTED)
 # Phase 2's columns before MinHash: phase 1's, then those the row-wise stages write.
 ANNOTATED = schema.arrow_schema(schema.ordered([*schema.EXTRACTED, *(f for stage in ROW_STAGES for f in stage.writes)]))
 ANNOTATED_WITH_ID = ANNOTATED.append(pa.field(DOC_ID, pa.int64()))
+# What a group keeps: the annotated documents and their MinHash signatures (a column of its own, so
+# that the run-wide clustering reads no text).
+STORED = ANNOTATED_WITH_ID.append(SIGNATURES.field(SIGNATURE))
 TASK_STATS = "_task_stats"
-ANNOTATED_OUT = ANNOTATED_WITH_ID.append(pa.field(TASK_STATS, pa.string()))
+ANNOTATED_OUT = STORED.append(pa.field(GROUP, pa.int64())).append(pa.field(TASK_STATS, pa.string()))
 ROW_GROUP_DOCS = 1000
 SETTINGS_HEADER = """\
 # Every setting of the curate job with its default and meaning: the output of
@@ -221,6 +231,11 @@ def is_done(segments_dir: str, source: str) -> bool:
     return storage.exists(storage.join(segments_dir, f"{segment_id(source)}.json"))
 
 
+def segment_file(run_dir: str, source: str) -> str:
+    """Where phase 1 keeps an input's documents."""
+    return storage.join(run_dir, "segments", f"{segment_id(source)}.parquet")
+
+
 # ---- phase 2: run-wide stages over every done segment ------------------------------------------
 
 def model_stages(settings: CurateSettings) -> dict[str, bool]:
@@ -245,45 +260,91 @@ def row_stages(settings: CurateSettings, enabled: dict[str, bool]) -> list:
 
 
 def annotate(batches, settings: CurateSettings, enabled: dict[str, bool]):
-    """Row-wise stages of phase 2, streamed per partition as Arrow batches (no Row objects cross
-    between the JVM and Python). The stages' counters come last, as one row whose only value is
-    TASK_STATS: read by an action, they count each partition once however often Spark reruns the
-    task (an accumulator updated here would count a recomputed partition twice)."""
+    """Row-wise stages of phase 2 and the MinHash signatures, streamed per partition as Arrow batches
+    (no Row objects cross between the JVM and Python), over documents sorted by group. Each group's
+    counters come after its documents, as one row whose only values are GROUP and TASK_STATS: read by
+    an action, they count each partition once however often Spark reruns the task (an accumulator
+    updated here would count a recomputed partition twice)."""
     stages = row_stages(settings, enabled)
-    internal = frozenset([DOC_ID])
-    docs = (doc for batch in batches for doc in batch.to_pylist())
-    out: list[dict] = []
-    for doc in run_stages(docs, stages):
-        schema.check_document(doc, internal)
-        doc.setdefault("bucket", "all")
-        out.append(doc)
-        if len(out) == ROW_GROUP_DOCS:
-            yield pa.RecordBatch.from_pylist(out, ANNOTATED_OUT)
-            out = []
-    out.append({TASK_STATS: json.dumps({"stages": stage_stats(stages)})})
-    yield pa.RecordBatch.from_pylist(out, ANNOTATED_OUT)
+    params = settings.minhash.resolved()
+    hasher = MinHasher(params.num_perm, params.seed, params.ngram) if params.enabled else None
+    internal = frozenset([DOC_ID, GROUP])
+
+    def batch(docs: list[dict]) -> pa.RecordBatch:
+        table = pa.Table.from_pylist(docs, ANNOTATED_OUT)
+        if hasher:
+            texts = [doc.get("raw_content") or "" for doc in docs]
+            table = table.set_column(table.schema.get_field_index(SIGNATURE), SIGNATURE,
+                                     signature_column(texts, params, hasher))
+        return table.to_batches()[0]
+
+    docs = (doc for record_batch in batches for doc in record_batch.to_pylist())
+    for group, group_docs in itertools.groupby(docs, key=lambda doc: doc[GROUP]):
+        out: list[dict] = []
+        for doc in run_stages(group_docs, stages):
+            schema.check_document(doc, internal)
+            doc.setdefault("bucket", "all")
+            out.append(doc)
+            if len(out) == ROW_GROUP_DOCS:
+                yield batch(out)
+                out = []
+        if out:
+            yield batch(out)
+        yield pa.RecordBatch.from_pylist([{GROUP: group, TASK_STATS: json.dumps({"stages": stage_stats(stages)})}],
+                                         ANNOTATED_OUT)
+        for stage in stages:
+            stage.stats.clear()
 
 
-def with_dedup_group(spark: SparkSession, documents, segments: list[str], group_size: int):
-    """`documents` with their line dedup group: the index of their segment (`cc_segment`) among the
-    run's done segments, in order, divided by `group_size` (0: one group)."""
-    groups = [(segment, index // group_size if group_size else 0) for index, segment in enumerate(segments)]
-    table = spark.createDataFrame(groups, T.StructType([T.StructField("cc_segment", T.StringType()),
-                                                        T.StructField(DEDUP_GROUP, T.LongType())]))
-    return documents.join(F.broadcast(table), on="cc_segment", how="left")
+def dedup_groups(inputs: list[str], done: list[str], group_size: int) -> dict[int, list[str]]:
+    """{group: its done inputs, in order}: an input's group is its position among the run's inputs
+    divided by `group_size` (0: one group), so that a group keeps its number and its other members
+    when a segment fails, is retried or is added after it."""
+    position = {source: index for index, source in enumerate(inputs)}
+    groups: dict[int, list[str]] = {}
+    for source in done:
+        groups.setdefault(position[source] // group_size if group_size else 0, []).append(source)
+    return groups
 
 
-def stored_text_bytes(files: list[str]) -> int:
-    """Bytes of `raw_content` in phase 1's Parquet files, from their footers (no data read)."""
-    total = 0
+def phase2_fingerprint(settings: CurateSettings, enabled: dict[str, bool]) -> str:
+    """What a group's stored documents depend on besides its segments: the settings of the stages that
+    made them, the signatures' parameters, and the models read (each file's size and modification
+    time). A group stored under another fingerprint is made again."""
+    minhash = settings.minhash
+    made_by = {name: as_dict(getattr(settings, name))
+               for name in ("line_dedup", "langid", "c4", "perplexity", "wikiref")}
+    made_by["signatures"] = [minhash.enabled, minhash.num_perm, minhash.seed, minhash.ngram, minhash.max_chars]
+    made_by["stages"] = enabled
+    models = [Path(settings.langid.model or default_model_path()), Path(settings.wikiref.model),
+              *Path(settings.perplexity.models).rglob("*")]
+    made_by["models"] = {str(path): [path.stat().st_size, path.stat().st_mtime_ns] for path in models if path.is_file()}
+    return hashlib.sha1(json.dumps(made_by, sort_keys=True).encode()).hexdigest()
+
+
+def group_directory(run_dir: str, group: int) -> str:
+    return storage.join(run_dir, "groups", f"{GROUP}={group}")
+
+
+def stored_group(run_dir: str, group: int, segments: list[str], fingerprint: str) -> dict | None:
+    """The marker of a group stored by an earlier run from the same segments and the same
+    fingerprint (so the same documents), else None."""
+    marker = storage.published_marker(group_directory(run_dir, group))
+    about = (marker or {}).get("about", {})
+    same = about.get("segments") == [segment_id(s) for s in segments] and about.get("fingerprint") == fingerprint
+    return marker if same else None
+
+
+def stored_text_bytes(files: list[str]) -> dict[str, int]:
+    """{file: bytes of `raw_content`} of phase 1's Parquet files, from their footers (no data read)."""
+    sizes = {}
     for path in files:
         with storage.open_input(path) as f:
             meta = pq.read_metadata(f)
-        for group in range(meta.num_row_groups):
-            row_group = meta.row_group(group)
-            total += sum(row_group.column(c).total_uncompressed_size for c in range(row_group.num_columns)
-                         if row_group.column(c).path_in_schema == "raw_content")
-    return total
+        sizes[path] = sum(meta.row_group(group).column(c).total_uncompressed_size
+                          for group in range(meta.num_row_groups) for c in range(meta.row_group(group).num_columns)
+                          if meta.row_group(group).column(c).path_in_schema == "raw_content")
+    return sizes
 
 
 def tasks_for(spark: SparkSession, text_bytes: int, settings: PartitionSettings) -> int:
@@ -297,55 +358,62 @@ SHUFFLE_CONF = ("spark.sql.shuffle.partitions", "spark.sql.adaptive.enabled",
                 "spark.sql.adaptive.coalescePartitions.enabled", "spark.sql.adaptive.advisoryPartitionSizeInBytes")
 
 
-def write_curated(spark: SparkSession, run_dir: str, done_files: list[str], settings: CurateSettings,
-                  enabled: dict[str, bool], segments: list[str] = ()) -> dict:
-    input_bytes = stored_text_bytes(done_files)
+def write_curated(spark: SparkSession, run_dir: str, groups: dict[int, list[str]], settings: CurateSettings,
+                  enabled: dict[str, bool]) -> dict:
+    """Phase 2 over `groups` ({dedup group: its done segments' sources}): groups that an earlier run
+    stored from the same segments and settings are reused, the others made (line dedup, row-wise
+    stages, signatures); then MinHash over every group's stored signatures and the final selection
+    into RUN/curated. Returns the stats."""
+    files = {group: [segment_file(run_dir, source) for source in sources] for group, sources in groups.items()}
+    text_bytes = stored_text_bytes([f for group_files in files.values() for f in group_files])
     previous = {key: spark.conf.get(key, None) for key in SHUFFLE_CONF}
-    for key, value in zip(SHUFFLE_CONF, (tasks_for(spark, input_bytes, settings.partitions), "true", "true",
-                                         settings.partitions.text_bytes)):
+    for key, value in zip(SHUFFLE_CONF, (tasks_for(spark, sum(text_bytes.values()), settings.partitions), "true",
+                                         "true", settings.partitions.text_bytes)):
         spark.conf.set(key, str(value))
     try:
-        return curate_documents(spark, run_dir, done_files, settings, enabled, input_bytes, segments)
+        return curate_documents(spark, run_dir, groups, files, text_bytes, settings, enabled)
     finally:  # the session may be shared (tests, notebooks): leave its settings as they were
         for key, value in previous.items():
             spark.conf.unset(key) if value is None else spark.conf.set(key, value)
 
 
-def curate_documents(spark: SparkSession, run_dir: str, done_files: list[str], settings: CurateSettings,
-                     enabled: dict[str, bool], input_bytes: int, segments: list[str]) -> dict:
+def curate_documents(spark: SparkSession, run_dir: str, groups: dict[int, list[str]], files: dict[int, list[str]],
+                     text_bytes: dict[str, int], settings: CurateSettings, enabled: dict[str, bool]) -> dict:
     stats: dict = {"stages": {}, "tasks": {}}
     tasks = stats["tasks"]
-    checkpoints = storage.join(run_dir, "checkpoints")
-    documents = read_parquet(spark, storage.join(run_dir, "segments"), done_files, EXTRACTED)
-    text_bytes = input_bytes
-    if settings.line_dedup.enabled:
-        documents = with_dedup_group(spark, documents, segments, settings.line_dedup.group_size)
-        with counting_tasks(spark, "line_dedup", tasks):
-            documents, stats["stages"]["line_dedup"] = line_dedup(documents, DEDUP_GROUP, settings.line_dedup)
-        documents = documents.drop(DEDUP_GROUP)
-        lines = stats["stages"]["line_dedup"]
-        text_bytes = round(input_bytes * (1 - lines["lines_removed"] / max(1, lines["lines_in"])))
-    else:
-        documents = documents.withColumn(DOC_ID, F.xxhash64("url", "raw_content"))
-    # The row-wise stages run on tasks of about `partitions.text_bytes` of text each, at least one per core.
-    annotate_tasks = tasks_for(spark, text_bytes, settings.partitions)
-    stats["partitions"] = {"input_text_bytes": input_bytes, "annotated_text_bytes": text_bytes,
-                           "annotate": annotate_tasks, "shuffle": int(spark.conf.get("spark.sql.shuffle.partitions"))}
-    frame = (documents.select(*EXTRACTED.names, DOC_ID).repartition(annotate_tasks)
-             .mapInArrow(lambda batches: annotate(batches, settings, enabled), from_arrow_schema(ANNOTATED_OUT)))
-    frame = frame.persist()  # the row-wise stages run once, not once per later pass
-    with counting_tasks(spark, "annotate", tasks):
-        for row in frame.where(F.col(TASK_STATS).isNotNull()).select(TASK_STATS).collect():
-            merge_stats(stats, json.loads(row[TASK_STATS]))
-    frame = frame.where(F.col(TASK_STATS).isNull()).drop(TASK_STATS)
+    fingerprint = phase2_fingerprint(settings, enabled)
+    markers = {group: stored_group(run_dir, group, sources, fingerprint) for group, sources in groups.items()}
+    todo = sorted(group for group, marker in markers.items() if marker is None)
+    processed: dict = {}
+    if todo:
+        made = make_groups(spark, run_dir, {group: groups[group] for group in todo},
+                           {group: files[group] for group in todo}, text_bytes, fingerprint, settings, enabled, stats)
+        for group, marker in made.items():
+            markers[group] = marker
+            merge_stats(processed, marker["about"]["stages"])
+    for group in sorted(markers):  # the counts of every document in the output, made now or before
+        merge_stats(stats, {"stages": markers[group]["about"]["stages"]})
+    stats["processed"] = {"groups": len(groups), "groups_made": todo, "groups_reused": len(groups) - len(todo),
+                          "documents": {name: stage.get("in", 0) for name, stage in processed.items()}}
+    for directory in storage.list_directories(storage.join(run_dir, "groups")):
+        if directory not in {group_directory(run_dir, group) for group in groups}:
+            storage.delete(directory)  # a group of earlier settings or inputs
+
+    groups_dir = storage.join(run_dir, "groups")
+    stored = [storage.join(group_directory(run_dir, group), name) for group in sorted(markers)
+              for name in markers[group]["files"]]
+    frame = read_parquet(spark, groups_dir, stored, ANNOTATED_WITH_ID)
     models = settings.perplexity.models
     if enabled["perplexity"] and set(available_languages(models)) - set(load_cutoffs(models)):
         with counting_tasks(spark, "bucket_from_run", tasks):  # a Spark job only when needed
             frame, stats["cutoffs_from_run"] = bucket_from_run(frame, run_dir)
     scored: dict = {}
+    checkpoints = storage.join(run_dir, "checkpoints")
     if settings.minhash.enabled:
+        signatures = read_parquet(spark, groups_dir, stored, SIGNATURES)  # no text read for the clustering
         with counting_tasks(spark, "minhash", tasks):
-            frame, scored = minhash_dedup(frame, settings.minhash, checkpoint_dir=checkpoints)
+            frame, scored = minhash_dedup(frame, settings.minhash, checkpoint_dir=checkpoints, signatures=signatures)
+        stats["processed"]["documents"]["minhash"] = scored["in"]
     with counting_tasks(spark, "write", tasks):
         written = write_parquet(frame.drop(DOC_ID), storage.join(run_dir, "curated"), ["language", "bucket"])
     storage.delete(checkpoints)
@@ -355,6 +423,61 @@ def curate_documents(spark: SparkSession, run_dir: str, done_files: list[str], s
     if scored:
         stats["stages"]["minhash"] = scored
     return stats
+
+
+def make_groups(spark: SparkSession, run_dir: str, groups: dict[int, list[str]], files: dict[int, list[str]],
+                text_bytes: dict[str, int], fingerprint: str, settings: CurateSettings, enabled: dict[str, bool],
+                stats: dict) -> dict[int, dict]:
+    """Line dedup (within each group), the row-wise stages and the MinHash signatures of `groups`'
+    documents; each group's documents written to RUN/groups/group=N/ and published there with its
+    segments, the fingerprint and its counts (a killed run leaves no half group). Returns {group:
+    marker}."""
+    tasks = stats["tasks"]
+    paths = [path for group in groups for path in files[group]]
+    documents = read_parquet(spark, storage.join(run_dir, "segments"), paths, EXTRACTED, file_index=FILE)
+    file_groups = spark.createDataFrame([(index, group) for index, group in
+                                         enumerate(group for group in groups for _ in files[group])],
+                                        T.StructType([T.StructField(FILE, T.LongType()),
+                                                      T.StructField(GROUP, T.LongType())]))
+    documents = documents.join(F.broadcast(file_groups), on=FILE).drop(FILE)
+    counts: dict[int, dict] = {group: {"stages": {}} for group in groups}
+    input_bytes = sum(text_bytes[path] for path in paths)
+    annotated_bytes = input_bytes
+    if settings.line_dedup.enabled:
+        with counting_tasks(spark, "line_dedup", tasks):
+            documents, lines = line_dedup(documents, GROUP, settings.line_dedup, by_group=True)
+        for group, group_lines in lines["groups"].items():  # the job's seconds shared out by documents
+            counts[group]["stages"]["line_dedup"] = {
+                **group_lines, "seconds": lines["seconds"] * group_lines["in"] / max(1, lines["in"])}
+        annotated_bytes = round(input_bytes * (1 - lines["lines_removed"] / max(1, lines["lines_in"])))
+    else:
+        documents = documents.withColumn(DOC_ID, F.xxhash64("url", "raw_content"))
+    # The row-wise stages run on tasks of about `partitions.text_bytes` of text each, at least one per
+    # core. Ranges of (group, id): a task holds one group or a few, so a group is written as about
+    # its share of the tasks' files; sorted by group inside the task, so its counters come apart.
+    annotate_tasks = tasks_for(spark, annotated_bytes, settings.partitions)
+    stats["partitions"] = {"input_text_bytes": input_bytes, "annotated_text_bytes": annotated_bytes,
+                           "annotate": annotate_tasks, "shuffle": int(spark.conf.get("spark.sql.shuffle.partitions"))}
+    frame = (documents.select(*EXTRACTED.names, DOC_ID, GROUP).repartitionByRange(annotate_tasks, GROUP, DOC_ID)
+             .sortWithinPartitions(GROUP)
+             .mapInArrow(lambda batches: annotate(batches, settings, enabled), from_arrow_schema(ANNOTATED_OUT)))
+    frame = frame.persist()  # the row-wise stages run once: their counters are read, then their documents
+    with counting_tasks(spark, "annotate", tasks):
+        for row in frame.where(F.col(TASK_STATS).isNotNull()).select(GROUP, TASK_STATS).collect():
+            merge_stats(counts[row[GROUP]], json.loads(row[TASK_STATS]))
+    with counting_tasks(spark, "store_groups", tasks):
+        written = write_parquet(frame.where(F.col(TASK_STATS).isNull()).drop(TASK_STATS),
+                                storage.join(run_dir, "groups"), [GROUP])
+    frame.unpersist()
+    markers = {}
+    for group, sources in groups.items():
+        directory = group_directory(run_dir, group)
+        prefix = storage.join(directory, "")
+        storage.publish_files(directory, {path: rows for path, rows in written.items() if path.startswith(prefix)},
+                              {"segments": [segment_id(s) for s in sources], "fingerprint": fingerprint,
+                               "stages": counts[group]["stages"]})
+        markers[group] = storage.published_marker(directory)
+    return markers
 
 
 def bucket_from_run(frame, run_dir: str):
@@ -433,8 +556,8 @@ def run(spark: SparkSession, settings: CurateSettings, run_dir: str | Path,
     stats: dict = {}
     for source in done:
         merge_stats(stats, {"stages": segment_stats[source]})
-    done_files = [storage.join(segments_dir, f"{segment_id(s)}.parquet") for s in done]
-    merge_stats(stats, write_curated(spark, run_dir, done_files, settings, enabled, [cc_segment(s) for s in done]))
+    groups = dedup_groups(inputs, done, settings.line_dedup.group_size)
+    merge_stats(stats, write_curated(spark, run_dir, groups, settings, enabled))
     failed = [seg for seg in manifest["segments"] if seg["state"] != "done"]
     result = {**stats, "inputs": len(inputs), "segments_done": len(done),
               "segments_resumed": len(inputs) - len(todo) - len(skipped),
@@ -483,6 +606,8 @@ def remove_leftovers(run_dir: str) -> None:
     storage.remove_temporaries(run_dir)
     storage.remove_temporaries(storage.join(run_dir, "segments"))
     storage.remove_unpublished(storage.join(run_dir, "curated"))
+    for group in storage.list_directories(storage.join(run_dir, "groups")):
+        storage.remove_unpublished(group)
     storage.delete(storage.join(run_dir, "checkpoints"))
 
 

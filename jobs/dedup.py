@@ -40,17 +40,20 @@ import pyarrow as pa
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.pandas.types import from_arrow_schema
 
 from curation import storage
 from curation.dedup_lines import GroupDedup, LineDedupSettings
 from curation.extract import ExtractSettings
-from curation.minhash import MinHasher, MinHashSettings, band_keys, shingle_bytes
+from curation.minhash import MinHasher, MinHashSettings, document_signatures
 from curation.settings import SettingsError, load_settings, section
 from jobs.storage_io import read_parquet, write_parquet
 
 log = logging.getLogger("dedup")
 
 ID = "_doc_id"
+SIGNATURE = "_minhash_sig"
+SIGNATURES = pa.schema([(ID, pa.int64()), (SIGNATURE, pa.list_(pa.int32()))])
 EDGES = pa.schema([("src", pa.int64()), ("dst", pa.int64())])
 
 
@@ -89,8 +92,22 @@ def _dedup_group_fn(settings: LineDedupSettings, min_length: int, out_names: lis
     return fn
 
 
+def _dedup_counts(rows) -> dict:
+    """Line dedup's counts from rows of (`_drop_reason`, docs, lines_in, lines_removed)."""
+    stats: dict = {"in": 0, "out": 0, "dropped": {}, "lines_in": 0, "lines_removed": 0}
+    for row in rows:
+        stats["in"] += row["docs"]
+        stats["lines_in"] += row["lines_in"] or 0
+        stats["lines_removed"] += row["lines_removed"] or 0
+        if row["_drop_reason"] is None:
+            stats["out"] += row["docs"]
+        else:
+            stats["dropped"][row["_drop_reason"]] = row["docs"]
+    return stats
+
+
 def line_dedup(df: DataFrame, group: str | list[str] | None = None, settings: LineDedupSettings = LineDedupSettings(),
-               min_length: int = 0) -> tuple[DataFrame, dict]:
+               min_length: int = 0, by_group: bool = False) -> tuple[DataFrame, dict]:
     """CCNet line dedup of `df` within each group of the `group` column(s) (e.g. a group of segments;
     None: `df` is one group; rows with a null group form one group together). Each group is
     deduplicated in ONE Spark task (`curation.dedup_lines.GroupDedup`, cc_net's in-memory set of a
@@ -100,7 +117,8 @@ def line_dedup(df: DataFrame, group: str | list[str] | None = None, settings: Li
     `settings.min_length_after`) are dropped. Updates `raw_content`, `length`, `nlines`; keeps
     `original_length`/`original_nlines` (filled from the input text when absent or null).
     Returns the kept documents (persisted, same columns, `_doc_id` added) and
-    {"in", "out", "dropped": {"empty", "too_short"}, "lines_in", "lines_removed", "seconds"}."""
+    {"in", "out", "dropped": {"empty", "too_short"}, "lines_in", "lines_removed", "seconds"}; with
+    `by_group` (`group` one column), also "groups": {group value: the same counts, less "seconds"}."""
     started = time.perf_counter()
     group_cols = [group] if isinstance(group, str) else list(group or [])
     df = with_doc_id(df)
@@ -115,18 +133,14 @@ def line_dedup(df: DataFrame, group: str | list[str] | None = None, settings: Li
     result = (df.groupBy(*keys).applyInArrow(_dedup_group_fn(settings, min_length, out_schema.names), out_schema)
               .persist())
 
-    rows = (result.groupBy("_drop_reason")
+    by = [group] if by_group else []
+    rows = (result.groupBy(*by, "_drop_reason")
             .agg(F.count(F.lit(1)).alias("docs"), F.sum("original_nlines").alias("lines_in"),
                  F.sum("_lines_removed").alias("lines_removed")).collect())
-    stats: dict = {"in": 0, "out": 0, "dropped": {}, "lines_in": 0, "lines_removed": 0}
-    for row in rows:
-        stats["in"] += row["docs"]
-        stats["lines_in"] += row["lines_in"] or 0
-        stats["lines_removed"] += row["lines_removed"] or 0
-        if row["_drop_reason"] is None:
-            stats["out"] += row["docs"]
-        else:
-            stats["dropped"][row["_drop_reason"]] = row["docs"]
+    stats = _dedup_counts(rows)
+    if by_group:
+        stats["groups"] = {key: _dedup_counts([row for row in rows if row[group] == key])
+                           for key in {row[group] for row in rows}}
     stats["seconds"] = time.perf_counter() - started
     kept = result.where(F.col("_drop_reason").isNull()).drop("_lines_removed", "_drop_reason")
     return kept, stats
@@ -136,36 +150,44 @@ def line_dedup(df: DataFrame, group: str | list[str] | None = None, settings: Li
 # MinHash
 
 
-def _band_keys_fn(params: MinHashSettings):
+def signature_column(texts: list[str], params: MinHashSettings, hasher: MinHasher) -> pa.Array:
+    """The MinHash signatures of `texts` as a list<int32> column (the uint32 values' bits): null for a
+    text with no shingles, which is never a candidate. `params` resolved."""
+    sigs, has_shingles = document_signatures(texts, params, hasher)
+    offsets = pa.array(np.arange(len(texts) + 1, dtype=np.int32) * params.num_perm)
+    return pa.ListArray.from_arrays(offsets, pa.array(sigs.reshape(-1).view(np.int32)),
+                                    mask=pa.array([not has for has in has_shingles]))
+
+
+def with_signatures(df: DataFrame, settings: MinHashSettings) -> DataFrame:
+    """(`_doc_id`, `_minhash_sig`) of every document of `df`: its MinHash signature, from its text."""
+    params = settings.resolved()
+
     def fn(batches):
         hasher = MinHasher(params.num_perm, params.seed, params.ngram)
         for batch in batches:
-            ids = batch.column(ID).to_pylist()
-            sets = [shingle_bytes(t or "", params.ngram, params.max_chars)
-                    for t in batch.column("raw_content").to_pylist()]
-            sigs = hasher.signatures_from_shingles(sets)
-            out_ids, out_bands, out_keys, out_sigs = [], [], [], []
-            for doc_id, sig, ss in zip(ids, sigs, sets):
-                if not ss:  # no shingles: never a candidate
-                    continue
-                keys = band_keys(sig, params.bands, params.rows)
-                out_ids.extend([doc_id] * len(keys))
-                out_bands.extend(range(len(keys)))
-                out_keys.extend(keys)
-                out_sigs.append(sig)
-            # The signature (as int32 bits) rides on band 0's row only, for candidate verification.
-            values = pa.array(np.concatenate(out_sigs).view(np.int32) if out_sigs else np.zeros(0, np.int32))
-            offsets = pa.array(np.arange(len(out_sigs) + 1, dtype=np.int32) * params.num_perm)
-            sig_column = pa.ListArray.from_arrays(offsets, values)
-            take, doc = [], -1
-            for band in out_bands:
-                if band == 0:
-                    doc += 1
-                take.append(doc if band == 0 else None)
-            sig_rows = sig_column.take(pa.array(take, pa.int32()))
+            texts = [t or "" for t in batch.column("raw_content").to_pylist()]
+            yield pa.RecordBatch.from_arrays([batch.column(ID), signature_column(texts, params, hasher)],
+                                             schema=SIGNATURES)
+
+    return with_doc_id(df).select(ID, "raw_content").mapInArrow(fn, from_arrow_schema(SIGNATURES))
+
+
+def _band_keys_fn(params: MinHashSettings):
+    """Signatures → one row per (document, band): the band's LSH key, the bytes of its `rows` values
+    (`curation.minhash.band_keys`, for a whole batch at once)."""
+    def fn(batches):
+        for batch in batches:
+            n = batch.num_rows
+            sigs = batch.column(SIGNATURE).flatten().to_numpy().view("<u4").reshape(n, params.num_perm)
+            keys = np.ascontiguousarray(sigs[:, :params.bands * params.rows])
+            width = 4 * params.rows
+            key_array = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), n * params.bands,
+                                                              [None, pa.py_buffer(keys.tobytes())])
             yield pa.RecordBatch.from_arrays(
-                [pa.array(out_ids, pa.int64()), pa.array(out_bands, pa.int32()), pa.array(out_keys, pa.binary()),
-                 sig_rows], names=[ID, "_band", "_key", "_sig"])
+                [pa.array(np.repeat(batch.column(ID).to_numpy(), params.bands)),
+                 pa.array(np.tile(np.arange(params.bands, dtype=np.int32), n)), key_array.cast(pa.binary())],
+                names=[ID, "_band", "_key"])
     return fn
 
 
@@ -248,41 +270,45 @@ def connected_components(edges: DataFrame, max_iterations: int = 64,
 
 
 def minhash_clusters(df: DataFrame, settings: MinHashSettings = MinHashSettings(),
-                     checkpoint_dir: str | None = None) -> tuple[DataFrame, dict]:
+                     checkpoint_dir: str | None = None, signatures: DataFrame | None = None) -> tuple[DataFrame, dict]:
     """Every document of `df` with `minhash_cluster` (long: the smallest `_doc_id` of its connected
     component, its own id when alone) and `_linked` (whether it has a near-duplicate). Members of an
     LSH bucket are linked to the bucket's smallest `_doc_id`; with `verify`, only when their signatures
-    agree on ≥ threshold of values. Same semantics as curation.minhash.local_clusters. Returns
-    (DataFrame, partial stats)."""
+    agree on ≥ threshold of values. Same semantics as curation.minhash.local_clusters. `signatures`:
+    the documents' (`_doc_id`, `_minhash_sig`) when already stored (no text is read for the
+    clustering), else computed from `df`'s text. Returns (DataFrame, partial stats)."""
     params = settings.resolved()
-    verify = params.verify
     df = with_doc_id(df)
+    computed = signatures is None
+    if computed:
+        signatures = with_signatures(df, params).persist()
+    candidates = signatures.where(F.col(SIGNATURE).isNotNull())
     band_schema = T.StructType([T.StructField(ID, T.LongType()), T.StructField("_band", T.IntegerType()),
-                                T.StructField("_key", T.BinaryType()),
-                                T.StructField("_sig", T.ArrayType(T.IntegerType()))])
-    keyed = df.select(ID, "raw_content").mapInArrow(_band_keys_fn(params), band_schema).persist()
+                                T.StructField("_key", T.BinaryType())])
+    keyed = candidates.mapInArrow(_band_keys_fn(params), band_schema).persist()
     buckets = (keyed.groupBy("_band", "_key").agg(F.min(ID).alias("_root"), F.count(F.lit(1)).alias("_n"))
                .where(F.col("_n") > 1).drop("_n"))
-    edges = (keyed.select(ID, "_band", "_key").join(buckets, on=["_band", "_key"])
+    edges = (keyed.join(buckets, on=["_band", "_key"])
              .where(F.col(ID) != F.col("_root"))
              .select(F.col(ID).alias("src"), F.col("_root").alias("dst")).distinct())
-    if verify:
-        sigs = keyed.where(F.col("_band") == 0).select(ID, "_sig")
-        a, b = sigs.select(F.col(ID).alias("src"), F.col("_sig").alias("_a")), \
-            sigs.select(F.col(ID).alias("dst"), F.col("_sig").alias("_b"))
+    if params.verify:
+        a = candidates.select(F.col(ID).alias("src"), F.col(SIGNATURE).alias("_a"))
+        b = candidates.select(F.col(ID).alias("dst"), F.col(SIGNATURE).alias("_b"))
         equal = F.aggregate(F.zip_with("_a", "_b", lambda x, y: (x == y).cast("int")), F.lit(0),
                             lambda acc, x: acc + x)
         edges = (edges.join(a, on="src").join(b, on="dst")
                  .where(equal / F.lit(float(params.num_perm)) >= F.lit(float(params.threshold)))
                  .select("src", "dst"))
     components, iterations = connected_components(edges, params.cc_max_iterations, checkpoint_dir)
-    keyed.unpersist()  # the first round's edges are materialized: the band keys are read no more
+    keyed.unpersist()  # the first round's edges are materialized: keys and signatures are read no more
+    if computed:
+        signatures.unpersist()
     clustered = (df.join(components, df[ID] == components["node"], "left")
                  .withColumn("minhash_cluster", F.coalesce(F.col("component"), F.col(ID)))
                  .withColumn("_linked", F.col("component").isNotNull())
                  .drop("node", "component"))
     stats = {"bands": params.bands, "rows": params.rows, "ngram": params.ngram, "num_perm": params.num_perm,
-             "threshold": params.threshold, "verify": verify, "cc_iterations": iterations}
+             "threshold": params.threshold, "verify": params.verify, "cc_iterations": iterations}
     return clustered, stats
 
 
@@ -296,7 +322,7 @@ def keep_order(df: DataFrame, use_perplexity: bool) -> Column:
 
 
 def minhash_dedup(df: DataFrame, settings: MinHashSettings = MinHashSettings(), drop_duplicates: bool = True,
-                  checkpoint_dir: str | None = None) -> tuple[DataFrame, dict]:
+                  checkpoint_dir: str | None = None, signatures: DataFrame | None = None) -> tuple[DataFrame, dict]:
     """MinHash LSH near-duplicate removal across `df` (see `minhash_clusters`): keeps one document
     per cluster, with its `minhash_cluster` and `minhash_cluster_size`: the lowest `perplexity`
     when keep="perplexity" and the column exists (nulls last), then the smallest url, then content.
@@ -306,9 +332,10 @@ def minhash_dedup(df: DataFrame, settings: MinHashSettings = MinHashSettings(), 
     Returns the kept documents (persisted; `_doc_id` added) and {"in", "out", "dropped":
     {"near_duplicate"}, "clusters" (of size > 1), "cluster_sizes": {size: clusters}, "bands",
     "rows", "ngram", "num_perm", "threshold", "verify", "cc_iterations", "seconds"}.
-    With drop_duplicates=False, every document comes back with a boolean `minhash_keep` instead."""
+    With drop_duplicates=False, every document comes back with a boolean `minhash_keep` instead.
+    `signatures`: as in `minhash_clusters`."""
     started = time.perf_counter()
-    clustered, stats = minhash_clusters(df, settings, checkpoint_dir)
+    clustered, stats = minhash_clusters(df, settings, checkpoint_dir, signatures)
     clustered = clustered.persist()  # read by the aggregation and by the join back
     linked = clustered.where("_linked").select(ID, "minhash_cluster",
                                                keep_order(clustered, settings.keep == "perplexity").alias("_key"))

@@ -1,0 +1,64 @@
+"""Incremental phase 2: a rerun that adds a segment makes only that segment's dedup group; MinHash
+clusters every group's stored signatures; the result equals a run from scratch."""
+
+import json
+
+import pyarrow.parquet as pq
+
+from curation.settings import load_settings
+from jobs import curate
+
+NO_MODELS = {"perplexity": False, "wikiref": False}
+# Two segments per dedup group: the first two inputs make group 0, the third group 1.
+FILES = ["warc/wget-academic-pages.warc.gz", "warc/wget-org-pages.warc.gz", "warc/CC-MAIN-2020-34-excerpt.warc.gz"]
+
+
+def settings_for(shared_data, files):
+    inputs = [str(shared_data / name) for name in files]
+    return load_settings(curate.CurateSettings, None, [f"input.paths={json.dumps(inputs)}", "line_dedup.group_size=2"])
+
+
+def curated_rows(run_dir) -> list[dict]:
+    table = pq.read_table(run_dir / "curated").to_pylist()
+    return sorted(table, key=lambda row: row["url"])
+
+
+def without_seconds(value):
+    if isinstance(value, dict):
+        return {key: without_seconds(v) for key, v in value.items() if key != "seconds"}
+    return value
+
+
+def test_a_rerun_that_adds_a_segment_makes_only_its_group_and_equals_a_run_from_scratch(spark, shared_data, tmp_path):
+    run_dir = tmp_path / "incremental"
+    first = curate.run(spark, settings_for(shared_data, FILES[:2]), run_dir, NO_MODELS)
+    assert first["processed"]["groups_made"] == [0]
+
+    added = curate.run(spark, settings_for(shared_data, FILES), run_dir, NO_MODELS)
+    group_1 = json.loads((run_dir / "groups" / "group=1" / "_PUBLISHED.json").read_text())["about"]
+    assert group_1["segments"] == [curate.segment_id(str(shared_data / FILES[2]))]
+    assert added["processed"]["groups_made"] == [1] and added["processed"]["groups_reused"] == 1
+    # Line dedup, language ID and C4 saw only the new segment's documents; MinHash saw all of them.
+    documents = added["processed"]["documents"]
+    assert documents["line_dedup"] == group_1["stages"]["line_dedup"]["in"] \
+        == added["stages"]["extract"]["out"] - first["stages"]["extract"]["out"] > 0
+    assert documents["langid"] == group_1["stages"]["langid"]["in"] < added["stages"]["langid"]["in"]
+    assert documents["minhash"] == added["stages"]["minhash"]["in"] == added["stages"]["c4"]["out"]
+
+    scratch = curate.run(spark, settings_for(shared_data, FILES), tmp_path / "scratch", NO_MODELS)
+    assert scratch["processed"]["groups_made"] == [0, 1]
+    assert curated_rows(run_dir) == curated_rows(tmp_path / "scratch")
+    assert without_seconds(added["stages"]) == without_seconds(scratch["stages"])
+    assert added["documents_out"] == scratch["documents_out"] > 0
+
+    # Nothing new: no group is made again; a changed setting of a stage makes every group again.
+    again = curate.run(spark, settings_for(shared_data, FILES), run_dir, NO_MODELS)
+    assert again["processed"]["groups_made"] == [] and again["processed"]["documents"] == {
+        "minhash": added["stages"]["minhash"]["in"]}
+    assert curated_rows(run_dir) == curated_rows(tmp_path / "scratch")
+    changed = load_settings(curate.CurateSettings, None, [
+        f"input.paths={json.dumps([str(shared_data / name) for name in FILES])}", "line_dedup.group_size=2",
+        "langid.threshold=0.9"])
+    stricter = curate.run(spark, changed, run_dir, NO_MODELS)
+    assert stricter["processed"]["groups_made"] == [0, 1]
+    assert stricter["stages"]["langid"]["out"] < added["stages"]["langid"]["out"]

@@ -14,7 +14,9 @@ cc_net's design): one shuffle of the documents to their group, none of line hash
 MinHash: signatures and band keys per partition (curation.minhash, vectorised numpy) → shuffle on
 (band, key) → each bucket's members linked to its smallest document id → connected components by
 alternating large-star / small-star (Kiveris et al. 2014) on DataFrames until a round leaves the
-edges unchanged (every component a star around its smallest id) → per component, one aggregation on
+edges unchanged (every component a star around its smallest id), or, for a graph of at most
+`minhash.cc_local_max_edges` edges, scipy's connected components in the driver (one job instead of
+two per round) → per component, one aggregation on
 keys gives its size and the kept document (lowest perplexity if chosen, then url, content), joined
 back on the id; each kept document keeps `minhash_cluster` (the component id) and
 `minhash_cluster_size`. No task ever holds a whole cluster's documents.
@@ -37,6 +39,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
+import scipy.sparse
+import scipy.sparse.csgraph
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -55,6 +60,7 @@ ID = "_doc_id"
 SIGNATURE = "_minhash_sig"
 SIGNATURES = pa.schema([(ID, pa.int64()), (SIGNATURE, pa.list_(pa.int32()))])
 EDGES = pa.schema([("src", pa.int64()), ("dst", pa.int64())])
+COMPONENTS = pa.schema([("node", pa.int64()), ("component", pa.int64())])
 
 
 def with_doc_id(df: DataFrame) -> DataFrame:
@@ -227,34 +233,55 @@ def _checkpoint_root(spark, checkpoint_dir: str | None) -> str:
     return root
 
 
-def _materialized(edges: DataFrame, round_dir: str) -> DataFrame:
+def _materialized(edges: DataFrame, round_dir: str) -> tuple[DataFrame, list[str]]:
     """A round's edges computed once, as Parquet: the next round reads them back with a plan that starts
     there (a plan that kept every round would double in size each round) and they survive the loss of an
     executor (unlike `localCheckpoint`). Written and read by Python tasks (jobs.storage_io): any store
-    of `curation.storage`, with no Hadoop connector."""
-    written = write_parquet(edges, round_dir)
-    return read_parquet(edges.sparkSession, round_dir, sorted(written), EDGES)
+    of `curation.storage`, with no Hadoop connector. Returns the edges read back and their files."""
+    files = sorted(write_parquet(edges, round_dir))
+    return read_parquet(edges.sparkSession, round_dir, files, EDGES), files
 
 
-def connected_components(edges: DataFrame, max_iterations: int = 64,
-                         checkpoint_dir: str | None = None) -> tuple[DataFrame, int]:
-    """Connected components of an undirected graph given as (src, dst) long edges, by alternating
-    large-star and small-star until a round leaves the edge set unchanged: then every component is a
-    star around its smallest node (Kiveris et al. 2014: stars are the only fixed point). Two jobs per
-    round: the round's edges written as Parquet under `checkpoint_dir` (a directory every executor
-    reads, e.g. RUN_DIR/checkpoints; in local mode a temporary one by default), then their checksum,
-    the only thing that reaches the driver, read back. Returns ((node, component) for every node that
-    has an edge, rounds run). Raises RuntimeError after `max_iterations` rounds without convergence:
-    unconverged edges do not say which component a node is in (a node can still point at two roots),
-    so no partial answer is given."""
+def _components_in_one_process(round_dir: str, files: list[str], out_dir: str) -> list[str]:
+    """(node, component) of the edges in `files`, found by scipy in this process and written as one
+    Parquet file under `out_dir`: the component is its smallest node, as the Spark rounds give."""
+    edges = storage.parquet_dataset(round_dir, files).to_table() if files else EDGES.empty_table()
+    src, dst = edges.column("src").to_numpy(), edges.column("dst").to_numpy()
+    nodes, index = np.unique(np.concatenate([src, dst]), return_inverse=True)
+    graph = scipy.sparse.coo_matrix((np.ones(len(src), np.int8), (index[:len(src)], index[len(src):])),
+                                    shape=(len(nodes), len(nodes)))
+    _, labels = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    smallest = np.full(labels.max() + 1 if len(labels) else 0, np.iinfo(np.int64).max)
+    np.minimum.at(smallest, labels, nodes)
+    location = storage.join(out_dir, "components.parquet")
+    with storage.atomic_output(location) as out:
+        pq.write_table(pa.table({"node": nodes, "component": smallest[labels]}), out)
+    return [location]
+
+
+def connected_components(edges: DataFrame, max_iterations: int = 64, checkpoint_dir: str | None = None,
+                         local_max_edges: int = 0) -> tuple[DataFrame, int]:
+    """Connected components of an undirected graph given as (src, dst) long edges. A graph of at most
+    `local_max_edges` edges is solved in this process (scipy), from its edges written once. A larger one
+    by alternating large-star and small-star until a round leaves the edge set unchanged: then every
+    component is a star around its smallest node (Kiveris et al. 2014: stars are the only fixed point).
+    Two jobs per round: the round's edges written as Parquet under `checkpoint_dir` (a directory every
+    executor reads, e.g. RUN_DIR/checkpoints; in local mode a temporary one by default), then their
+    checksum, the only thing that reaches the driver, read back. Returns ((node, component) for every
+    node that has an edge, rounds run: 0 when solved in one process). Raises RuntimeError after
+    `max_iterations` rounds without convergence: unconverged edges do not say which component a node
+    is in (a node can still point at two roots), so no partial answer is given."""
     spark = edges.sparkSession
     run_dir = f"{_checkpoint_root(spark, checkpoint_dir)}/cc-{uuid.uuid4().hex}"
     round_dir = f"{run_dir}/round-0"
-    edges = _materialized(edges.select(F.col("src").cast("long"), F.col("dst").cast("long")), round_dir)
+    edges, files = _materialized(edges.select(F.col("src").cast("long"), F.col("dst").cast("long")), round_dir)
     checksum = _edge_checksum(edges)
+    if checksum[0] <= local_max_edges:
+        components = _components_in_one_process(round_dir, files, f"{run_dir}/components")
+        return read_parquet(spark, f"{run_dir}/components", components, COMPONENTS), 0
     for iteration in range(1, max_iterations + 1):
         next_dir = f"{run_dir}/round-{iteration}"
-        edges = _materialized(_small_star(_large_star(edges)), next_dir)
+        edges, _ = _materialized(_small_star(_large_star(edges)), next_dir)
         next_checksum = _edge_checksum(edges)
         storage.delete(round_dir)
         round_dir = next_dir
@@ -299,7 +326,8 @@ def minhash_clusters(df: DataFrame, settings: MinHashSettings = MinHashSettings(
         edges = (edges.join(a, on="src").join(b, on="dst")
                  .where(equal / F.lit(float(params.num_perm)) >= F.lit(float(params.threshold)))
                  .select("src", "dst"))
-    components, iterations = connected_components(edges, params.cc_max_iterations, checkpoint_dir)
+    components, iterations = connected_components(edges, params.cc_max_iterations, checkpoint_dir,
+                                                  params.cc_local_max_edges)
     keyed.unpersist()  # the first round's edges are materialized: keys and signatures are read no more
     if computed:
         signatures.unpersist()

@@ -130,11 +130,16 @@ def test_connected_components_long_chain_and_stars(spark):
     edges = list(zip(nodes[:39], nodes[1:40]))              # one long path, shuffled labels
     edges += [(1000, 1000 + k) for k in range(1, 30)]      # a star
     edges += [(2000 + k, 2000) for k in range(1, 5)] + [(5000, 5001)]
-    components, iterations = connected_components(spark.createDataFrame(edges, "src long, dst long"))
-    got = dict(components.collect())
     expect = {n: min(nodes[:40]) for n in nodes[:40]}
     expect.update({1000 + k: 1000 for k in range(30)})
     expect.update({2000 + k: 2000 for k in range(5)})
     expect.update({5000: 5000, 5001: 5000})
-    assert got == expect
-    assert iterations < 20
+    frame = spark.createDataFrame(edges, "src long, dst long")
+    components, iterations = connected_components(frame)  # Spark rounds
+    assert dict(components.collect()) == expect
+    assert 0 < iterations < 20
+    # The same graph under the bound for one process: scipy's components, no rounds.
+    components, iterations = connected_components(frame, local_max_edges=len(edges))
+    assert dict(components.collect()) == expect and iterations == 0
+    _, iterations = connected_components(frame, local_max_edges=len(edges) - 1)
+    assert iterations > 0

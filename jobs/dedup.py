@@ -82,10 +82,11 @@ def _dedup_group_fn(settings: LineDedupSettings, min_length: int, out_names: lis
     one place), with `_lines_removed` and `_drop_reason`."""
     def fn(table: pa.Table) -> pa.Table:
         group = GroupDedup(min_length, settings.min_length_after)
-        for text in table.column("raw_content").to_pylist():
-            group.add(text)
+        docs = table.select(list(DEDUP_FIELDS)).to_pylist()  # the text crosses into Python once, for both passes
+        for doc in docs:
+            group.add(doc["raw_content"])
         new = {name: [] for name in (*DEDUP_FIELDS, "_lines_removed", "_drop_reason")}
-        for doc in table.select(list(DEDUP_FIELDS)).to_pylist():
+        for doc in docs:
             out, reason, removed = group.apply(doc)
             for name in DEDUP_FIELDS:
                 new[name].append(out[name])

@@ -145,7 +145,8 @@ def run_ccnet(files: list[Path], models: Path, dedup: bool) -> int:
 
 def tree_cpu_seconds() -> float:
     """User + system CPU seconds of this process and its live descendants (Spark's JVM and its
-    Python workers, which are alive until the session stops)."""
+    Python workers, which are alive until the session stops), and of the descendants they have
+    reaped (phase 1 extracts each input in a forked child)."""
     import psutil
 
     processes = [psutil.Process(), *psutil.Process().children(recursive=True)]
@@ -155,7 +156,7 @@ def tree_cpu_seconds() -> float:
             times = process.cpu_times()
         except psutil.NoSuchProcess:
             continue
-        total += times.user + times.system
+        total += times.user + times.system + times.children_user + times.children_system
     return total
 
 

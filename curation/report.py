@@ -16,14 +16,10 @@ import json
 import os
 from collections import Counter, defaultdict
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from curation import schema, storage  # noqa: E402
-from curation.redact import redact_text  # noqa: E402
+from curation import schema, storage
+from curation.redact import redact_text
 
 SCORE_COLUMNS = ["language", *schema.SCORES]
 MAX_SAMPLES_PER_LANGUAGE = 100_000
@@ -52,18 +48,33 @@ def read_columns(curated: str) -> dict:
     return columns
 
 
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, imported on first use: every Spark Python worker imports
+    this module (through jobs.curate) and none of them plots (about 0.4 s of CPU each)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
+
+
+def subplots(*args, **kwargs):
+    return pyplot().subplots(*args, **kwargs)
+
+
 def save(fig, location: str) -> str:
     fig.tight_layout()
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=90)
-    plt.close(fig)
+    pyplot().close(fig)
     storage.write_bytes(location, png.getvalue())
     return os.path.basename(location)
 
 
 def plot_funnel(stages: dict, out: str) -> str:
     names = list(stages)
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+    fig, ax = subplots(figsize=(8, 3.5))
     ax.bar(["input records"] + names, [stages[names[0]].get("in", 0)] + [stages[n].get("out", 0) for n in names],
            color="#4c72b0")
     ax.set_ylabel("documents")
@@ -73,7 +84,7 @@ def plot_funnel(stages: dict, out: str) -> str:
 
 def plot_languages(languages: Counter, out: str) -> str:
     top = languages.most_common(25)
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+    fig, ax = subplots(figsize=(8, 3.5))
     ax.bar([lang for lang, _ in top], [n for _, n in top], color="#55a868")
     ax.set_ylabel("documents")
     ax.set_title("Documents per language (top 25)")
@@ -82,7 +93,7 @@ def plot_languages(languages: Counter, out: str) -> str:
 
 def plot_perplexity(perplexity: dict, cutoffs: dict, out: str) -> str:
     langs = sorted(perplexity, key=lambda lang: -len(perplexity[lang]))[:6]
-    fig, axes = plt.subplots(len(langs), 1, figsize=(8, 2.2 * len(langs)), squeeze=False)
+    fig, axes = subplots(len(langs), 1, figsize=(8, 2.2 * len(langs)), squeeze=False)
     for ax, lang in zip(axes[:, 0], langs):
         values = np.asarray(perplexity[lang])
         ax.hist(values, bins=np.geomspace(max(values.min(), 1), values.max() + 1, 40), color="#8172b2")
@@ -95,7 +106,7 @@ def plot_perplexity(perplexity: dict, cutoffs: dict, out: str) -> str:
 
 
 def plot_histogram(values, title: str, xlabel: str, out: str, name: str, log: bool = False) -> str:
-    fig, ax = plt.subplots(figsize=(8, 3))
+    fig, ax = subplots(figsize=(8, 3))
     ax.hist(values, bins=40, color="#64b5cd", log=log)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
@@ -104,7 +115,7 @@ def plot_histogram(values, title: str, xlabel: str, out: str, name: str, log: bo
 
 def plot_throughput(stages: dict, out: str) -> str:
     rates = {name: s["in"] / s["seconds"] for name, s in stages.items() if s.get("seconds") and s.get("in")}
-    fig, ax = plt.subplots(figsize=(8, 3))
+    fig, ax = subplots(figsize=(8, 3))
     ax.bar(list(rates), list(rates.values()), color="#ccb974")
     ax.set_ylabel("documents / s (one core)")
     ax.set_title("Throughput per stage")
@@ -114,7 +125,7 @@ def plot_throughput(stages: dict, out: str) -> str:
 def plot_rule_hits(name: str, stage: dict, out: str) -> str:
     """Lines removed and documents failed by each rule of a stage that counts them (C4's)."""
     hits = {key: n for key, n in stage.items() if key.startswith(("lines_removed.", "pages_hit.")) and n}
-    fig, ax = plt.subplots(figsize=(8, 3))
+    fig, ax = subplots(figsize=(8, 3))
     ax.barh(list(hits), list(hits.values()), color="#dd8452", log=True)
     ax.set_xlabel("lines (lines_removed.*) or documents (pages_hit.*)")
     ax.set_title(f"{name}: hits per rule")

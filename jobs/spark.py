@@ -21,6 +21,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 LOG4J_CONFIG = Path(__file__).resolve().parent / "log4j2.properties"
 LOOPBACK = "127.0.0.1"
 UI_SETTING = "CCURATE_SPARK_UI"  # environment variable: 1 turns Spark's web UI on for a local run
+FULL_JIT_SETTING = "CCURATE_SPARK_FULL_JIT"  # environment variable: 1 gives a local run's JVM its default JIT and GC
+# A local run's JVM compiles with C1 only and collects with the serial GC: it moves Arrow batches and
+# Parquet pages while Python does the work, and C2's compiler threads and G1's concurrent ones cost
+# more than they save (bench/ccnet.py, 20,910 documents: the JVM's CPU 45 s → 21 s).
+LEAN_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 
 
 def launched_by_spark_submit() -> bool:
@@ -38,11 +43,13 @@ def local_conf(log_file: Path) -> dict[str, str]:
     """Spark settings of a local run: its log in `log_file`, and nothing reachable from another
     machine. The driver's RPC server and its block manager (local mode has no other) listen on
     127.0.0.1; the web UI is off unless CCURATE_SPARK_UI=1, and then on 127.0.0.1 without its
-    kill links."""
+    kill links. The JVM runs with `LEAN_JVM_OPTIONS` unless CCURATE_SPARK_FULL_JIT=1."""
     ui = os.environ.get(UI_SETTING, "").lower() in {"1", "true", "yes", "on"}
+    full_jit = os.environ.get(FULL_JIT_SETTING, "").lower() in {"1", "true", "yes", "on"}
     return {
         "spark.driver.extraJavaOptions":
-            f"-Dlog4j2.configurationFile=file:{LOG4J_CONFIG} -Dccurate.log.file={log_file}",
+            f"-Dlog4j2.configurationFile=file:{LOG4J_CONFIG} -Dccurate.log.file={log_file}"
+            + ("" if full_jit else f" {LEAN_JVM_OPTIONS}"),
         "spark.ui.showConsoleProgress": "true",
         "spark.sql.shuffle.partitions": str(2 * (os.cpu_count() or 1)),
         "spark.driver.memory": os.environ.get("SPARK_DRIVER_MEMORY", "4g"),

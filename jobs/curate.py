@@ -76,6 +76,7 @@ from curation.perplexity import (
 )
 from curation.pipeline import merge_stats, nest_counters, run_stages, stage_stats
 from curation.redact import install_redaction, redact_config, redact_text
+from curation.report import write_report
 from curation.settings import (
     InputSettings,
     PartitionSettings,
@@ -564,8 +565,6 @@ def run(spark: SparkSession, settings: CurateSettings, run_dir: str | Path,
               "documents_out": sum(storage.published_files(storage.join(run_dir, "curated")).values()),
               "seconds": round(time.time() - started, 2)}
     write_json(storage.join(run_dir, "stats.json"), result)
-    from curation.report import write_report  # here: matplotlib would cost every Python worker ~1 s to import
-
     result["report"] = str(write_report(run_dir, bucket_cutoffs(settings, run_dir, enabled)))
     return result
 

@@ -269,13 +269,17 @@ def annotate(batches, settings: CurateSettings, enabled: dict[str, bool]):
     params = settings.minhash.resolved()
     hasher = MinHasher(params.num_perm, params.seed, params.ngram) if params.enabled else None
     internal = frozenset([DOC_ID, GROUP])
+    signature_seconds = 0.0  # MinHash's share of the task, counted with MinHash's own time
 
     def batch(docs: list[dict]) -> pa.RecordBatch:
+        nonlocal signature_seconds
         table = pa.Table.from_pylist(docs, ANNOTATED_OUT)
         if hasher:
+            started = time.perf_counter()
             texts = [doc.get("raw_content") or "" for doc in docs]
             table = table.set_column(table.schema.get_field_index(SIGNATURE), SIGNATURE,
                                      signature_column(texts, params, hasher))
+            signature_seconds += time.perf_counter() - started
         return table.to_batches()[0]
 
     docs = (doc for record_batch in batches for doc in record_batch.to_pylist())
@@ -290,10 +294,13 @@ def annotate(batches, settings: CurateSettings, enabled: dict[str, bool]):
                 out = []
         if out:
             yield batch(out)
-        yield pa.RecordBatch.from_pylist([{GROUP: group, TASK_STATS: json.dumps({"stages": stage_stats(stages)})}],
-                                         ANNOTATED_OUT)
+        counts = stage_stats(stages)
+        if hasher:
+            counts["minhash"] = {"signature_seconds": signature_seconds}
+        yield pa.RecordBatch.from_pylist([{GROUP: group, TASK_STATS: json.dumps({"stages": counts})}], ANNOTATED_OUT)
         for stage in stages:
             stage.stats.clear()
+        signature_seconds = 0.0
 
 
 def dedup_groups(inputs: list[str], done: list[str], group_size: int) -> dict[int, list[str]]:
@@ -394,7 +401,7 @@ def curate_documents(spark: SparkSession, run_dir: str, groups: dict[int, list[s
     for group in sorted(markers):  # the counts of every document in the output, made now or before
         merge_stats(stats, {"stages": markers[group]["about"]["stages"]})
     stats["processed"] = {"groups": len(groups), "groups_made": todo, "groups_reused": len(groups) - len(todo),
-                          "documents": {name: stage.get("in", 0) for name, stage in processed.items()}}
+                          "documents": {name: stage["in"] for name, stage in processed.items() if "in" in stage}}
     for directory in storage.list_directories(storage.join(run_dir, "groups")):
         if directory not in {group_directory(run_dir, group) for group in groups}:
             storage.delete(directory)  # a group of earlier settings or inputs
@@ -420,8 +427,10 @@ def curate_documents(spark: SparkSession, run_dir: str, groups: dict[int, list[s
     # The new files replace the previous result when their marker is written: readers that follow
     # the marker see the old or the new output, never a mix.
     storage.publish_files(storage.join(run_dir, "curated"), written)
-    if scored:
-        stats["stages"]["minhash"] = scored
+    if scored:  # the signatures' seconds, spent in the groups' tasks, count as MinHash's
+        signature_seconds = stats["stages"].get("minhash", {}).get("signature_seconds", 0.0)
+        stats["stages"]["minhash"] = {**scored, "seconds": scored["seconds"] + signature_seconds,
+                                      "signature_seconds": signature_seconds}
     return stats
 
 

@@ -25,7 +25,7 @@ def curated_rows(run_dir) -> list[dict]:
 
 def without_seconds(value):
     if isinstance(value, dict):
-        return {key: without_seconds(v) for key, v in value.items() if key != "seconds"}
+        return {key: without_seconds(v) for key, v in value.items() if not key.endswith("seconds")}
     return value
 
 

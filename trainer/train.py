@@ -158,7 +158,10 @@ def init_processes(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     """(rank, world size, device); under torchrun also the process group."""
     rank, world = 0, 1
     if "RANK" in os.environ:
-        dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
+        nccl = torch.cuda.is_available() and cfg.device != "cpu"
+        # NCCL bound to this rank's GPU up front, rather than guessed from the global rank
+        local_gpu = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if nccl else None
+        dist.init_process_group("nccl" if nccl else "gloo", device_id=local_gpu)
         rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           "cpu" if cfg.device == "auto" else cfg.device)

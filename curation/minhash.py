@@ -171,10 +171,16 @@ class MinHasher:
         return self.signatures_from_shingles([shingle_bytes(t, self.ngram) for t in texts])
 
 
+def band_key_bytes(signatures: np.ndarray, bands: int, rows: int) -> bytes:
+    """The LSH bucket keys of a batch of signatures ((documents, num_perm) uint32), document-major:
+    `bands` keys per document, each the little-endian bytes of its band's `rows` values (4·rows bytes)."""
+    return np.ascontiguousarray(signatures[:, : bands * rows], dtype="<u4").tobytes()
+
+
 def band_keys(signature: np.ndarray, bands: int, rows: int) -> list[bytes]:
-    """The `bands` LSH bucket keys of one signature: the bytes of each band's `rows` values."""
-    sig = np.ascontiguousarray(signature[: bands * rows], dtype="<u4")
-    return [sig[i * rows:(i + 1) * rows].tobytes() for i in range(bands)]
+    """The `bands` LSH bucket keys of one signature (`band_key_bytes`)."""
+    keys, width = band_key_bytes(signature[np.newaxis], bands, rows), 4 * rows
+    return [keys[i * width:(i + 1) * width] for i in range(bands)]
 
 
 @dataclass(frozen=True)

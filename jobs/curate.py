@@ -91,7 +91,7 @@ from curation.storage import NotARunDirectory
 from curation.warc import ArchiveReader, ReadSettings, cc_segment
 from curation.wikiref import WikirefSettings, WikirefStage
 from jobs.dedup import ID as DOC_ID
-from jobs.dedup import SIGNATURE, SIGNATURES, line_dedup, minhash_dedup, signature_column
+from jobs.dedup import SIGNATURE, SIGNATURES, line_dedup, minhash_dedup, signature_column, with_doc_id
 from jobs.spark import claimed_session, counting_tasks
 from jobs.storage_io import read_parquet, write_parquet
 
@@ -371,21 +371,20 @@ def write_curated(spark: SparkSession, run_dir: str, groups: dict[int, list[str]
     stored from the same segments and settings are reused, the others made (line dedup, row-wise
     stages, signatures); then MinHash over every group's stored signatures and the final selection
     into RUN/curated. Returns the stats."""
-    files = {group: [segment_file(run_dir, source) for source in sources] for group, sources in groups.items()}
-    text_bytes = stored_text_bytes([f for group_files in files.values() for f in group_files])
+    text_bytes = stored_text_bytes([segment_file(run_dir, source) for sources in groups.values() for source in sources])
     previous = {key: spark.conf.get(key, None) for key in SHUFFLE_CONF}
     for key, value in zip(SHUFFLE_CONF, (tasks_for(spark, sum(text_bytes.values()), settings.partitions), "true",
                                          "true", settings.partitions.text_bytes)):
         spark.conf.set(key, str(value))
     try:
-        return curate_documents(spark, run_dir, groups, files, text_bytes, settings, enabled)
+        return curate_documents(spark, run_dir, groups, text_bytes, settings, enabled)
     finally:  # the session may be shared (tests, notebooks): leave its settings as they were
         for key, value in previous.items():
             spark.conf.unset(key) if value is None else spark.conf.set(key, value)
 
 
-def curate_documents(spark: SparkSession, run_dir: str, groups: dict[int, list[str]], files: dict[int, list[str]],
-                     text_bytes: dict[str, int], settings: CurateSettings, enabled: dict[str, bool]) -> dict:
+def curate_documents(spark: SparkSession, run_dir: str, groups: dict[int, list[str]], text_bytes: dict[str, int],
+                     settings: CurateSettings, enabled: dict[str, bool]) -> dict:
     stats: dict = {"stages": {}, "tasks": {}}
     tasks = stats["tasks"]
     fingerprint = phase2_fingerprint(settings, enabled)
@@ -393,8 +392,8 @@ def curate_documents(spark: SparkSession, run_dir: str, groups: dict[int, list[s
     todo = sorted(group for group, marker in markers.items() if marker is None)
     processed: dict = {}
     if todo:
-        made = make_groups(spark, run_dir, {group: groups[group] for group in todo},
-                           {group: files[group] for group in todo}, text_bytes, fingerprint, settings, enabled, stats)
+        made = make_groups(spark, run_dir, {group: groups[group] for group in todo}, text_bytes, fingerprint, settings,
+                           enabled, stats)
         for group, marker in made.items():
             markers[group] = marker
             merge_stats(processed, marker["about"]["stages"])
@@ -402,11 +401,11 @@ def curate_documents(spark: SparkSession, run_dir: str, groups: dict[int, list[s
         merge_stats(stats, {"stages": markers[group]["about"]["stages"]})
     stats["processed"] = {"groups": len(groups), "groups_made": todo, "groups_reused": len(groups) - len(todo),
                           "documents": {name: stage["in"] for name, stage in processed.items() if "in" in stage}}
-    for directory in storage.list_directories(storage.join(run_dir, "groups")):
-        if directory not in {group_directory(run_dir, group) for group in groups}:
-            storage.delete(directory)  # a group of earlier settings or inputs
-
     groups_dir = storage.join(run_dir, "groups")
+    current = {group_directory(run_dir, group) for group in groups}
+    for directory in set(storage.list_directories(groups_dir)) - current:
+        storage.delete(directory)  # a group of earlier settings or inputs
+
     stored = [storage.join(group_directory(run_dir, group), name) for group in sorted(markers)
               for name in markers[group]["files"]]
     frame = read_parquet(spark, groups_dir, stored, ANNOTATED_WITH_ID)
@@ -434,18 +433,16 @@ def curate_documents(spark: SparkSession, run_dir: str, groups: dict[int, list[s
     return stats
 
 
-def make_groups(spark: SparkSession, run_dir: str, groups: dict[int, list[str]], files: dict[int, list[str]],
-                text_bytes: dict[str, int], fingerprint: str, settings: CurateSettings, enabled: dict[str, bool],
-                stats: dict) -> dict[int, dict]:
+def make_groups(spark: SparkSession, run_dir: str, groups: dict[int, list[str]], text_bytes: dict[str, int],
+                fingerprint: str, settings: CurateSettings, enabled: dict[str, bool], stats: dict) -> dict[int, dict]:
     """Line dedup (within each group), the row-wise stages and the MinHash signatures of `groups`'
     documents; each group's documents written to RUN/groups/group=N/ and published there with its
     segments, the fingerprint and its counts (a killed run leaves no half group). Returns {group:
     marker}."""
     tasks = stats["tasks"]
-    paths = [path for group in groups for path in files[group]]
+    paths = [segment_file(run_dir, source) for sources in groups.values() for source in sources]
     documents = read_parquet(spark, storage.join(run_dir, "segments"), paths, EXTRACTED, file_index=FILE)
-    file_groups = spark.createDataFrame([(index, group) for index, group in
-                                         enumerate(group for group in groups for _ in files[group])],
+    file_groups = spark.createDataFrame(list(enumerate(group for group, sources in groups.items() for _ in sources)),
                                         T.StructType([T.StructField(FILE, T.LongType()),
                                                       T.StructField(GROUP, T.LongType())]))
     documents = documents.join(F.broadcast(file_groups), on=FILE).drop(FILE)
@@ -460,7 +457,7 @@ def make_groups(spark: SparkSession, run_dir: str, groups: dict[int, list[str]],
                 **group_lines, "seconds": lines["seconds"] * group_lines["in"] / max(1, lines["in"])}
         annotated_bytes = round(input_bytes * (1 - lines["lines_removed"] / max(1, lines["lines_in"])))
     else:
-        documents = documents.withColumn(DOC_ID, F.xxhash64("url", "raw_content"))
+        documents = with_doc_id(documents)
     # The row-wise stages run on tasks of about `partitions.text_bytes` of text each, at least one per
     # core. Ranges of (group, id): a task holds one group or a few, so a group is written as about
     # its share of the tasks' files; sorted by group inside the task, so its counters come apart.

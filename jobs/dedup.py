@@ -50,7 +50,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 from curation import storage
 from curation.dedup_lines import GroupDedup, LineDedupSettings
 from curation.extract import ExtractSettings
-from curation.minhash import MinHasher, MinHashSettings, document_signatures
+from curation.minhash import MinHasher, MinHashSettings, band_key_bytes, document_signatures
 from curation.settings import SettingsError, load_settings, section
 from jobs.storage_io import read_parquet, write_parquet
 
@@ -181,16 +181,14 @@ def with_signatures(df: DataFrame, settings: MinHashSettings) -> DataFrame:
 
 
 def _band_keys_fn(params: MinHashSettings):
-    """Signatures → one row per (document, band): the band's LSH key, the bytes of its `rows` values
-    (`curation.minhash.band_keys`, for a whole batch at once)."""
+    """Signatures → one row per (document, band): the band's LSH key (`curation.minhash.band_key_bytes`)."""
     def fn(batches):
         for batch in batches:
             n = batch.num_rows
             sigs = batch.column(SIGNATURE).flatten().to_numpy().view("<u4").reshape(n, params.num_perm)
-            keys = np.ascontiguousarray(sigs[:, :params.bands * params.rows])
-            width = 4 * params.rows
-            key_array = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), n * params.bands,
-                                                              [None, pa.py_buffer(keys.tobytes())])
+            keys = band_key_bytes(sigs, params.bands, params.rows)
+            key_array = pa.FixedSizeBinaryArray.from_buffers(pa.binary(4 * params.rows), n * params.bands,
+                                                              [None, pa.py_buffer(keys)])
             yield pa.RecordBatch.from_arrays(
                 [pa.array(np.repeat(batch.column(ID).to_numpy(), params.bands)),
                  pa.array(np.tile(np.arange(params.bands, dtype=np.int32), n)), key_array.cast(pa.binary())],

@@ -39,13 +39,16 @@ def process_umask() -> int:
     return mask
 
 
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in {"1", "true", "yes", "on"}
+
+
 def local_conf(log_file: Path) -> dict[str, str]:
     """Spark settings of a local run: its log in `log_file`, and nothing reachable from another
     machine. The driver's RPC server and its block manager (local mode has no other) listen on
     127.0.0.1; the web UI is off unless CCURATE_SPARK_UI=1, and then on 127.0.0.1 without its
     kill links. The JVM runs with `LEAN_JVM_OPTIONS` unless CCURATE_SPARK_FULL_JIT=1."""
-    ui = os.environ.get(UI_SETTING, "").lower() in {"1", "true", "yes", "on"}
-    full_jit = os.environ.get(FULL_JIT_SETTING, "").lower() in {"1", "true", "yes", "on"}
+    ui, full_jit = env_flag(UI_SETTING), env_flag(FULL_JIT_SETTING)
     return {
         "spark.driver.extraJavaOptions":
             f"-Dlog4j2.configurationFile=file:{LOG4J_CONFIG} -Dccurate.log.file={log_file}"

@@ -24,12 +24,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from curation.normalize import DIGIT_RE, NON_PRINTING_CHARS, UNICODE_PUNCT, normalize_for_dedup
 from curation.pipeline import Stage
 from curation.settings import setting
 
 HASH_SIZE = 8
+LINE_HASHES = "_line_hashes"  # a document's `document_hashes`, stored beside its text by phase 1
 # `normalize_for_dedup`'s removals, minus the newline: applied to a whole text, lines stay apart.
 _REMOVED_KEEP_NEWLINE_RE = re.compile(
     f"[{re.escape(''.join(UNICODE_PUNCT) + NON_PRINTING_CHARS.replace(chr(10), ''))}]")
@@ -94,6 +96,40 @@ def apply_dedup(doc: dict, hashes: np.ndarray, duplicated: np.ndarray, min_lengt
     return out, None, removed
 
 
+def document_counts(documents: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(the sorted distinct hashes of `documents` (each a document's line hashes), in how many of the
+    documents each one is): a part of a group, e.g. one segment, reduced for `duplicated_hashes`."""
+    distinct = [np.unique(hashes) for hashes in documents]
+    return np.unique(np.concatenate([np.zeros(0, np.int64), *distinct]), return_counts=True)
+
+
+def duplicated_hashes(parts: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """The group rule: the sorted hashes found in more than one document of the group, from the
+    `document_counts` of its parts."""
+    parts = list(parts)
+    values = np.concatenate([np.zeros(0, np.int64), *(values for values, _ in parts)])
+    counts = np.concatenate([np.zeros(0, np.int64), *(counts for _, counts in parts)])
+    distinct, where = np.unique(values, return_inverse=True)
+    return distinct[np.bincount(where, weights=counts, minlength=len(distinct)) > 1]
+
+
+def line_hash_column(texts: list[str | None]) -> pa.ListArray:
+    """`document_hashes` of each text, as an Arrow column (phase 1 stores it as `LINE_HASHES`)."""
+    documents = [document_hashes(text or "") for text in texts]
+    offsets = np.zeros(len(documents) + 1, np.int32)
+    np.cumsum([len(hashes) for hashes in documents], out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.concatenate([np.zeros(0, np.int64), *documents])))
+
+
+def hashes_of(column: pa.Array | pa.ChunkedArray) -> list[np.ndarray]:
+    """The documents' hash arrays of a `line_hash_column` (views, no copy per document)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    values = column.values.to_numpy(zero_copy_only=False)
+    offsets = column.offsets.to_numpy()
+    return [values[start:stop] for start, stop in zip(offsets[:-1], offsets[1:])]
+
+
 class GroupDedup:
     """One dedup group: `add` each document's text (first pass), then `apply` to each document in
     the same order (second pass). Holds the hashes, never the texts."""
@@ -101,7 +137,6 @@ class GroupDedup:
     def __init__(self, min_length: int = 0, min_length_after: int = 0):
         self.min_length, self.min_length_after = min_length, min_length_after
         self._hashes: list[np.ndarray] = []
-        self._distinct: list[np.ndarray] = []
         self._duplicated: np.ndarray | None = None
         self._next = 0
 
@@ -109,13 +144,11 @@ class GroupDedup:
         text = text or ""
         hashes = document_hashes(text) if len(text) >= self.min_length else np.zeros(0, np.int64)
         self._hashes.append(hashes)
-        self._distinct.append(np.unique(hashes))
 
     def duplicated(self) -> np.ndarray:
         """Sorted hashes found in more than one document of the group."""
         if self._duplicated is None:
-            values, counts = np.unique(np.concatenate([np.zeros(0, np.int64), *self._distinct]), return_counts=True)
-            self._duplicated, self._distinct = values[counts > 1], []
+            self._duplicated = duplicated_hashes([document_counts(self._hashes)])
         return self._duplicated
 
     def apply(self, doc: dict) -> tuple[dict, str | None, int]:
@@ -124,6 +157,33 @@ class GroupDedup:
         self._hashes[self._next] = None  # freed as the second pass goes
         self._next += 1
         return apply_dedup(doc, hashes, duplicated, self.min_length, self.min_length_after)
+
+
+class DuplicateLinesRemover(Stage):
+    """cc_net's second pass (its `DuplicatesRemover`): each document's lines whose hash is in its
+    group's `duplicated` set (made by `duplicated_hashes` over the whole group) are removed. A
+    document's hashes are taken from its `LINE_HASHES` field when phase 1 stored them, else computed."""
+
+    name = "line_dedup"
+    writes = ("raw_content", "length", "nlines", "original_length", "original_nlines")
+
+    def __init__(self, duplicated: np.ndarray, settings: LineDedupSettings = LineDedupSettings(), min_length: int = 0):
+        super().__init__()
+        self.duplicated, self.settings, self.min_length = duplicated, settings, min_length
+
+    def process(self, docs: Iterable[dict]) -> Iterator[dict]:
+        for doc in docs:
+            hashes = doc.pop(LINE_HASHES, None)
+            if hashes is None:
+                hashes = document_hashes(doc.get("raw_content") or "")
+            out, reason, removed = apply_dedup(doc, hashes, self.duplicated, self.min_length,
+                                               self.settings.min_length_after)
+            self.stats["lines_in"] += out["original_nlines"]
+            self.stats["lines_removed"] += removed
+            if reason:
+                self.drop(reason)
+            else:
+                yield out
 
 
 class LineDedupStage(Stage):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pyarrow as pa
+import xxhash
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,17 @@ def check_document(doc: dict, internal: frozenset[str] = frozenset()) -> None:
     unknown = doc.keys() - BY_NAME.keys() - internal
     if unknown:
         raise KeyError(f"document fields {sorted(unknown)} are not in curation.schema.FIELDS: add them there")
+
+
+def doc_id(url: str | None, raw_content: str | None) -> int:
+    """A document's identity, from its URL and text as read: Spark's `xxhash64(url, raw_content)`
+    (XXH64, seed 42, each non-null column's UTF-8 bytes hashed with the previous hash as the seed),
+    so Python tasks and Spark expressions (`jobs.dedup.with_doc_id`) give the same id."""
+    seed = 42
+    for value in (url, raw_content):
+        if value is not None:
+            seed = xxhash.xxh64_intdigest(value.encode("utf-8"), seed)
+    return seed - (1 << 64) if seed >= 1 << 63 else seed
 
 
 def markdown_table() -> str:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import glob
 import hashlib
+import io
 import itertools
 import json
 import logging
@@ -44,22 +45,32 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark import TaskContext
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
-from pyspark.sql.pandas.types import from_arrow_schema
 
 from curation import schema, storage
 from curation.c4 import C4Settings, C4Stage
 from curation.commoncrawl import list_paths, select_segments, snapshot_name
-from curation.dedup_lines import LineDedupSettings
+from curation.dedup_lines import (
+    LINE_HASHES,
+    DuplicateLinesRemover,
+    LineDedupSettings,
+    document_counts,
+    document_hashes,
+    duplicated_hashes,
+    hashes_of,
+    line_hash_column,
+)
 from curation.extract import ExtractSettings, ExtractStage
 from curation.langid import LanguageIdSettings, LanguageIdStage, default_model_path
 from curation.minhash import MinHasher, MinHashSettings
@@ -91,13 +102,12 @@ from curation.storage import NotARunDirectory
 from curation.warc import ArchiveReader, ReadSettings, cc_segment
 from curation.wikiref import WikirefSettings, WikirefStage
 from jobs.dedup import ID as DOC_ID
-from jobs.dedup import SIGNATURE, SIGNATURES, line_dedup, minhash_dedup, signature_column, with_doc_id
+from jobs.dedup import SIGNATURE, SIGNATURES, minhash_dedup, signature_column
 from jobs.spark import claimed_session, counting_tasks
 from jobs.storage_io import read_parquet, write_parquet
 
 log = logging.getLogger("curate")
 GROUP = "group"  # a document's dedup group: RUN/groups/group=N/ keeps the group's annotated documents
-FILE = "_file"  # a document's segment file, by its index in the files read
 # A task-local property the tests set to make phase 1 SIGKILL the process of each input whose path contains it.
 FAILPOINT_KILL = "ccurate.failpoint.kill_segment"
 
@@ -123,15 +133,19 @@ class CurateSettings:
 # perplexity, wikiref and MinHash then see (the LLaMA paper's order: after language ID).
 ROW_STAGES = (LanguageIdStage, C4Stage, PerplexityStage, WikirefStage)
 EXTRACTED = schema.arrow_schema(schema.EXTRACTED)
+# Phase 1's files: the extracted documents, and their line hashes when line dedup is on.
+LINE_HASHES_FIELD = pa.field(LINE_HASHES, pa.list_(pa.int64()))
+SEGMENT_WITH_HASHES = EXTRACTED.append(LINE_HASHES_FIELD)
 # Phase 2's columns before MinHash: phase 1's, then those the row-wise stages write.
 ANNOTATED = schema.arrow_schema(schema.ordered([*schema.EXTRACTED, *(f for stage in ROW_STAGES for f in stage.writes)]))
 ANNOTATED_WITH_ID = ANNOTATED.append(pa.field(DOC_ID, pa.int64()))
 # What a group keeps: the annotated documents and their MinHash signatures (a column of its own, so
 # that the run-wide clustering reads no text).
 STORED = ANNOTATED_WITH_ID.append(SIGNATURES.field(SIGNATURE))
-TASK_STATS = "_task_stats"
-ANNOTATED_OUT = STORED.append(pa.field(GROUP, pa.int64())).append(pa.field(TASK_STATS, pa.string()))
 ROW_GROUP_DOCS = 1000
+# A piece of phase 1's output: (file, row group, first row, end row); a unit: one task's pieces, of one group.
+Piece = tuple[str, int, int, int]
+Unit = tuple[int, list[Piece]]
 SETTINGS_HEADER = """\
 # Every setting of the curate job with its default and meaning: the output of
 # `python -m jobs.curate --print-settings` (the defaults live in the stage modules; a test keeps this
@@ -158,16 +172,23 @@ def extract_segment(source: str, segments_dir: str, settings: CurateSettings) ->
     reader = ArchiveReader(settings.read.max_payload_bytes, settings.read.max_line_bytes,
                            settings.input.retries, settings.input.backoff_seconds)
     extract = ExtractStage(settings.extract)
+    hashed = settings.line_dedup.enabled  # cc_net's first dedup pass, done while the text is at hand
+
+    def table(docs: list[dict]) -> pa.Table:
+        rows = pa.Table.from_pylist(docs, EXTRACTED)
+        return rows.append_column(LINE_HASHES_FIELD, line_hash_column(rows.column("raw_content").to_pylist())) \
+            if hashed else rows
+
     started = time.time()
     with storage.atomic_output(storage.join(segments_dir, seg + ".parquet")) as out:
-        with pq.ParquetWriter(out, EXTRACTED, compression="zstd") as writer:
+        with pq.ParquetWriter(out, SEGMENT_WITH_HASHES if hashed else EXTRACTED, compression="zstd") as writer:
             batch: list[dict] = []
             for doc in run_stages(reader.read(source), [extract]):
                 batch.append(doc)
                 if len(batch) == ROW_GROUP_DOCS:
-                    writer.write_table(pa.Table.from_pylist(batch, EXTRACTED))
+                    writer.write_table(table(batch))
                     batch.clear()
-            writer.write_table(pa.Table.from_pylist(batch, EXTRACTED))
+            writer.write_table(table(batch))
         if reader.stats["dropped.corrupt_record"] and not reader.stats["out"]:
             raise ValueError("no page could be read: corrupt, or not a WARC/WET file")
     stats = {"source": redact_text(source), "seconds": round(time.time() - started, 3),
@@ -179,6 +200,9 @@ def extract_segment(source: str, segments_dir: str, settings: CurateSettings) ->
 def extract_segments(sources, segments_dir: str, settings: CurateSettings):
     """A task's share of phase 1; a failed input is reported, never fatal to the job."""
     install_redaction()  # this runs in a Python worker: its log goes to the console
+    # pyarrow imports pandas at its first array made from Python objects (0.6 s of CPU): once here,
+    # before the forks, instead of in the child of every input.
+    import pandas  # noqa: F401
     kill_marker = TaskContext.get().getLocalProperty(FAILPOINT_KILL) if TaskContext.get() else None
     for source in sources:
         yield source, extract_in_child(source, segments_dir, settings, kill_marker)
@@ -259,48 +283,93 @@ def row_stages(settings: CurateSettings, enabled: dict[str, bool]) -> list:
     return [stage(getattr(settings, stage.name)) for stage in ROW_STAGES if enabled.get(stage.name, True)]
 
 
-def annotate(batches, settings: CurateSettings, enabled: dict[str, bool]):
-    """Row-wise stages of phase 2 and the MinHash signatures, streamed per partition as Arrow batches
-    (no Row objects cross between the JVM and Python), over documents sorted by group. Each group's
-    counters come after its documents, as one row whose only values are GROUP and TASK_STATS: read by
-    an action, they count each partition once however often Spark reruns the task (an accumulator
-    updated here would count a recomputed partition twice)."""
+def annotate_unit(unit: Unit, run_dir: str, settings: CurateSettings, enabled: dict[str, bool]) -> dict:
+    """One task of phase 2, in Python from file to file: its pieces of phase 1's files are read, go
+    through line dedup (against the group's duplicated lines), the row-wise stages and the MinHash
+    signatures, and are written as one file of the group's directory, named after the unit's first
+    piece (a retried task writes the same file). Returns the file, its rows and the stages' counts;
+    read from the job's result, counts are those of the successful attempt only."""
+    group, pieces = unit
     stages = row_stages(settings, enabled)
+    if settings.line_dedup.enabled:
+        duplicated = np.load(io.BytesIO(storage.read_bytes(duplicated_lines_file(run_dir, group))))
+        stages.insert(0, DuplicateLinesRemover(duplicated, settings.line_dedup))
     params = settings.minhash.resolved()
     hasher = MinHasher(params.num_perm, params.seed, params.ngram) if params.enabled else None
-    internal = frozenset([DOC_ID, GROUP])
+    internal = frozenset([DOC_ID])
     signature_seconds = 0.0  # MinHash's share of the task, counted with MinHash's own time
 
-    def batch(docs: list[dict]) -> pa.RecordBatch:
+    def table(docs: list[dict]) -> pa.Table:
         nonlocal signature_seconds
-        table = pa.Table.from_pylist(docs, ANNOTATED_OUT)
-        if hasher:
-            started = time.perf_counter()
-            texts = [doc.get("raw_content") or "" for doc in docs]
-            table = table.set_column(table.schema.get_field_index(SIGNATURE), SIGNATURE,
-                                     signature_column(texts, params, hasher))
-            signature_seconds += time.perf_counter() - started
-        return table.to_batches()[0]
+        rows = pa.Table.from_pylist(docs, ANNOTATED_WITH_ID)
+        started = time.perf_counter()
+        signatures = signature_column([doc.get("raw_content") or "" for doc in docs], params, hasher) if hasher \
+            else pa.nulls(len(docs), SIGNATURES.field(SIGNATURE).type)
+        signature_seconds += time.perf_counter() - started
+        return rows.append_column(SIGNATURES.field(SIGNATURE), signatures)
 
-    docs = (doc for record_batch in batches for doc in record_batch.to_pylist())
-    for group, group_docs in itertools.groupby(docs, key=lambda doc: doc[GROUP]):
-        out: list[dict] = []
-        for doc in run_stages(group_docs, stages):
+    path, row_group, first, _ = pieces[0]
+    location = storage.join(group_directory(run_dir, group),
+                            f"part-{Path(path).stem}-{row_group:04d}-{first:05d}.zstd.parquet")
+    rows, out = 0, []
+    with storage.atomic_output(location) as stream, pq.ParquetWriter(stream, STORED, compression="zstd") as writer:
+        for doc in run_stages(read_pieces(pieces, settings.line_dedup.enabled), stages):
             schema.check_document(doc, internal)
             doc.setdefault("bucket", "all")
             out.append(doc)
             if len(out) == ROW_GROUP_DOCS:
-                yield batch(out)
-                out = []
+                writer.write_table(table(out))
+                rows, out = rows + len(out), []
         if out:
-            yield batch(out)
-        counts = stage_stats(stages)
-        if hasher:
-            counts["minhash"] = {"signature_seconds": signature_seconds}
-        yield pa.RecordBatch.from_pylist([{GROUP: group, TASK_STATS: json.dumps({"stages": counts})}], ANNOTATED_OUT)
-        for stage in stages:
-            stage.stats.clear()
-        signature_seconds = 0.0
+            writer.write_table(table(out))
+            rows += len(out)
+    counts = stage_stats(stages)
+    if hasher:
+        counts["minhash"] = {"signature_seconds": signature_seconds}
+    return {"group": group, "file": location, "rows": rows, "stages": counts}
+
+
+def read_pieces(pieces: list[Piece], with_hashes: bool) -> Iterator[dict]:
+    """The documents of `pieces` of phase 1's files, each with its `_doc_id` and, `with_hashes` where
+    phase 1 stored them, its line hashes; one row group in memory at a time."""
+    for path, row_group, first, stop in pieces:
+        with storage.open_input(path) as f:
+            parquet = pq.ParquetFile(f)
+            hashed = with_hashes and LINE_HASHES in parquet.schema_arrow.names
+            rows = parquet.read_row_group(row_group, columns=EXTRACTED.names + [LINE_HASHES] * hashed)
+        rows = rows.slice(first, stop - first)
+        hashes = hashes_of(rows.column(LINE_HASHES)) if hashed else itertools.repeat(None)
+        for doc, doc_hashes in zip(rows.select(EXTRACTED.names).to_pylist(), hashes):
+            doc[DOC_ID] = schema.doc_id(doc["url"], doc["raw_content"])
+            if doc_hashes is not None:
+                doc[LINE_HASHES] = doc_hashes
+            yield doc
+
+
+def write_duplicated_lines(run_dir: str, group: int, sources: list[str]) -> float:
+    """cc_net's hashes step for one group: the line hashes found in more than one of its documents,
+    from phase 1's stored hashes (computed from the text for a segment stored without them), to
+    RUN/groups/group=N/ (read by each of the group's annotate tasks). Memory: the distinct hashes of
+    the group, as cc_net's in-memory set of a group. Returns its seconds."""
+    started = time.perf_counter()
+    parts = []
+    for source in sources:
+        with storage.open_input(segment_file(run_dir, source)) as f:
+            parquet = pq.ParquetFile(f)
+            if LINE_HASHES in parquet.schema_arrow.names:
+                documents = hashes_of(parquet.read(columns=[LINE_HASHES]).column(LINE_HASHES))
+            else:
+                documents = [document_hashes(text or "") for text in parquet.read(["raw_content"])["raw_content"]
+                             .to_pylist()]
+        parts.append(document_counts(documents))
+    buffer = io.BytesIO()
+    np.save(buffer, duplicated_hashes(parts))
+    storage.write_bytes(duplicated_lines_file(run_dir, group), buffer.getvalue())
+    return time.perf_counter() - started
+
+
+def duplicated_lines_file(run_dir: str, group: int) -> str:
+    return storage.join(group_directory(run_dir, group), "duplicated_lines.npy")
 
 
 def dedup_groups(inputs: list[str], done: list[str], group_size: int) -> dict[int, list[str]]:
@@ -342,16 +411,43 @@ def stored_group(run_dir: str, group: int, segments: list[str], fingerprint: str
     return marker if same else None
 
 
-def stored_text_bytes(files: list[str]) -> dict[str, int]:
-    """{file: bytes of `raw_content`} of phase 1's Parquet files, from their footers (no data read)."""
+def row_group_sizes(files: list[str]) -> dict[str, list[tuple[int, int]]]:
+    """{file: [(rows, bytes of `raw_content`) of each row group]} of phase 1's Parquet files, from
+    their footers (no data read)."""
     sizes = {}
     for path in files:
         with storage.open_input(path) as f:
             meta = pq.read_metadata(f)
-        sizes[path] = sum(meta.row_group(group).column(c).total_uncompressed_size
-                          for group in range(meta.num_row_groups) for c in range(meta.row_group(group).num_columns)
-                          if meta.row_group(group).column(c).path_in_schema == "raw_content")
+        text = meta.schema.to_arrow_schema().get_field_index("raw_content")
+        sizes[path] = [(meta.row_group(i).num_rows, meta.row_group(i).column(text).total_uncompressed_size)
+                       for i in range(meta.num_row_groups)]
     return sizes
+
+
+def plan_units(run_dir: str, groups: dict[int, list[str]], sizes: dict[str, list[tuple[int, int]]],
+               unit_bytes: float) -> list[Unit]:
+    """Phase 2's tasks: each group's documents, in order, cut into units of about `unit_bytes` of text
+    (a row group split by rows where needed, its text counted evenly over its rows)."""
+    units: list[Unit] = []
+    for group, sources in groups.items():
+        pieces: list[Piece] = []
+        size = 0.0
+        for source in sources:
+            path = segment_file(run_dir, source)
+            for row_group, (rows, text) in enumerate(sizes[path]):
+                per_row, first = text / max(1, rows), 0
+                while first < rows:
+                    take = rows - first
+                    if size + take * per_row > unit_bytes:
+                        take = max(1, min(take, math.ceil((unit_bytes - size) / max(per_row, 1e-9))))
+                    pieces.append((path, row_group, first, first + take))
+                    size, first = size + take * per_row, first + take
+                    if size >= unit_bytes:
+                        units.append((group, pieces))
+                        pieces, size = [], 0.0
+        if pieces:
+            units.append((group, pieces))
+    return units
 
 
 def tasks_for(spark: SparkSession, text_bytes: int, settings: PartitionSettings) -> int:
@@ -371,20 +467,22 @@ def write_curated(spark: SparkSession, run_dir: str, groups: dict[int, list[str]
     stored from the same segments and settings are reused, the others made (line dedup, row-wise
     stages, signatures); then MinHash over every group's stored signatures and the final selection
     into RUN/curated. Returns the stats."""
-    text_bytes = stored_text_bytes([segment_file(run_dir, source) for sources in groups.values() for source in sources])
+    sizes = row_group_sizes([segment_file(run_dir, source) for sources in groups.values() for source in sources])
+    text_bytes = sum(text for path in sizes.values() for _, text in path)
     previous = {key: spark.conf.get(key, None) for key in SHUFFLE_CONF}
-    for key, value in zip(SHUFFLE_CONF, (tasks_for(spark, sum(text_bytes.values()), settings.partitions), "true",
+    for key, value in zip(SHUFFLE_CONF, (tasks_for(spark, text_bytes, settings.partitions), "true",
                                          "true", settings.partitions.text_bytes)):
         spark.conf.set(key, str(value))
     try:
-        return curate_documents(spark, run_dir, groups, text_bytes, settings, enabled)
+        return curate_documents(spark, run_dir, groups, sizes, settings, enabled)
     finally:  # the session may be shared (tests, notebooks): leave its settings as they were
         for key, value in previous.items():
             spark.conf.unset(key) if value is None else spark.conf.set(key, value)
 
 
-def curate_documents(spark: SparkSession, run_dir: str, groups: dict[int, list[str]], text_bytes: dict[str, int],
-                     settings: CurateSettings, enabled: dict[str, bool]) -> dict:
+def curate_documents(spark: SparkSession, run_dir: str, groups: dict[int, list[str]],
+                     sizes: dict[str, list[tuple[int, int]]], settings: CurateSettings,
+                     enabled: dict[str, bool]) -> dict:
     stats: dict = {"stages": {}, "tasks": {}}
     tasks = stats["tasks"]
     fingerprint = phase2_fingerprint(settings, enabled)
@@ -392,7 +490,7 @@ def curate_documents(spark: SparkSession, run_dir: str, groups: dict[int, list[s
     todo = sorted(group for group, marker in markers.items() if marker is None)
     processed: dict = {}
     if todo:
-        made = make_groups(spark, run_dir, {group: groups[group] for group in todo}, text_bytes, fingerprint, settings,
+        made = make_groups(spark, run_dir, {group: groups[group] for group in todo}, sizes, fingerprint, settings,
                            enabled, stats)
         for group, marker in made.items():
             markers[group] = marker
@@ -433,55 +531,43 @@ def curate_documents(spark: SparkSession, run_dir: str, groups: dict[int, list[s
     return stats
 
 
-def make_groups(spark: SparkSession, run_dir: str, groups: dict[int, list[str]], text_bytes: dict[str, int],
-                fingerprint: str, settings: CurateSettings, enabled: dict[str, bool], stats: dict) -> dict[int, dict]:
+def make_groups(spark: SparkSession, run_dir: str, groups: dict[int, list[str]],
+                sizes: dict[str, list[tuple[int, int]]], fingerprint: str, settings: CurateSettings,
+                enabled: dict[str, bool], stats: dict) -> dict[int, dict]:
     """Line dedup (within each group), the row-wise stages and the MinHash signatures of `groups`'
-    documents; each group's documents written to RUN/groups/group=N/ and published there with its
-    segments, the fingerprint and its counts (a killed run leaves no half group). Returns {group:
-    marker}."""
+    documents, as cc_net does it: a task per group finds its duplicated lines from the stored line
+    hashes, then Python tasks of about `partitions.text_bytes` of text each (at least one per core)
+    read, annotate and write the group's documents from file to file; no text passes through the JVM
+    or a shuffle. Each group is published in RUN/groups/group=N/ with its segments, the fingerprint
+    and its counts (a killed run leaves no half group). Returns {group: marker}."""
     tasks = stats["tasks"]
-    paths = [segment_file(run_dir, source) for sources in groups.values() for source in sources]
-    documents = read_parquet(spark, storage.join(run_dir, "segments"), paths, EXTRACTED, file_index=FILE)
-    file_groups = spark.createDataFrame(list(enumerate(group for group, sources in groups.items() for _ in sources)),
-                                        T.StructType([T.StructField(FILE, T.LongType()),
-                                                      T.StructField(GROUP, T.LongType())]))
-    documents = documents.join(F.broadcast(file_groups), on=FILE).drop(FILE)
+    context = spark.sparkContext
     counts: dict[int, dict] = {group: {"stages": {}} for group in groups}
-    input_bytes = sum(text_bytes[path] for path in paths)
-    annotated_bytes = input_bytes
     if settings.line_dedup.enabled:
         with counting_tasks(spark, "line_dedup", tasks):
-            documents, lines = line_dedup(documents, GROUP, settings.line_dedup, by_group=True)
-        for group, group_lines in lines["groups"].items():  # the job's seconds shared out by documents
-            counts[group]["stages"]["line_dedup"] = {
-                **group_lines, "seconds": lines["seconds"] * group_lines["in"] / max(1, lines["in"])}
-        annotated_bytes = round(input_bytes * (1 - lines["lines_removed"] / max(1, lines["lines_in"])))
-    else:
-        documents = with_doc_id(documents)
-    # The row-wise stages run on tasks of about `partitions.text_bytes` of text each, at least one per
-    # core. Ranges of (group, id): a task holds one group or a few, so a group is written as about
-    # its share of the tasks' files; sorted by group inside the task, so its counters come apart.
-    annotate_tasks = tasks_for(spark, annotated_bytes, settings.partitions)
-    stats["partitions"] = {"input_text_bytes": input_bytes, "annotated_text_bytes": annotated_bytes,
-                           "annotate": annotate_tasks, "shuffle": int(spark.conf.get("spark.sql.shuffle.partitions"))}
-    frame = (documents.select(*EXTRACTED.names, DOC_ID, GROUP).repartitionByRange(annotate_tasks, GROUP, DOC_ID)
-             .sortWithinPartitions(GROUP)
-             .mapInArrow(lambda batches: annotate(batches, settings, enabled), from_arrow_schema(ANNOTATED_OUT)))
-    frame = frame.persist()  # the row-wise stages run once: their counters are read, then their documents
+            seconds = context.parallelize(sorted(groups.items()), len(groups)).map(
+                lambda item: (item[0], write_duplicated_lines(run_dir, *item))).collect()
+        for group, group_seconds in seconds:  # the hashes step's time, counted with the group's line dedup
+            counts[group]["stages"]["line_dedup"] = {"seconds": group_seconds}
+    input_bytes = sum(text for sources in groups.values() for source in sources
+                      for _, text in sizes[segment_file(run_dir, source)])
+    units = plan_units(run_dir, groups, sizes, min(settings.partitions.text_bytes,
+                                                   input_bytes / context.defaultParallelism))
+    stats["partitions"] = {"input_text_bytes": input_bytes, "annotate": len(units),
+                           "shuffle": int(spark.conf.get("spark.sql.shuffle.partitions"))}
     with counting_tasks(spark, "annotate", tasks):
-        for row in frame.where(F.col(TASK_STATS).isNotNull()).select(GROUP, TASK_STATS).collect():
-            merge_stats(counts[row[GROUP]], json.loads(row[TASK_STATS]))
-    with counting_tasks(spark, "store_groups", tasks):
-        written = write_parquet(frame.where(F.col(TASK_STATS).isNull()).drop(TASK_STATS),
-                                storage.join(run_dir, "groups"), [GROUP])
-    frame.unpersist()
+        results = context.parallelize(units, len(units)).map(
+            lambda unit: annotate_unit(unit, run_dir, settings, enabled)).collect()
+    written: dict[int, dict[str, int]] = {group: {} for group in groups}
+    for result in results:
+        merge_stats(counts[result["group"]], {"stages": result["stages"]})
+        written[result["group"]][result["file"]] = result["rows"]
     markers = {}
     for group, sources in groups.items():
         directory = group_directory(run_dir, group)
-        prefix = storage.join(directory, "")
-        storage.publish_files(directory, {path: rows for path, rows in written.items() if path.startswith(prefix)},
-                              {"segments": [segment_id(s) for s in sources], "fingerprint": fingerprint,
-                               "stages": counts[group]["stages"]})
+        storage.publish_files(directory, written[group], {"segments": [segment_id(s) for s in sources],
+                                                          "fingerprint": fingerprint,
+                                                          "stages": counts[group]["stages"]})
         markers[group] = storage.published_marker(directory)
     return markers
 

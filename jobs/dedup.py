@@ -64,6 +64,7 @@ COMPONENTS = pa.schema([("node", pa.int64()), ("component", pa.int64())])
 
 
 def with_doc_id(df: DataFrame) -> DataFrame:
+    """`_doc_id` added where missing: `curation.schema.doc_id` as a Spark expression."""
     if ID in df.columns:
         return df
     return df.withColumn(ID, F.xxhash64(F.col("url"), F.col("raw_content")))

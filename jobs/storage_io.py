@@ -32,16 +32,14 @@ WRITTEN = "path string, rows long"
 
 
 def read_parquet(spark: SparkSession, location: str, files: list[str] | None = None,
-                 schema: pa.Schema | None = None, file_index: str | None = None) -> DataFrame:
+                 schema: pa.Schema | None = None) -> DataFrame:
     """The rows of the Parquet `files` under `location` (default: `curation.storage.parquet_files`) as a
     DataFrame of `schema` (default: the files', with their hive partition columns), one task per file;
-    only `schema`'s columns are read. `file_index`: the name of a column to add with the index in
-    `files` of each row's file."""
+    only `schema`'s columns are read."""
     files = storage.parquet_files(location) if files is None else files
     dataset = storage.parquet_dataset(location, files)
     schema = schema or dataset.schema
     partitioning, names = dataset.partitioning, schema.names
-    out_schema = schema.append(pa.field(file_index, pa.int64())) if file_index else schema
 
     def read(batches):
         for batch in batches:
@@ -49,11 +47,9 @@ def read_parquet(spark: SparkSession, location: str, files: list[str] | None = N
                 for part in storage.parquet_dataset(location, [files[index]], partitioning).to_batches(
                         columns=names, batch_size=BATCH_ROWS):
                     columns = [part.column(n).cast(schema.field(n).type) for n in names]
-                    if file_index:
-                        columns.append(pa.array([index] * part.num_rows, pa.int64()))
-                    yield pa.RecordBatch.from_arrays(columns, schema=out_schema)
+                    yield pa.RecordBatch.from_arrays(columns, schema=schema)
 
-    return spark.range(len(files), numPartitions=max(1, len(files))).mapInArrow(read, from_arrow_schema(out_schema))
+    return spark.range(len(files), numPartitions=max(1, len(files))).mapInArrow(read, from_arrow_schema(schema))
 
 
 def partition_directory(columns: list[str], values: tuple) -> str:

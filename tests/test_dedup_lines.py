@@ -7,7 +7,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.dedup_lines import LineDedupSettings, LineDedupStage, apply_dedup, document_hashes, line_hash
+from curation import schema
+from curation.dedup_lines import (
+    LINE_HASHES,
+    DuplicateLinesRemover,
+    LineDedupSettings,
+    LineDedupStage,
+    apply_dedup,
+    document_counts,
+    document_hashes,
+    duplicated_hashes,
+    hashes_of,
+    line_hash,
+    line_hash_column,
+)
 from curation.normalize import normalize_for_dedup
 
 BOILERPLATE = "Copyright © 2019 Example Corp. All rights reserved."
@@ -134,6 +147,36 @@ def test_spark_equals_single_process_on_real_pages(spark, shared_data):
     assert {(r["url"], r["raw_content"]) for r in kept_scoped.collect()} == \
         {(d["url"], d["raw_content"]) for d in local_scoped}
     assert scoped["lines_removed"] <= stats["lines_removed"]
+
+
+def test_two_passes_over_stored_hashes_equal_one_group_in_memory(shared_data):
+    """cc_net's design as phase 2 runs it: each segment's line hashes stored as a column, the group's
+    duplicated lines from the segments' document counts, then each document's lines removed alone."""
+    docs = wet_documents(shared_data)
+    segments = [docs[:100], docs[100:250], docs[250:]]
+    columns = [line_hash_column([d["raw_content"] for d in segment]) for segment in segments]
+    duplicated = duplicated_hashes(document_counts(hashes_of(column)) for column in columns)
+    remover = DuplicateLinesRemover(duplicated)
+    stored = [{**d, LINE_HASHES: hashes} for segment, column in zip(segments, columns)
+              for d, hashes in zip(segment, hashes_of(pa.chunked_array([column])))]
+    stored[5].pop(LINE_HASHES)  # a segment stored without its hashes: computed from the text
+    two_passes = list(remover(stored))
+
+    stage = LineDedupStage()
+    one_group = list(stage(docs))
+    assert two_passes == one_group and len(one_group) < len(docs)
+    assert {k: v for k, v in remover.stats.items() if k != "seconds"} == \
+        {k: v for k, v in stage.stats.items() if k != "seconds"} | {"lines_in": sum(len(d["raw_content"].split("\n"))
+                                                                                  for d in docs)}
+
+
+def test_doc_id_is_sparks_xxhash64(spark):
+    from jobs.dedup import with_doc_id
+
+    rows = [("https://a.example/é", "text\nü"), (None, "no url"), ("https://b.example/", ""), ("u" * 300, "x" * 5000)]
+    frame = with_doc_id(spark.createDataFrame(rows, "url string, raw_content string"))
+    assert [(r["url"], r["raw_content"], r["_doc_id"]) for r in frame.collect()] == \
+        [(url, text, schema.doc_id(url, text)) for url, text in rows]
 
 
 def test_cli(spark, shared_data, tmp_path):

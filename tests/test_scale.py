@@ -19,10 +19,12 @@ def test_tiny_partition_size_runs_annotate_on_several_tasks(spark, shared_data, 
 
     written = json.loads((tmp_path / "run" / "stats.json").read_text())
     partitions, tasks = written["partitions"], written["tasks"]
-    # ~1 MB of text after line dedup: one task per 200 kB, whatever the two cores.
-    assert partitions["annotated_text_bytes"] > 5 * 200_000
-    assert partitions["annotate"] == -(-partitions["annotated_text_bytes"] // 200_000) >= 5
-    assert partitions["annotate"] in tasks["annotate"]["stage_tasks"]  # the row-wise stages' own Spark stage
+    # ~1.5 MB of text in one file of one row group: one task per 200 kB, whatever the two cores.
+    assert partitions["input_text_bytes"] > 5 * 200_000
+    assert partitions["annotate"] == -(-partitions["input_text_bytes"] // 200_000) >= 5
+    assert tasks["annotate"]["stage_tasks"] == [partitions["annotate"]]
+    group = tmp_path / "run" / "groups" / "group=0"
+    assert len(list(group.glob("*.parquet"))) == partitions["annotate"]
     assert tasks["line_dedup"]["tasks"] >= 1 and tasks["write"]["tasks"] >= 1
     assert written["stages"]["langid"]["in"] == written["stages"]["line_dedup"]["out"]
     assert written["stages"]["langid"]["out"] == stats["documents_out"]

@@ -64,24 +64,29 @@ def whole_class_archive(archive: Path) -> bool:
         return False
 
 
+def jvm_log_file(log_file: Path) -> Path:
+    return log_file.with_suffix(".jvm.log")
+
+
 def local_conf(log_file: Path, dump_class_archive: Path | None = None) -> dict[str, str]:
     """Spark settings of a local run: its log in `log_file`, and nothing reachable from another
     machine. The driver's RPC server and its block manager (local mode has no other) listen on
     127.0.0.1; the web UI is off unless CCURATE_SPARK_UI=1, and then on 127.0.0.1 without its
     kill links. The JVM runs with `LEAN_JVM_OPTIONS` unless CCURATE_SPARK_FULL_JIT=1, and maps
     `CLASS_ARCHIVE` when it is whole; with `dump_class_archive` it writes there, when it exits, the
-    classes it loaded instead. Its CDS messages go to `log_file`, not to the console."""
+    classes it loaded instead. Then its CDS messages go to `jvm_log_file`, not to the console."""
     ui, full_jit = env_flag(UI_SETTING), env_flag(FULL_JIT_SETTING)
     java_options = [f"-Dlog4j2.configurationFile=file:{LOG4J_CONFIG}", f"-Dccurate.log.file={log_file}"]
     if not full_jit:
         java_options.append(LEAN_JVM_OPTIONS)
-    if dump_class_archive:
-        java_options.append(f"-XX:ArchiveClassesAtExit={dump_class_archive}")
-    elif whole_class_archive(CLASS_ARCHIVE):
-        java_options.append(f"-XX:SharedArchiveFile={CLASS_ARCHIVE} -XX:+VerifySharedSpaces")
-    # Quoted for -Xlog (a ':' or ',' in the path) and escaped for Spark's launcher, which strips quotes;
-    # filecount=0: appended to, like log4j's file, instead of rotated.
-    java_options.append(f'-Xlog:cds*=off -Xlog:cds*=warning:file=\\"{log_file}\\"::filecount=0')
+    class_options = (f"-XX:ArchiveClassesAtExit={dump_class_archive}" if dump_class_archive
+                     else f"-XX:SharedArchiveFile={CLASS_ARCHIVE} -XX:+VerifySharedSpaces"
+                     if whole_class_archive(CLASS_ARCHIVE) else "")
+    if class_options:
+        # The JVM's own log file (it empties the file when it opens it): quoted for -Xlog (a ':' or ',' in the
+        # path), and the quotes escaped for Spark's launcher, which strips them.
+        java_options += [class_options,
+                         f'-Xlog:cds*=off -Xlog:cds*=warning:file=\\"{jvm_log_file(log_file)}\\"::filecount=0']
     return {
         "spark.driver.extraJavaOptions": " ".join(java_options),
         "spark.ui.showConsoleProgress": "true",

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import jobs.spark
-from jobs.spark import CLASS_ARCHIVE, REPO_ROOT, class_archive_size_file, local_conf, whole_class_archive
+from jobs.spark import CLASS_ARCHIVE, REPO_ROOT, class_archive_size_file, jvm_log_file, local_conf, whole_class_archive
 
 # Starts a session whose JVM is given the archive argv[1] and logs to argv[2]; prints its options, whether the
 # archive is mapped into the JVM's memory, and the result of a job.
@@ -38,13 +38,13 @@ def test_driver_jvm_maps_the_class_archive(tmp_path):
     session, console = start_session(CLASS_ARCHIVE, tmp_path / "spark.log")
     assert f"-XX:SharedArchiveFile={CLASS_ARCHIVE}" in session["options"]
     assert session["mapped"] and session["rows"] == 5
-    assert "Unable to use shared archive" not in (tmp_path / "spark.log").read_text()
+    assert "Unable to use shared archive" not in jvm_log_file(tmp_path / "spark.log").read_text()
     assert "[cds" not in console
 
 
 def test_corrupt_class_archive_leaves_the_session_working(tmp_path):
-    # Changed bytes, size kept: the JVM checks the archive's checksums and starts without it, saying so in the
-    # run's log only.
+    # Changed bytes, size kept: the JVM checks the archive's checksums and starts without it, saying so in its
+    # log only.
     corrupt = tmp_path / "spark-driver.jsa"
     shutil.copyfile(CLASS_ARCHIVE, corrupt)
     size = corrupt.stat().st_size
@@ -55,7 +55,7 @@ def test_corrupt_class_archive_leaves_the_session_working(tmp_path):
     session, console = start_session(corrupt, tmp_path / "spark.log")
     assert f"-XX:SharedArchiveFile={corrupt}" in session["options"]
     assert not session["mapped"] and session["rows"] == 5
-    assert "Unable to use shared archive" in (tmp_path / "spark.log").read_text()
+    assert "Unable to use shared archive" in jvm_log_file(tmp_path / "spark.log").read_text()
     assert "[cds" not in console
 
 

@@ -5,12 +5,14 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 SHARED ?= ../shared/data
 KENLM_VERSION := 0.3.0
+CLASS_ARCHIVE := build/spark-driver.jsa
+LIBJVM := $(wildcard $(dir $(realpath $(or $(JAVA_HOME:%=%/bin/java),$(shell command -v java))))../lib/server/libjvm.so)
 APT_PACKAGES := openjdk-17-jdk-headless cmake build-essential zlib1g-dev libbz2-dev liblzma-dev \
 	libboost-program-options-dev libboost-system-dev libboost-thread-dev libboost-test-dev \
 	libeigen3-dev chromium
 
 .PHONY: setup apt test lint curate report package bench
-setup: apt $(VENV)/.installed $(VENV)/bin/lmplz
+setup: apt $(VENV)/.installed $(VENV)/bin/lmplz $(CLASS_ARCHIVE).size
 
 # Debian packages: install only what `dpkg -s` says is missing; `apt-get update` once, first.
 apt:
@@ -44,6 +46,11 @@ $(VENV)/bin/lmplz: $(VENV)/.installed
 	cmake --build build/kenlm/build --target lmplz build_binary -j$$(nproc) > build/kenlm/build.log
 	cp build/kenlm/build/bin/build_binary $(VENV)/bin/build_binary
 	cp build/kenlm/build/bin/lmplz $(VENV)/bin/lmplz
+
+# The class-data sharing archive of a local run's driver JVM (jobs.spark.CLASS_ARCHIVE; its size, recorded last,
+# marks it done), written again when Spark's jars or the JVM change (the JVM merely leaves a stale archive unused).
+$(CLASS_ARCHIVE).size: $(VENV)/.installed $(LIBJVM)
+	$(PY) -m jobs.spark
 
 test:
 	$(PY) -m pytest -q tests

@@ -104,7 +104,7 @@ from curation.wikiref import WikirefSettings, WikirefStage
 from jobs.dedup import ID as DOC_ID
 from jobs.dedup import SIGNATURE, SIGNATURES, minhash_dedup, signature_column
 from jobs.spark import claimed_session, counting_tasks
-from jobs.storage_io import read_parquet, write_parquet
+from jobs.storage_io import read_parquet, rewrite_parquet, write_parquet
 
 log = logging.getLogger("curate")
 GROUP = "group"  # a document's dedup group: RUN/groups/group=N/ keeps the group's annotated documents
@@ -142,6 +142,8 @@ ANNOTATED_WITH_ID = ANNOTATED.append(pa.field(DOC_ID, pa.int64()))
 # What a group keeps: the annotated documents and their MinHash signatures (a column of its own, so
 # that the run-wide clustering reads no text).
 STORED = ANNOTATED_WITH_ID.append(SIGNATURES.field(SIGNATURE))
+# A curated file's columns: the language and bucket are its directories.
+CURATED = pa.schema([field for field in ANNOTATED if field.name not in ("language", "bucket")])
 ROW_GROUP_DOCS = 1000
 # A piece of phase 1's output: (file, row group, first row, end row); a unit: one task's pieces, of one group.
 Piece = tuple[str, int, int, int]
@@ -506,9 +508,16 @@ def curate_documents(spark: SparkSession, run_dir: str, groups: dict[int, list[s
 
     stored = [storage.join(group_directory(run_dir, group), name) for group in sorted(markers)
               for name in markers[group]["files"]]
-    frame = read_parquet(spark, groups_dir, stored, ANNOTATED_WITH_ID)
+    curated = storage.join(run_dir, "curated")
     models = settings.perplexity.models
-    if enabled["perplexity"] and set(available_languages(models)) - set(load_cutoffs(models)):
+    run_cutoffs = enabled["perplexity"] and set(available_languages(models)) - set(load_cutoffs(models))
+    if not settings.minhash.enabled and not run_cutoffs:  # nothing across groups: from file to file
+        with counting_tasks(spark, "write", tasks):
+            written = rewrite_parquet(spark, stored, curated, ["language", "bucket"], CURATED)
+        storage.publish_files(curated, written)
+        return stats
+    frame = read_parquet(spark, groups_dir, stored, ANNOTATED_WITH_ID)
+    if run_cutoffs:
         with counting_tasks(spark, "bucket_from_run", tasks):  # a Spark job only when needed
             frame, stats["cutoffs_from_run"] = bucket_from_run(frame, run_dir)
     scored: dict = {}
@@ -519,11 +528,11 @@ def curate_documents(spark: SparkSession, run_dir: str, groups: dict[int, list[s
             frame, scored = minhash_dedup(frame, settings.minhash, checkpoint_dir=checkpoints, signatures=signatures)
         stats["processed"]["documents"]["minhash"] = scored["in"]
     with counting_tasks(spark, "write", tasks):
-        written = write_parquet(frame.drop(DOC_ID), storage.join(run_dir, "curated"), ["language", "bucket"])
+        written = write_parquet(frame.drop(DOC_ID), curated, ["language", "bucket"])
     storage.delete(checkpoints)
     # The new files replace the previous result when their marker is written: readers that follow
     # the marker see the old or the new output, never a mix.
-    storage.publish_files(storage.join(run_dir, "curated"), written)
+    storage.publish_files(curated, written)
     if scored:  # the signatures' seconds, spent in the groups' tasks, count as MinHash's
         signature_seconds = stats["stages"].get("minhash", {}).get("signature_seconds", 0.0)
         stats["stages"]["minhash"] = {**scored, "seconds": scored["seconds"] + signature_seconds,

@@ -9,6 +9,8 @@ directory is the same URI for the driver and every task.
   it meets, hive layout `col=value/`), each published whole, and returns (file, rows); the driver
   gets the files of the successful task attempts only, so a retried or speculative attempt's files
   are never listed (`curation.storage.publish_files` then deletes them).
+- `rewrite_parquet`: the same layout from Parquet files, in Python tasks from file to file, where
+  nothing is to be computed across files.
 """
 
 from __future__ import annotations
@@ -61,33 +63,55 @@ def write_parquet(df: DataFrame, directory: str, partition_by: list[str] = ()) -
     columns leave the files); returns {file: rows} of what was written. Nothing is published: the
     caller lists the result with `curation.storage.publish_files` (or reads it back)."""
     partition_by = list(partition_by)
-    data_columns = [c for c in df.columns if c not in partition_by]
-    file_schema = to_arrow_schema(df.select(*data_columns).schema)
+    file_schema = to_arrow_schema(df.select(*[c for c in df.columns if c not in partition_by]).schema)
 
     def write(batches):
-        attempt = f"part-{TaskContext.get().partitionId():05d}-{uuid.uuid4().hex[:12]}"
-        writers: dict[tuple, tuple[pq.ParquetWriter, str]] = {}
-        rows: dict[str, int] = {}
-        with ExitStack() as files:
-            for batch in batches:
-                table = pa.Table.from_batches([batch])
-                keys = table.select(partition_by).group_by(partition_by).aggregate([]).to_pylist() \
-                    if partition_by else [{}]
-                for key in keys:
-                    values = tuple(key[c] for c in partition_by)
-                    part = table
-                    for column, value in key.items():
-                        part = part.filter(pc.is_null(part[column]) if value is None
-                                           else pc.equal(part[column], value))
-                    if values not in writers:
-                        location = storage.join(directory, *filter(None, [partition_directory(partition_by, values)]),
-                                                f"{attempt}.zstd.parquet")
-                        out = files.enter_context(storage.atomic_output(location))
-                        writers[values] = files.enter_context(pq.ParquetWriter(out, file_schema, compression="zstd")), \
-                            location
-                    writer, location = writers[values]
-                    writer.write_table(part.select(data_columns).cast(file_schema))
-                    rows[location] = rows.get(location, 0) + part.num_rows
+        rows = write_partitioned(batches, directory, partition_by, file_schema,
+                                 f"part-{TaskContext.get().partitionId():05d}-{uuid.uuid4().hex[:12]}")
         yield pa.RecordBatch.from_pydict({"path": list(rows), "rows": list(rows.values())})
 
     return {row["path"]: row["rows"] for row in df.mapInArrow(write, WRITTEN).collect()}
+
+
+def rewrite_parquet(spark: SparkSession, files: list[str], directory: str, partition_by: list[str],
+                    file_schema: pa.Schema) -> dict[str, int]:
+    """`write_parquet` of the rows of Parquet `files` (their `file_schema` columns and `partition_by`),
+    in Python tasks from file to file: no row passes through the JVM. One task per file, each file's
+    output named after it (a retried task writes the same files)."""
+    def rewrite(index: int) -> dict[str, int]:
+        with storage.open_input(files[index]) as f:
+            batches = pq.ParquetFile(f).iter_batches(BATCH_ROWS, columns=[*file_schema.names, *partition_by])
+            return write_partitioned(batches, directory, partition_by, file_schema, f"part-{index:05d}")
+
+    written: dict[str, int] = {}
+    for rows in spark.sparkContext.parallelize(range(len(files)), max(1, len(files))).map(rewrite).collect():
+        written.update(rows)
+    return written
+
+
+def write_partitioned(batches, directory: str, partition_by: list[str], file_schema: pa.Schema,
+                      name: str) -> dict[str, int]:
+    """Writes `batches` under `directory`, one file `name`.zstd.parquet per value of `partition_by`
+    (hive directories; those columns leave the files), each published whole. Returns {file: rows}."""
+    writers: dict[tuple, tuple[pq.ParquetWriter, str]] = {}
+    rows: dict[str, int] = {}
+    with ExitStack() as files:
+        for batch in batches:
+            table = pa.Table.from_batches([batch])
+            keys = table.select(partition_by).group_by(partition_by).aggregate([]).to_pylist() \
+                if partition_by else [{}]
+            for key in keys:
+                values = tuple(key[c] for c in partition_by)
+                part = table
+                for column, value in key.items():
+                    part = part.filter(pc.is_null(part[column]) if value is None else pc.equal(part[column], value))
+                if values not in writers:
+                    location = storage.join(directory, *filter(None, [partition_directory(partition_by, values)]),
+                                            f"{name}.zstd.parquet")
+                    out = files.enter_context(storage.atomic_output(location))
+                    writers[values] = files.enter_context(pq.ParquetWriter(out, file_schema, compression="zstd")), \
+                        location
+                writer, location = writers[values]
+                writer.write_table(part.select(file_schema.names).cast(file_schema))
+                rows[location] = rows.get(location, 0) + part.num_rows
+    return rows

@@ -9,11 +9,13 @@ the characters and lines left; `original_length`/`original_nlines` keep (or, whe
 values as read. The 300-character floor is the extract stage's, on the text as read (cc_net's
 reader); `min_length` here applies it to documents that did not go through it.
 
-A group is deduplicated in one pass over an in-memory array of its hashes, as cc_net does: memory is
-8 bytes per line of the group (the hashes of each document, kept for the second pass) plus 8 bytes
-per distinct line of each document and the sort of those (about 3 × 8 bytes per line in all); text is
-never held beyond the engine's batch. `LineDedupStage` is one group in one process;
-`jobs.dedup.line_dedup` runs one Spark task per group. Both use `GroupDedup`, so the rules live here.
+Two passes, as cc_net's `hashes` and `mine` steps: the group's duplicated hashes are found first
+(`document_counts` of each part of the group, e.g. a segment, merged by `duplicated_hashes`: memory
+is the distinct hashes of the group, as cc_net's in-memory set), then each document's duplicated
+lines are removed on its own (`DuplicateLinesRemover`, `apply_dedup`). `jobs.curate` stores each
+document's hashes in phase 1 (`line_hash_column`) and runs the second pass in its phase-2 tasks;
+`LineDedupStage` (one group in one process) and `jobs.dedup.line_dedup` (one Spark task per group)
+hold a group's hashes in `GroupDedup`. All use `apply_dedup`, so the rules live here.
 """
 
 from __future__ import annotations

@@ -13,14 +13,17 @@ DIR is a local path or a URI (s3://, gs://, hdfs://: `curation.storage`); every 
 that layer, Spark's data included (`jobs.storage_io`), so no Hadoop connector is needed. A new DIR
 is claimed (DIR/_ccurate_run.json); a non-empty one without that marker is refused (exit 2).
 The run directory is resumable. Phase 1 reads and extracts each input (one Spark task each,
-streaming) into DIR/segments/ID.parquet, published atomically with its stats (ID.json, written
-last, marks it done); a re-run skips done segments and redoes failed or missing ones. Phase 2
-works by dedup group (`line_dedup.group_size` consecutive inputs): each group's documents go through
-line dedup, the row-wise stages and MinHash signatures once, into DIR/groups/group=N/, published
+streaming) into DIR/segments/ID.parquet with each document's line hashes, published atomically with
+its stats (ID.json, written last, marks it done); a re-run skips done segments and redoes failed or
+missing ones. Phase 2 works by dedup group (`line_dedup.group_size` consecutive inputs), as cc_net's
+two passes: a task per group finds the lines duplicated in it from the stored hashes, then Python
+tasks read, dedup, annotate and write the group's documents from file to file (no text through the
+JVM or a shuffle): line dedup, the row-wise stages and MinHash signatures, into DIR/groups/group=N/, published
 with the group's segments and a fingerprint of the settings and models that made it; a rerun makes
 only the groups whose segments or fingerprint changed (stats.json's `processed` says which, and the
 documents each stage saw). MinHash then clusters every group's stored signatures (no text read),
-and the kept documents are written to DIR/curated/ (language=xx/bucket=yy/*.parquet, zstd),
+and the kept documents are written to DIR/curated/ (language=xx/bucket=yy/*.parquet, zstd; from
+file to file in Python tasks too when MinHash is off and the cutoffs come with the models),
 published by DIR/curated/_PUBLISHED.json written last (the files and their rows; the previous
 result's files are deleted after it). The result equals a run from scratch. What a killed run
 left unpublished is removed by the next run. A stage whose model is not there (no `make lm`, no

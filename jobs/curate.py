@@ -563,8 +563,8 @@ def make_groups(spark: SparkSession, run_dir: str, groups: dict[int, list[str]],
             counts[group]["stages"]["line_dedup"] = {"seconds": group_seconds}
     input_bytes = sum(text for sources in groups.values() for source in sources
                       for _, text in sizes[segment_file(run_dir, source)])
-    units = plan_units(run_dir, groups, sizes, min(settings.partitions.text_bytes,
-                                                   input_bytes / context.defaultParallelism))
+    units = plan_units(run_dir, groups, sizes, max(1.0, min(settings.partitions.text_bytes,
+                                                            input_bytes / context.defaultParallelism)))
     stats["partitions"] = {"input_text_bytes": input_bytes, "annotate": len(units),
                            "shuffle": int(spark.conf.get("spark.sql.shuffle.partitions"))}
     with counting_tasks(spark, "annotate", tasks):

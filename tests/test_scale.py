@@ -31,6 +31,27 @@ def test_tiny_partition_size_runs_annotate_on_several_tasks(spark, shared_data, 
     assert spark.conf.get("spark.sql.shuffle.partitions") == "4"  # the shared session's settings restored
 
 
+def test_units_cover_every_row_once_in_order_within_groups():
+    run = "/run"
+    groups = {0: ["a", "b"], 3: ["c"]}
+    files = {source: curate.segment_file(run, source) for source in "abc"}
+    sizes = {files["a"]: [(1000, 1_000_000), (500, 250_000)], files["b"]: [(0, 0), (10, 10)],
+             files["c"]: [(3, 900_000)]}
+    units = curate.plan_units(run, groups, sizes, 400_000)
+    # Group 0: 1,250,010 bytes in units of 400 kB (rows of 1 kB, then 0.5 kB); group 3 in whole rows,
+    # a unit closed by the row that takes it past 400 kB.
+    assert [group for group, _ in units] == [0, 0, 0, 0, 3, 3]
+    for group, sources in groups.items():
+        rows = [(path, row_group, row) for unit_group, pieces in units if unit_group == group
+                for path, row_group, first, stop in pieces for row in range(first, stop)]
+        assert rows == [(files[s], row_group, row) for s in sources
+                        for row_group, (n, _) in enumerate(sizes[files[s]]) for row in range(n)]
+    assert units[0] == (0, [(files["a"], 0, 0, 400)])
+    assert units[2] == (0, [(files["a"], 0, 800, 1000), (files["a"], 1, 0, 400)])
+    assert units[3] == (0, [(files["a"], 1, 400, 500), (files["b"], 1, 0, 10)])
+    assert units[4:] == [(3, [(files["c"], 0, 0, 2)]), (3, [(files["c"], 0, 2, 3)])]
+
+
 def test_cluster_of_identical_pages_kept_once(spark, shared_data, tmp_path):
     from jobs.dedup import minhash_dedup
 

@@ -12,23 +12,24 @@ arguments.
 DIR is a local path or a URI (s3://, gs://, hdfs://: `curation.storage`); every file goes through
 that layer, Spark's data included (`jobs.storage_io`), so no Hadoop connector is needed. A new DIR
 is claimed (DIR/_ccurate_run.json); a non-empty one without that marker is refused (exit 2).
-The run directory is resumable. Phase 1 reads and extracts each input (one Spark task each,
-streaming) into DIR/segments/ID.parquet with each document's line hashes, published atomically with
-its stats (ID.json, written last, marks it done); a re-run skips done segments and redoes failed or
-missing ones. Phase 2 works by dedup group (`line_dedup.group_size` consecutive inputs), as cc_net's
-two passes: a task per group finds the lines duplicated in it from the stored hashes, then Python
-tasks read, dedup, annotate and write the group's documents from file to file (no text through the
-JVM or a shuffle): line dedup, the row-wise stages and MinHash signatures, into DIR/groups/group=N/, published
-with the group's segments and a fingerprint of the settings and models that made it; a rerun makes
-only the groups whose segments or fingerprint changed (stats.json's `processed` says which, and the
-documents each stage saw). MinHash then clusters every group's stored signatures (no text read),
-and the kept documents are written to DIR/curated/ (language=xx/bucket=yy/*.parquet, zstd; from
-file to file in Python tasks too when MinHash is off and the cutoffs come with the models),
-published by DIR/curated/_PUBLISHED.json written last (the files and their rows; the previous
-result's files are deleted after it). The result equals a run from scratch. What a killed run
-left unpublished is removed by the next run. A stage whose model is not there (no `make lm`, no
-`make classifier`) is left out with a note, and its columns stay empty (bucket `all`). Phase 2's
-tasks follow the data: about `partitions.text_bytes` of text each, at least one per core.
+The run directory is resumable. Phase 1 reads and extracts each input (a few per Spark task, each in
+its own child process, streaming) into DIR/segments/ID.parquet with each document's line hashes,
+published atomically with its stats (ID.json, written last, marks it done); a re-run skips done
+segments and redoes failed or missing ones. Phase 2 works by dedup group (`line_dedup.group_size`
+consecutive inputs), as cc_net's two passes: a task per group finds the lines duplicated in it from
+the stored hashes, then Python tasks read, dedup, annotate and write the group's documents from file
+to file (no text through the JVM or a shuffle): line dedup, the row-wise stages and MinHash
+signatures, into DIR/groups/group=N/, published with the group's segments and a fingerprint of the
+settings and models that made it; a rerun makes only the groups whose segments or fingerprint
+changed (stats.json's `processed` says which, and the documents each stage saw). MinHash then
+clusters every group's stored signatures (no text read), and the kept documents are written to
+DIR/curated/ (language=xx/bucket=yy/*.parquet, zstd; from file to file in Python tasks too when
+MinHash is off and the cutoffs come with the models), published by DIR/curated/_PUBLISHED.json
+written last (the files and their rows; the previous result's files are deleted after it). The
+result equals a run from scratch. What a killed run left unpublished is removed by the next run. A
+stage whose model is not there (no `make lm`, no `make classifier`) is left out with a note, and its
+columns stay empty (bucket `all`). Phase 2's tasks follow the data: about `partitions.text_bytes` of
+text each, at least one per core.
 DIR/manifest.json lists the segments and their state, DIR/stats.json the counts per stage and
 reason and the Spark tasks each stage ran; DIR/config.json the effective settings and library versions.
 """
@@ -209,8 +210,9 @@ def extract_segments(sources, segments_dir: str, settings: CurateSettings):
     # before the forks, instead of in the child of every input.
     import pandas  # noqa: F401
     kill_marker = TaskContext.get().getLocalProperty(FAILPOINT_KILL) if TaskContext.get() else None
-    for source in sources:
-        yield source, extract_in_child(source, segments_dir, settings, kill_marker)
+    for source in sources:  # a retried task skips the inputs its failed attempt published
+        yield source, None if is_done(segments_dir, source) else \
+            extract_in_child(source, segments_dir, settings, kill_marker)
 
 
 def extract_in_child(source: str, segments_dir: str, settings: CurateSettings, kill_marker: str | None = None):
@@ -644,7 +646,8 @@ def run(spark: SparkSession, settings: CurateSettings, run_dir: str | Path,
     todo = [source for source in inputs if not is_done(segments_dir, source) and source not in skipped]
     failures = {}
     if todo:
-        tasks = spark.sparkContext.parallelize(todo, len(todo))
+        # A few inputs per task (4 tasks per core): a task's fixed cost is ~0.2 s, an input's ~0.5 s.
+        tasks = spark.sparkContext.parallelize(todo, min(len(todo), 4 * spark.sparkContext.defaultParallelism))
         failures = dict(item for item in tasks.mapPartitions(
             lambda part: extract_segments(part, segments_dir, settings)).collect() if item[1])
     done = [s for s in inputs if is_done(segments_dir, s)]

@@ -49,6 +49,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -290,11 +291,12 @@ def row_stages(settings: CurateSettings, enabled: dict[str, bool]) -> list:
     return [stage(getattr(settings, stage.name)) for stage in ROW_STAGES if enabled.get(stage.name, True)]
 
 
-def annotate_unit(unit: Unit, run_dir: str, settings: CurateSettings, enabled: dict[str, bool]) -> dict:
+def annotate_unit(unit: Unit, run_dir: str, made: str, settings: CurateSettings, enabled: dict[str, bool]) -> dict:
     """One task of phase 2, in Python from file to file: its pieces of phase 1's files are read, go
     through line dedup (against the group's duplicated lines), the row-wise stages and the MinHash
     signatures, and are written as one file of the group's directory, named after the unit's first
-    piece (a retried task writes the same file). Returns the file, its rows and the stages' counts;
+    piece and `made` (this making of the groups: a retried task writes the same file, and a file that
+    an earlier marker lists is never overwritten). Returns the file, its rows and the stages' counts;
     read from the job's result, counts are those of the successful attempt only."""
     group, pieces = unit
     stages = row_stages(settings, enabled)
@@ -317,7 +319,7 @@ def annotate_unit(unit: Unit, run_dir: str, settings: CurateSettings, enabled: d
 
     path, row_group, first, _ = pieces[0]
     location = storage.join(group_directory(run_dir, group),
-                            f"part-{Path(path).stem}-{row_group:04d}-{first:05d}.zstd.parquet")
+                            f"part-{Path(path).stem}-{row_group:04d}-{first:05d}-{made}.zstd.parquet")
     rows, out = 0, []
     with storage.atomic_output(location) as stream, pq.ParquetWriter(stream, STORED, compression="zstd") as writer:
         for doc in run_stages(read_pieces(pieces, settings.line_dedup.enabled), stages):
@@ -569,9 +571,10 @@ def make_groups(spark: SparkSession, run_dir: str, groups: dict[int, list[str]],
                                                             input_bytes / context.defaultParallelism)))
     stats["partitions"] = {"input_text_bytes": input_bytes, "annotate": len(units),
                            "shuffle": int(spark.conf.get("spark.sql.shuffle.partitions"))}
+    made = uuid.uuid4().hex[:12]
     with counting_tasks(spark, "annotate", tasks):
         results = context.parallelize(units, len(units)).map(
-            lambda unit: annotate_unit(unit, run_dir, settings, enabled)).collect()
+            lambda unit: annotate_unit(unit, run_dir, made, settings, enabled)).collect()
     written: dict[int, dict[str, int]] = {group: {} for group in groups}
     for result in results:
         merge_stats(counts[result["group"]], {"stages": result["stages"]})

@@ -76,12 +76,15 @@ def write_parquet(df: DataFrame, directory: str, partition_by: list[str] = ()) -
 def rewrite_parquet(spark: SparkSession, files: list[str], directory: str, partition_by: list[str],
                     file_schema: pa.Schema) -> dict[str, int]:
     """`write_parquet` of the rows of Parquet `files` (their `file_schema` columns and `partition_by`),
-    in Python tasks from file to file: no row passes through the JVM. One task per file, each file's
-    output named after it (a retried task writes the same files)."""
+    in Python tasks from file to file: no row passes through the JVM. One task per file, its output
+    named after the file's index and this call (a retried task writes the same files; a published
+    file of an earlier call is never overwritten)."""
+    call = uuid.uuid4().hex[:12]
+
     def rewrite(index: int) -> dict[str, int]:
         with storage.open_input(files[index]) as f:
             batches = pq.ParquetFile(f).iter_batches(BATCH_ROWS, columns=[*file_schema.names, *partition_by])
-            return write_partitioned(batches, directory, partition_by, file_schema, f"part-{index:05d}")
+            return write_partitioned(batches, directory, partition_by, file_schema, f"part-{index:05d}-{call}")
 
     written: dict[str, int] = {}
     for rows in spark.sparkContext.parallelize(range(len(files)), max(1, len(files))).map(rewrite).collect():

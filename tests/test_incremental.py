@@ -59,6 +59,11 @@ def test_a_rerun_that_adds_a_segment_makes_only_its_group_and_equals_a_run_from_
     changed = load_settings(curate.CurateSettings, None, [
         f"input.paths={json.dumps([str(shared_data / name) for name in FILES])}", "line_dedup.group_size=2",
         "langid.threshold=0.9"])
+    before = {group: set(json.loads((run_dir / "groups" / f"group={group}" / "_PUBLISHED.json").read_text())["files"])
+              for group in (0, 1)}
     stricter = curate.run(spark, changed, run_dir, NO_MODELS)
     assert stricter["processed"]["groups_made"] == [0, 1]
+    for group, names in before.items():  # remade under new names: an old marker never lists new content
+        marker = json.loads((run_dir / "groups" / f"group={group}" / "_PUBLISHED.json").read_text())
+        assert names and not names & set(marker["files"])
     assert stricter["stages"]["langid"]["out"] < added["stages"]["langid"]["out"]

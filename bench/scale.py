@@ -23,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.common import SHARED_DATA
@@ -78,8 +77,9 @@ def run_phase2(spark, docs: list[dict], work: Path) -> tuple[dict, float]:
     sources = [f"bench-segment-{k // FILE_DOCS:05d}" for k in range(0, len(docs), FILE_DOCS)]
     (work / "segments").mkdir()
     for source, k in zip(sources, range(0, len(docs), FILE_DOCS)):
-        pq.write_table(pa.Table.from_pylist(docs[k:k + FILE_DOCS], curate.EXTRACTED),
-                       curate.segment_file(str(work), source), compression="zstd")
+        pq.write_table(curate.segment_table(docs[k:k + FILE_DOCS], hashed=True),  # as phase 1 writes them
+                       curate.segment_file(str(work), source), row_group_size=curate.ROW_GROUP_DOCS,
+                       compression="zstd")
     settings = load_settings(curate.CurateSettings)
     enabled = curate.model_stages(settings)
     started = time.perf_counter()

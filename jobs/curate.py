@@ -180,12 +180,6 @@ def extract_segment(source: str, segments_dir: str, settings: CurateSettings) ->
                            settings.input.retries, settings.input.backoff_seconds)
     extract = ExtractStage(settings.extract)
     hashed = settings.line_dedup.enabled  # cc_net's first dedup pass, done while the text is at hand
-
-    def table(docs: list[dict]) -> pa.Table:
-        rows = pa.Table.from_pylist(docs, EXTRACTED)
-        return rows.append_column(LINE_HASHES_FIELD, line_hash_column(rows.column("raw_content").to_pylist())) \
-            if hashed else rows
-
     started = time.time()
     with storage.atomic_output(storage.join(segments_dir, seg + ".parquet")) as out:
         with pq.ParquetWriter(out, SEGMENT_WITH_HASHES if hashed else EXTRACTED, compression="zstd") as writer:
@@ -193,15 +187,22 @@ def extract_segment(source: str, segments_dir: str, settings: CurateSettings) ->
             for doc in run_stages(reader.read(source), [extract]):
                 batch.append(doc)
                 if len(batch) == ROW_GROUP_DOCS:
-                    writer.write_table(table(batch))
+                    writer.write_table(segment_table(batch, hashed))
                     batch.clear()
-            writer.write_table(table(batch))
+            writer.write_table(segment_table(batch, hashed))
         if reader.stats["dropped.corrupt_record"] and not reader.stats["out"]:
             raise ValueError("no page could be read: corrupt, or not a WARC/WET file")
     stats = {"source": redact_text(source), "seconds": round(time.time() - started, 3),
              "stages": {"read": nest_counters(reader.stats), "extract": nest_counters(extract.stats)}}
     storage.write_text(storage.join(segments_dir, seg + ".json"), json.dumps(stats))
     return stats
+
+
+def segment_table(docs: list[dict], hashed: bool) -> pa.Table:
+    """Phase 1's rows: the extracted documents, and their line hashes when `hashed` (line dedup on)."""
+    rows = pa.Table.from_pylist(docs, EXTRACTED)
+    return rows.append_column(LINE_HASHES_FIELD, line_hash_column(rows.column("raw_content").to_pylist())) \
+        if hashed else rows
 
 
 def extract_segments(sources, segments_dir: str, settings: CurateSettings):

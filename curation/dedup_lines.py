@@ -14,8 +14,9 @@ Two passes, as cc_net's `hashes` and `mine` steps: the group's duplicated hashes
 is the distinct hashes of the group, as cc_net's in-memory set), then each document's duplicated
 lines are removed on its own (`DuplicateLinesRemover`, `apply_dedup`). `jobs.curate` stores each
 document's hashes in phase 1 (`line_hash_column`) and runs the second pass in its phase-2 tasks;
-`LineDedupStage` (one group in one process) and `jobs.dedup.line_dedup` (one Spark task per group)
-hold a group's hashes in `GroupDedup`. All use `apply_dedup`, so the rules live here.
+`LineDedupStage` runs both passes over one group in one process, and `jobs.dedup.line_dedup` (one
+Spark task per group) holds a group's hashes in `GroupDedup`. All use `apply_dedup`, so the rules
+live here.
 """
 
 from __future__ import annotations
@@ -132,6 +133,12 @@ def hashes_of(column: pa.Array | pa.ChunkedArray) -> list[np.ndarray]:
     return [values[start:stop] for start, stop in zip(offsets[:-1], offsets[1:])]
 
 
+def group_hashes(text: str | None, min_length: int = 0) -> np.ndarray:
+    """A document's line hashes as its group counts them: none for a text under the floor."""
+    text = text or ""
+    return document_hashes(text) if len(text) >= min_length else np.zeros(0, np.int64)
+
+
 class GroupDedup:
     """One dedup group: `add` each document's text (first pass), then `apply` to each document in
     the same order (second pass). Holds the hashes, never the texts."""
@@ -143,9 +150,7 @@ class GroupDedup:
         self._next = 0
 
     def add(self, text: str | None) -> None:
-        text = text or ""
-        hashes = document_hashes(text) if len(text) >= self.min_length else np.zeros(0, np.int64)
-        self._hashes.append(hashes)
+        self._hashes.append(group_hashes(text, self.min_length))
 
     def duplicated(self) -> np.ndarray:
         """Sorted hashes found in more than one document of the group."""
@@ -188,25 +193,15 @@ class DuplicateLinesRemover(Stage):
                 yield out
 
 
-class LineDedupStage(Stage):
-    """Single-process line dedup of all documents given, as one group; holds them in memory."""
-
-    name = "line_dedup"
-    writes = ("raw_content", "length", "nlines", "original_length", "original_nlines")
+class LineDedupStage(DuplicateLinesRemover):
+    """Single-process line dedup of all documents given, as one group: both passes, the documents
+    held in memory."""
 
     def __init__(self, settings: LineDedupSettings = LineDedupSettings(), min_length: int = 0):
-        super().__init__()
-        self.settings, self.min_length = settings, min_length
+        super().__init__(np.zeros(0, np.int64), settings, min_length)
 
     def process(self, in_docs: Iterable[dict]) -> Iterator[dict]:
         docs = list(in_docs)
-        group = GroupDedup(self.min_length, self.settings.min_length_after)
-        for doc in docs:
-            group.add(doc.get("raw_content"))
-        for doc in docs:
-            out, reason, removed = group.apply(doc)
-            self.stats["lines_removed"] += removed
-            if reason:
-                self.drop(reason)
-            else:
-                yield out
+        hashes = [group_hashes(doc.get("raw_content"), self.min_length) for doc in docs]
+        self.duplicated = duplicated_hashes([document_counts(hashes)])
+        yield from super().process({**doc, LINE_HASHES: doc_hashes} for doc, doc_hashes in zip(docs, hashes))

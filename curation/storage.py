@@ -227,15 +227,16 @@ def parquet_dataset(location: str | os.PathLike, files: list[str] | None = None,
 
 # ---- a set of files published by a marker ---------------------------------------------------------
 
-def publish_files(directory: str | os.PathLike, files: dict[str, int], about: dict | None = None) -> None:
+def publish_files(directory: str | os.PathLike, files: dict[str, int], about: dict | None = None) -> dict:
     """Publishes `files` ({location under `directory`: rows}) as `directory`'s content, by a marker
     written last (holding `about` too: what the files were made from); then deletes every other file
-    there (an earlier run's, a failed task's)."""
+    there (an earlier run's, a failed task's). Returns the marker (as `published_marker` reads it)."""
     prefix = join(directory, "")
     relative = {location[len(prefix):]: rows for location, rows in sorted(files.items())}
     marker = {"files": relative, "rows": sum(relative.values()), **({"about": about} if about is not None else {})}
     write_text(join(directory, PUBLISHED), json.dumps(marker, indent=1))
     remove_unpublished(directory)
+    return marker
 
 
 def published_marker(directory: str | os.PathLike) -> dict | None:

@@ -574,20 +574,15 @@ def make_groups(spark: SparkSession, run_dir: str, groups: dict[int, list[str]],
                            "shuffle": int(spark.conf.get("spark.sql.shuffle.partitions"))}
     made = uuid.uuid4().hex[:12]
     with counting_tasks(spark, "annotate", tasks):
-        results = context.parallelize(units, len(units)).map(
+        results = context.parallelize(units, max(1, len(units))).map(
             lambda unit: annotate_unit(unit, run_dir, made, settings, enabled)).collect()
     written: dict[int, dict[str, int]] = {group: {} for group in groups}
     for result in results:
         merge_stats(counts[result["group"]], {"stages": result["stages"]})
         written[result["group"]][result["file"]] = result["rows"]
-    markers = {}
-    for group, sources in groups.items():
-        directory = group_directory(run_dir, group)
-        storage.publish_files(directory, written[group], {"segments": [segment_id(s) for s in sources],
-                                                          "fingerprint": fingerprint,
-                                                          "stages": counts[group]["stages"]})
-        markers[group] = storage.published_marker(directory)
-    return markers
+    return {group: storage.publish_files(group_directory(run_dir, group), written[group], {
+        "segments": [segment_id(s) for s in sources], "fingerprint": fingerprint, "stages": counts[group]["stages"]})
+        for group, sources in groups.items()}
 
 
 def bucket_from_run(frame, run_dir: str):

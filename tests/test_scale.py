@@ -31,6 +31,15 @@ def test_tiny_partition_size_runs_annotate_on_several_tasks(spark, shared_data, 
     assert spark.conf.get("spark.sql.shuffle.partitions") == "4"  # the shared session's settings restored
 
 
+def test_inputs_with_no_document_left_make_an_empty_result(spark, shared_data, tmp_path):
+    inputs = [str(shared_data / "wet/CC-MAIN-2019-30-697-docs.warc.wet.gz")]
+    config = load_settings(curate.CurateSettings, None, [f"input.paths={json.dumps(inputs)}",
+                                                         "extract.min_length=1000000000", "minhash.enabled=false"])
+    stats = curate.run(spark, config, tmp_path / "run", NO_MODELS)
+    assert stats["documents_out"] == 0 and stats["partitions"]["annotate"] == 0
+    assert stats["stages"]["extract"]["dropped"]["too_short"] == 697
+
+
 def test_units_cover_every_row_once_in_order_within_groups():
     run = "/run"
     groups = {0: ["a", "b"], 3: ["c"]}

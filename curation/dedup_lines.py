@@ -59,10 +59,11 @@ def line_hash(line: str) -> int:
 def document_hashes(text: str) -> np.ndarray:
     """`line_hash` of every line of a text, in order (int64), normalizing the whole text at once:
     each line stripped first, as `normalize_for_dedup` does, then one pass of each rule."""
-    text = "\n".join(line.strip() for line in text.split("\n")).lower()
+    text = "\n".join([line.strip() for line in text.split("\n")]).lower()
     text = _REMOVED_KEEP_NEWLINE_RE.sub("", DIGIT_RE.sub("0", text))
     sha1 = hashlib.sha1
-    digests = b"".join(sha1(line.encode("utf-8")).digest()[:HASH_SIZE] for line in text.split("\n"))
+    # Encoded once: a UTF-8 "\n" is one byte, never inside another character's bytes.
+    digests = b"".join([sha1(line).digest()[:HASH_SIZE] for line in text.encode("utf-8").split(b"\n")])
     return np.frombuffer(digests, dtype="<i8")
 
 

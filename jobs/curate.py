@@ -29,7 +29,7 @@ written last (the files and their rows; the previous result's files are deleted 
 result equals a run from scratch. What a killed run left unpublished is removed by the next run. A
 stage whose model is not there (no `make lm`, no `make classifier`) is left out with a note, and its
 columns stay empty (bucket `all`). Phase 2's tasks follow the data: about `partitions.text_bytes` of
-text each, at least one per core.
+text each, at least 4 per core.
 DIR/manifest.json lists the segments and their state, DIR/stats.json the counts per stage and
 reason and the Spark tasks each stage ran; DIR/config.json the effective settings and library versions.
 """
@@ -150,6 +150,10 @@ STORED = ANNOTATED_WITH_ID.append(SIGNATURES.field(SIGNATURE))
 # A curated file's columns: the language and bucket are its directories.
 CURATED = pa.schema([field for field in ANNOTATED if field.name not in ("language", "bucket")])
 ROW_GROUP_DOCS = 1000
+# Python stages (phase 1, phase 2's units) are cut into at least this many tasks per core: a core
+# that runs slower (a busy neighbour, dearer text) then runs fewer of them instead of holding the
+# stage's end alone; a task's fixed cost is ~0.1-0.2 s.
+TASKS_PER_CORE = 4
 # A piece of phase 1's output: (file, row group, first row, end row); a unit: one task's pieces, of one group.
 Piece = tuple[str, int, int, int]
 Unit = tuple[int, list[Piece]]
@@ -201,7 +205,7 @@ def extract_segment(source: str, segments_dir: str, settings: CurateSettings) ->
 def segment_table(docs: list[dict], hashed: bool) -> pa.Table:
     """Phase 1's rows: the extracted documents, and their line hashes when `hashed` (line dedup on)."""
     rows = pa.Table.from_pylist(docs, EXTRACTED)
-    return rows.append_column(LINE_HASHES_FIELD, line_hash_column(rows.column("raw_content").to_pylist())) \
+    return rows.append_column(LINE_HASHES_FIELD, line_hash_column([doc.get("raw_content") for doc in docs])) \
         if hashed else rows
 
 
@@ -304,8 +308,9 @@ def annotate_unit(unit: Unit, run_dir: str, made: str, settings: CurateSettings,
     if settings.line_dedup.enabled:
         duplicated = np.load(io.BytesIO(storage.read_bytes(duplicated_lines_file(run_dir, group))))
         stages.insert(0, DuplicateLinesRemover(duplicated, settings.line_dedup))
-    params = settings.minhash.resolved()
-    hasher = MinHasher(params.num_perm, params.seed, params.ngram) if params.enabled else None
+    # Only with MinHash on: resolving its bands imports datasketch and scipy (0.7 s of CPU a worker).
+    params = settings.minhash.resolved() if settings.minhash.enabled else None
+    hasher = MinHasher(params.num_perm, params.seed, params.ngram) if params else None
     internal = frozenset([DOC_ID])
     signature_seconds = 0.0  # MinHash's share of the task, counted with MinHash's own time
 
@@ -553,7 +558,7 @@ def make_groups(spark: SparkSession, run_dir: str, groups: dict[int, list[str]],
                 enabled: dict[str, bool], stats: dict) -> dict[int, dict]:
     """Line dedup (within each group), the row-wise stages and the MinHash signatures of `groups`'
     documents, as cc_net does it: a task per group finds its duplicated lines from the stored line
-    hashes, then Python tasks of about `partitions.text_bytes` of text each (at least one per core)
+    hashes, then Python tasks of about `partitions.text_bytes` of text each (at least 4 per core)
     read, annotate and write the group's documents from file to file; no text passes through the JVM
     or a shuffle. Each group is published in RUN/groups/group=N/ with its segments, the fingerprint
     and its counts (a killed run leaves no half group). Returns {group: marker}."""
@@ -568,8 +573,8 @@ def make_groups(spark: SparkSession, run_dir: str, groups: dict[int, list[str]],
             counts[group]["stages"]["line_dedup"] = {"seconds": group_seconds}
     input_bytes = sum(text for sources in groups.values() for source in sources
                       for _, text in sizes[segment_file(run_dir, source)])
-    units = plan_units(run_dir, groups, sizes, max(1.0, min(settings.partitions.text_bytes,
-                                                            input_bytes / context.defaultParallelism)))
+    units = plan_units(run_dir, groups, sizes, max(1.0, min(settings.partitions.text_bytes, input_bytes / (
+        TASKS_PER_CORE * context.defaultParallelism))))
     stats["partitions"] = {"input_text_bytes": input_bytes, "annotate": len(units),
                            "shuffle": int(spark.conf.get("spark.sql.shuffle.partitions"))}
     made = uuid.uuid4().hex[:12]
@@ -645,8 +650,9 @@ def run(spark: SparkSession, settings: CurateSettings, run_dir: str | Path,
     todo = [source for source in inputs if not is_done(segments_dir, source) and source not in skipped]
     failures = {}
     if todo:
-        # A few inputs per task (4 tasks per core): a task's fixed cost is ~0.2 s, an input's ~0.5 s.
-        tasks = spark.sparkContext.parallelize(todo, min(len(todo), 4 * spark.sparkContext.defaultParallelism))
+        # A few inputs per task: a task's fixed cost is ~0.2 s, an input's ~0.5 s.
+        cores = spark.sparkContext.defaultParallelism
+        tasks = spark.sparkContext.parallelize(todo, min(len(todo), TASKS_PER_CORE * cores))
         failures = dict(item for item in tasks.mapPartitions(
             lambda part: extract_segments(part, segments_dir, settings)).collect() if item[1])
     done = [s for s in inputs if is_done(segments_dir, s)]

@@ -1,6 +1,7 @@
 """Phase 2 sized to the data: tasks follow the text, MinHash clusters never land on one task."""
 
 import json
+import math
 
 import pytest
 
@@ -19,9 +20,12 @@ def test_tiny_partition_size_runs_annotate_on_several_tasks(spark, shared_data, 
 
     written = json.loads((tmp_path / "run" / "stats.json").read_text())
     partitions, tasks = written["partitions"], written["tasks"]
-    # ~1.5 MB of text in one file of one row group: one task per 200 kB, whatever the two cores.
-    assert partitions["input_text_bytes"] > 5 * 200_000
-    assert partitions["annotate"] == -(-partitions["input_text_bytes"] // 200_000) >= 5
+    # ~1.5 MB of text in one file of one row group: one task per 200 kB, or smaller ones to give each
+    # core TASKS_PER_CORE of them.
+    text = partitions["input_text_bytes"]
+    assert text > 5 * 200_000
+    unit = min(200_000, text / (curate.TASKS_PER_CORE * spark.sparkContext.defaultParallelism))
+    assert partitions["annotate"] == math.ceil(text / unit) >= 5
     assert tasks["annotate"]["stage_tasks"] == [partitions["annotate"]]
     group = tmp_path / "run" / "groups" / "group=0"
     assert len(list(group.glob("*.parquet"))) == partitions["annotate"]

@@ -253,9 +253,9 @@ def published_files(directory: str | os.PathLike) -> dict[str, int] | None:
     return {join(directory, name): rows for name, rows in marker["files"].items()}
 
 
-def remove_unpublished(directory: str | os.PathLike) -> None:
-    """Deletes the files in `directory` (and below) that its marker does not list."""
-    published = set(published_files(directory) or ())
+def remove_unpublished(directory: str | os.PathLike, keep: set[str] = frozenset()) -> None:
+    """Deletes the files in `directory` (and below) that its marker does not list, except `keep`'s."""
+    published = set(published_files(directory) or ()) | keep
     for location in list_files(directory, recursive=True):
         if location not in published and not location.endswith(PUBLISHED):
             delete(location)

@@ -23,10 +23,11 @@ signatures, into DIR/groups/group=N/, published with the group's segments and a 
 settings and models that made it; a rerun makes only the groups whose segments or fingerprint
 changed (stats.json's `processed` says which, and the documents each stage saw). MinHash then
 clusters every group's stored signatures (no text read), and the kept documents are written to
-DIR/curated/ (language=xx/bucket=yy/*.parquet, zstd; from file to file in Python tasks too when
-MinHash is off and the cutoffs come with the models), published by DIR/curated/_PUBLISHED.json
+DIR/curated/ (language=xx/bucket=yy/*.parquet, zstd), published by DIR/curated/_PUBLISHED.json
 written last (the files and their rows; the previous result's files are deleted after it). The
-result equals a run from scratch. What a killed run left unpublished is removed by the next run. A
+result equals a run from scratch. When nothing is computed across groups (MinHash off, the cutoffs
+with the models), phase 2's tasks write the curated files themselves, each group's marker lists them,
+and DIR/groups/ keeps no copy. What a killed run left unpublished is removed by the next run. A
 stage whose model is not there (no `make lm`, no `make classifier`) is left out with a note, and its
 columns stay empty (bucket `all`). Phase 2's tasks follow the data: about `partitions.text_bytes` of
 text each, at least 4 per core.
@@ -109,10 +110,11 @@ from curation.wikiref import WikirefSettings, WikirefStage
 from jobs.dedup import ID as DOC_ID
 from jobs.dedup import SIGNATURE, SIGNATURES, minhash_dedup, signature_column
 from jobs.spark import claimed_session, counting_tasks
-from jobs.storage_io import read_parquet, rewrite_parquet, write_parquet
+from jobs.storage_io import read_parquet, write_parquet, write_partitioned
 
 log = logging.getLogger("curate")
 GROUP = "group"  # a document's dedup group: RUN/groups/group=N/ keeps the group's annotated documents
+CURATED_FILES = "curated_files"  # in a group's marker: its files in RUN/curated/, when it wrote them there
 # A task-local property the tests set to make phase 1 SIGKILL the process of each input whose path contains it.
 FAILPOINT_KILL = "ccurate.failpoint.kill_segment"
 
@@ -148,7 +150,8 @@ ANNOTATED_WITH_ID = ANNOTATED.append(pa.field(DOC_ID, pa.int64()))
 # that the run-wide clustering reads no text).
 STORED = ANNOTATED_WITH_ID.append(SIGNATURES.field(SIGNATURE))
 # A curated file's columns: the language and bucket are its directories.
-CURATED = pa.schema([field for field in ANNOTATED if field.name not in ("language", "bucket")])
+PARTITIONS = ["language", "bucket"]
+CURATED = pa.schema([field for field in ANNOTATED if field.name not in PARTITIONS])
 ROW_GROUP_DOCS = 1000
 # Python stages (phase 1, phase 2's units) are cut into at least this many tasks per core: a core
 # that runs slower (a busy neighbour, dearer text) then runs fewer of them instead of holding the
@@ -296,13 +299,16 @@ def row_stages(settings: CurateSettings, enabled: dict[str, bool]) -> list:
     return [stage(getattr(settings, stage.name)) for stage in ROW_STAGES if enabled.get(stage.name, True)]
 
 
-def annotate_unit(unit: Unit, run_dir: str, made: str, settings: CurateSettings, enabled: dict[str, bool]) -> dict:
+def annotate_unit(unit: Unit, run_dir: str, made: str, settings: CurateSettings, enabled: dict[str, bool],
+                  curated: str | None = None) -> dict:
     """One task of phase 2, in Python from file to file: its pieces of phase 1's files are read, go
     through line dedup (against the group's duplicated lines), the row-wise stages and the MinHash
-    signatures, and are written as one file of the group's directory, named after the unit's first
-    piece and `made` (this making of the groups: a retried task writes the same file, and a file that
-    an earlier marker lists is never overwritten). Returns the file, its rows and the stages' counts;
-    read from the job's result, counts are those of the successful attempt only."""
+    signatures, and are written as one file of the group's directory, or, given `curated` (nothing
+    is computed across groups: MinHash off, the cutoffs with the models), straight into the curated
+    layout there (language=xx/bucket=yy/, a file per value met). Files are named after the unit's
+    first piece and `made` (this making of the groups: a retried task writes the same files, and a
+    file that an earlier marker lists is never overwritten). Returns the files, their rows and the
+    stages' counts; read from the job's result, counts are those of the successful attempt only."""
     group, pieces = unit
     stages = row_stages(settings, enabled)
     if settings.line_dedup.enabled:
@@ -314,7 +320,19 @@ def annotate_unit(unit: Unit, run_dir: str, made: str, settings: CurateSettings,
     internal = frozenset([DOC_ID])
     signature_seconds = 0.0  # MinHash's share of the task, counted with MinHash's own time
 
-    def table(docs: list[dict]) -> pa.Table:
+    def annotated() -> Iterator[list[dict]]:
+        batch = []
+        for doc in run_stages(read_pieces(pieces, settings.line_dedup.enabled), stages):
+            schema.check_document(doc, internal)
+            doc.setdefault("bucket", "all")
+            batch.append(doc)
+            if len(batch) == ROW_GROUP_DOCS:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def stored(docs: list[dict]) -> pa.Table:
         nonlocal signature_seconds
         rows = pa.Table.from_pylist(docs, ANNOTATED_WITH_ID)
         started = time.perf_counter()
@@ -324,24 +342,21 @@ def annotate_unit(unit: Unit, run_dir: str, made: str, settings: CurateSettings,
         return rows.append_column(SIGNATURES.field(SIGNATURE), signatures)
 
     path, row_group, first, _ = pieces[0]
-    location = storage.join(group_directory(run_dir, group),
-                            f"part-{Path(path).stem}-{row_group:04d}-{first:05d}-{made}.zstd.parquet")
-    rows, out = 0, []
-    with storage.atomic_output(location) as stream, pq.ParquetWriter(stream, STORED, compression="zstd") as writer:
-        for doc in run_stages(read_pieces(pieces, settings.line_dedup.enabled), stages):
-            schema.check_document(doc, internal)
-            doc.setdefault("bucket", "all")
-            out.append(doc)
-            if len(out) == ROW_GROUP_DOCS:
-                writer.write_table(table(out))
-                rows, out = rows + len(out), []
-        if out:
-            writer.write_table(table(out))
-            rows += len(out)
+    name = f"part-{Path(path).stem}-{row_group:04d}-{first:05d}-{made}"
+    if curated:
+        files = write_partitioned((pa.RecordBatch.from_pylist(docs, ANNOTATED) for docs in annotated()), curated,
+                                  PARTITIONS, CURATED, name)
+    else:
+        location, rows = storage.join(group_directory(run_dir, group), f"{name}.zstd.parquet"), 0
+        with storage.atomic_output(location) as stream, pq.ParquetWriter(stream, STORED, compression="zstd") as out:
+            for docs in annotated():
+                out.write_table(stored(docs))
+                rows += len(docs)
+        files = {location: rows}
     counts = stage_stats(stages)
     if hasher:
         counts["minhash"] = {"signature_seconds": signature_seconds}
-    return {"group": group, "file": location, "rows": rows, "stages": counts}
+    return {"group": group, "files": files, "stages": counts}
 
 
 def read_pieces(pieces: list[Piece], with_hashes: bool) -> Iterator[dict]:
@@ -398,15 +413,17 @@ def dedup_groups(inputs: list[str], done: list[str], group_size: int) -> dict[in
     return groups
 
 
-def phase2_fingerprint(settings: CurateSettings, enabled: dict[str, bool]) -> str:
+def phase2_fingerprint(settings: CurateSettings, enabled: dict[str, bool], direct: bool) -> str:
     """What a group's stored documents depend on besides its segments: the settings of the stages that
-    made them, the signatures' parameters, and the models read (each file's size and modification
-    time). A group stored under another fingerprint is made again."""
+    made them, the signatures' parameters, the models read (each file's size and modification time),
+    and where they went (`direct`: in the curated layout). A group stored under another fingerprint
+    is made again."""
     minhash = settings.minhash
     made_by = {name: as_dict(getattr(settings, name))
                for name in ("line_dedup", "langid", "c4", "perplexity", "wikiref")}
     made_by["signatures"] = [minhash.enabled, minhash.num_perm, minhash.seed, minhash.ngram, minhash.max_chars]
     made_by["stages"] = enabled
+    made_by["curated_directly"] = direct
     models = [Path(settings.langid.model or default_model_path()), Path(settings.wikiref.model),
               *Path(settings.perplexity.models).rglob("*")]
     made_by["models"] = {str(path): [path.stat().st_size, path.stat().st_mtime_ns] for path in models if path.is_file()}
@@ -481,7 +498,8 @@ def write_curated(spark: SparkSession, run_dir: str, groups: dict[int, list[str]
     """Phase 2 over `groups` ({dedup group: its done segments' sources}): groups that an earlier run
     stored from the same segments and settings are reused, the others made (line dedup, row-wise
     stages, signatures); then MinHash over every group's stored signatures and the final selection
-    into RUN/curated. Returns the stats."""
+    into RUN/curated (or, with nothing to compute across groups, the groups' own curated files).
+    Returns the stats."""
     sizes = row_group_sizes([segment_file(run_dir, source) for sources in groups.values() for source in sources])
     text_bytes = sum(text for path in sizes.values() for _, text in path)
     previous = {key: spark.conf.get(key, None) for key in SHUFFLE_CONF}
@@ -500,13 +518,17 @@ def curate_documents(spark: SparkSession, run_dir: str, groups: dict[int, list[s
                      enabled: dict[str, bool]) -> dict:
     stats: dict = {"stages": {}, "tasks": {}}
     tasks = stats["tasks"]
-    fingerprint = phase2_fingerprint(settings, enabled)
+    models = settings.perplexity.models
+    run_cutoffs = enabled["perplexity"] and set(available_languages(models)) - set(load_cutoffs(models))
+    # Nothing computed across groups: phase 2's tasks write the curated files themselves.
+    direct = not settings.minhash.enabled and not run_cutoffs
+    fingerprint = phase2_fingerprint(settings, enabled, direct)
     markers = {group: stored_group(run_dir, group, sources, fingerprint) for group, sources in groups.items()}
     todo = sorted(group for group, marker in markers.items() if marker is None)
     processed: dict = {}
     if todo:
         made = make_groups(spark, run_dir, {group: groups[group] for group in todo}, sizes, fingerprint, settings,
-                           enabled, stats)
+                           enabled, stats, direct)
         for group, marker in made.items():
             markers[group] = marker
             merge_stats(processed, marker["about"]["stages"])
@@ -519,16 +541,13 @@ def curate_documents(spark: SparkSession, run_dir: str, groups: dict[int, list[s
     for directory in set(storage.list_directories(groups_dir)) - current:
         storage.delete(directory)  # a group of earlier settings or inputs
 
+    curated = storage.join(run_dir, "curated")
+    if direct:  # the groups' curated files, made now or before, are the result
+        storage.publish_files(curated, {file: rows for group in sorted(markers)
+                                        for file, rows in curated_files(run_dir, markers[group]).items()})
+        return stats
     stored = [storage.join(group_directory(run_dir, group), name) for group in sorted(markers)
               for name in markers[group]["files"]]
-    curated = storage.join(run_dir, "curated")
-    models = settings.perplexity.models
-    run_cutoffs = enabled["perplexity"] and set(available_languages(models)) - set(load_cutoffs(models))
-    if not settings.minhash.enabled and not run_cutoffs:  # nothing across groups: from file to file
-        with counting_tasks(spark, "write", tasks):
-            written = rewrite_parquet(spark, stored, curated, ["language", "bucket"], CURATED)
-        storage.publish_files(curated, written)
-        return stats
     frame = read_parquet(spark, groups_dir, stored, ANNOTATED_WITH_ID)
     if run_cutoffs:
         with counting_tasks(spark, "bucket_from_run", tasks):  # a Spark job only when needed
@@ -541,7 +560,7 @@ def curate_documents(spark: SparkSession, run_dir: str, groups: dict[int, list[s
             frame, scored = minhash_dedup(frame, settings.minhash, checkpoint_dir=checkpoints, signatures=signatures)
         stats["processed"]["documents"]["minhash"] = scored["in"]
     with counting_tasks(spark, "write", tasks):
-        written = write_parquet(frame.drop(DOC_ID), curated, ["language", "bucket"])
+        written = write_parquet(frame.drop(DOC_ID), curated, PARTITIONS)
     storage.delete(checkpoints)
     # The new files replace the previous result when their marker is written: readers that follow
     # the marker see the old or the new output, never a mix.
@@ -555,13 +574,14 @@ def curate_documents(spark: SparkSession, run_dir: str, groups: dict[int, list[s
 
 def make_groups(spark: SparkSession, run_dir: str, groups: dict[int, list[str]],
                 sizes: dict[str, list[tuple[int, int]]], fingerprint: str, settings: CurateSettings,
-                enabled: dict[str, bool], stats: dict) -> dict[int, dict]:
+                enabled: dict[str, bool], stats: dict, direct: bool) -> dict[int, dict]:
     """Line dedup (within each group), the row-wise stages and the MinHash signatures of `groups`'
     documents, as cc_net does it: a task per group finds its duplicated lines from the stored line
     hashes, then Python tasks of about `partitions.text_bytes` of text each (at least 4 per core)
-    read, annotate and write the group's documents from file to file; no text passes through the JVM
-    or a shuffle. Each group is published in RUN/groups/group=N/ with its segments, the fingerprint
-    and its counts (a killed run leaves no half group). Returns {group: marker}."""
+    read, annotate and write the group's documents from file to file (in RUN/groups/group=N/, or in
+    the curated layout when `direct`); no text passes through the JVM or a shuffle. Each group is
+    published by its marker in RUN/groups/group=N/ with its segments, the fingerprint and its counts,
+    and, when `direct`, its curated files (a killed run leaves no half group). Returns {group: marker}."""
     tasks = stats["tasks"]
     context = spark.sparkContext
     counts: dict[int, dict] = {group: {"stages": {}} for group in groups}
@@ -578,16 +598,30 @@ def make_groups(spark: SparkSession, run_dir: str, groups: dict[int, list[str]],
     stats["partitions"] = {"input_text_bytes": input_bytes, "annotate": len(units),
                            "shuffle": int(spark.conf.get("spark.sql.shuffle.partitions"))}
     made = uuid.uuid4().hex[:12]
+    curated = storage.join(run_dir, "curated")
     with counting_tasks(spark, "annotate", tasks):
         results = context.parallelize(units, max(1, len(units))).map(
-            lambda unit: annotate_unit(unit, run_dir, made, settings, enabled)).collect()
+            lambda unit: annotate_unit(unit, run_dir, made, settings, enabled, curated if direct else None)).collect()
     written: dict[int, dict[str, int]] = {group: {} for group in groups}
     for result in results:
         merge_stats(counts[result["group"]], {"stages": result["stages"]})
-        written[result["group"]][result["file"]] = result["rows"]
-    return {group: storage.publish_files(group_directory(run_dir, group), written[group], {
-        "segments": [segment_id(s) for s in sources], "fingerprint": fingerprint, "stages": counts[group]["stages"]})
-        for group, sources in groups.items()}
+        written[result["group"]].update(result["files"])
+    markers = {}
+    for group, sources in groups.items():
+        about = {"segments": [segment_id(s) for s in sources], "fingerprint": fingerprint,
+                 "stages": counts[group]["stages"]}
+        if direct:  # its files are curated/'s, named relative to it; the group's directory keeps the marker
+            about[CURATED_FILES] = {file.removeprefix(storage.join(curated, "")): rows
+                                    for file, rows in sorted(written[group].items())}
+        markers[group] = storage.publish_files(group_directory(run_dir, group), {} if direct else written[group],
+                                               about)
+    return markers
+
+
+def curated_files(run_dir: str, marker: dict) -> dict[str, int]:
+    """{file: rows} of the curated files a group's marker lists (made with `direct`), else {}."""
+    files = marker["about"].get(CURATED_FILES, {})
+    return {storage.join(run_dir, "curated", name): rows for name, rows in files.items()}
 
 
 def bucket_from_run(frame, run_dir: str):
@@ -714,11 +748,15 @@ def bucket_cutoffs(settings: CurateSettings, run_dir: str, enabled: dict[str, bo
 
 def remove_leftovers(run_dir: str) -> None:
     """What a killed run wrote and never published, so never read: its temporary files, curated files
-    that no marker lists, its checkpoints. One run per directory."""
+    that no marker lists (the curated one, or a group's that wrote them), its checkpoints. One run per
+    directory."""
     storage.remove_temporaries(run_dir)
     storage.remove_temporaries(storage.join(run_dir, "segments"))
-    storage.remove_unpublished(storage.join(run_dir, "curated"))
-    for group in storage.list_directories(storage.join(run_dir, "groups")):
+    groups = storage.list_directories(storage.join(run_dir, "groups"))
+    made = {file for group in groups if (marker := storage.published_marker(group))
+            for file in curated_files(run_dir, marker)}
+    storage.remove_unpublished(storage.join(run_dir, "curated"), keep=made)
+    for group in groups:
         storage.remove_unpublished(group)
     storage.delete(storage.join(run_dir, "checkpoints"))
 

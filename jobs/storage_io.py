@@ -9,8 +9,8 @@ directory is the same URI for the driver and every task.
   it meets, hive layout `col=value/`), each published whole, and returns (file, rows); the driver
   gets the files of the successful task attempts only, so a retried or speculative attempt's files
   are never listed (`curation.storage.publish_files` then deletes them).
-- `rewrite_parquet`: the same layout from Parquet files, in Python tasks from file to file, where
-  nothing is to be computed across files.
+- `write_partitioned`: that layout from Arrow batches in any Python task (`jobs.curate`'s phase 2
+  writes its curated files with it when nothing is computed across its groups).
 """
 
 from __future__ import annotations
@@ -71,25 +71,6 @@ def write_parquet(df: DataFrame, directory: str, partition_by: list[str] = ()) -
         yield pa.RecordBatch.from_pydict({"path": list(rows), "rows": list(rows.values())})
 
     return {row["path"]: row["rows"] for row in df.mapInArrow(write, WRITTEN).collect()}
-
-
-def rewrite_parquet(spark: SparkSession, files: list[str], directory: str, partition_by: list[str],
-                    file_schema: pa.Schema) -> dict[str, int]:
-    """`write_parquet` of the rows of Parquet `files` (their `file_schema` columns and `partition_by`),
-    in Python tasks from file to file: no row passes through the JVM. One task per file, its output
-    named after the file's index and this call (a retried task writes the same files; a published
-    file of an earlier call is never overwritten)."""
-    call = uuid.uuid4().hex[:12]
-
-    def rewrite(index: int) -> dict[str, int]:
-        with storage.open_input(files[index]) as f:
-            batches = pq.ParquetFile(f).iter_batches(BATCH_ROWS, columns=[*file_schema.names, *partition_by])
-            return write_partitioned(batches, directory, partition_by, file_schema, f"part-{index:05d}-{call}")
-
-    written: dict[str, int] = {}
-    for rows in spark.sparkContext.parallelize(range(len(files)), max(1, len(files))).map(rewrite).collect():
-        written.update(rows)
-    return written
 
 
 def write_partitioned(batches, directory: str, partition_by: list[str], file_schema: pa.Schema,

@@ -1,5 +1,6 @@
 """Incremental phase 2: a rerun that adds a segment makes only that segment's dedup group; MinHash
-clusters every group's stored signatures; the result equals a run from scratch."""
+clusters every group's stored signatures (without MinHash, the groups' tasks write the curated files
+themselves); the result equals a run from scratch."""
 
 import json
 
@@ -13,9 +14,10 @@ NO_MODELS = {"perplexity": False, "wikiref": False}
 FILES = ["warc/wget-academic-pages.warc.gz", "warc/wget-org-pages.warc.gz", "warc/CC-MAIN-2020-34-excerpt.warc.gz"]
 
 
-def settings_for(shared_data, files):
+def settings_for(shared_data, files, *overrides):
     inputs = [str(shared_data / name) for name in files]
-    return load_settings(curate.CurateSettings, None, [f"input.paths={json.dumps(inputs)}", "line_dedup.group_size=2"])
+    return load_settings(curate.CurateSettings, None, [f"input.paths={json.dumps(inputs)}", "line_dedup.group_size=2",
+                                                       *overrides])
 
 
 def curated_rows(run_dir) -> list[dict]:
@@ -67,3 +69,35 @@ def test_a_rerun_that_adds_a_segment_makes_only_its_group_and_equals_a_run_from_
         marker = json.loads((run_dir / "groups" / f"group={group}" / "_PUBLISHED.json").read_text())
         assert names and not names & set(marker["files"])
     assert stricter["stages"]["langid"]["out"] < added["stages"]["langid"]["out"]
+
+
+def test_without_minhash_the_groups_write_the_curated_files_and_reruns_reuse_them(spark, shared_data, tmp_path):
+    run_dir, scratch_dir = tmp_path / "incremental", tmp_path / "scratch"
+    marker = run_dir / "curated" / "_PUBLISHED.json"
+    first = curate.run(spark, settings_for(shared_data, FILES[:2], "minhash.enabled=false"), run_dir, NO_MODELS)
+    group_0 = json.loads((run_dir / "groups" / "group=0" / "_PUBLISHED.json").read_text())
+    # Nothing is computed across groups: the group's marker lists its files in curated/, none in groups/.
+    assert group_0["files"] == {} and not list((run_dir / "groups").rglob("*.parquet"))
+    assert json.loads(marker.read_text())["files"] == group_0["about"]["curated_files"]
+    assert "write" not in first["tasks"] and first["documents_out"] > 0
+    first_marker = marker.read_text()
+
+    added = curate.run(spark, settings_for(shared_data, FILES, "minhash.enabled=false"), run_dir, NO_MODELS)
+    scratch = curate.run(spark, settings_for(shared_data, FILES, "minhash.enabled=false"), scratch_dir, NO_MODELS)
+    assert added["processed"]["groups_made"] == [1] and added["processed"]["groups_reused"] == 1
+    assert curated_rows(run_dir) == curated_rows(scratch_dir)
+    assert added["documents_out"] == scratch["documents_out"] > first["documents_out"]
+
+    # Killed after publishing group 1, before curated/'s marker: the next run keeps group 1's files and
+    # publishes them, making no group.
+    marker.write_text(first_marker)
+    resumed = curate.run(spark, settings_for(shared_data, FILES, "minhash.enabled=false"), run_dir, NO_MODELS)
+    assert resumed["processed"]["groups_made"] == []
+    assert curated_rows(run_dir) == curated_rows(scratch_dir) and resumed["documents_out"] == scratch["documents_out"]
+
+    # MinHash on: every group is made again into groups/, and the curated files made by the groups go.
+    direct_files = set(json.loads(marker.read_text())["files"])
+    with_minhash = curate.run(spark, settings_for(shared_data, FILES), run_dir, NO_MODELS)
+    assert with_minhash["processed"]["groups_made"] == [0, 1]
+    on_disk = {str(path.relative_to(run_dir / "curated")) for path in (run_dir / "curated").rglob("*.parquet")}
+    assert on_disk == set(json.loads(marker.read_text())["files"]) and not on_disk & direct_files

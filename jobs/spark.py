@@ -74,7 +74,8 @@ def local_conf(log_file: Path, dump_class_archive: Path | None = None) -> dict[s
     127.0.0.1; the web UI is off unless CCURATE_SPARK_UI=1, and then on 127.0.0.1 without its
     kill links. The JVM runs with `LEAN_JVM_OPTIONS` unless CCURATE_SPARK_FULL_JIT=1, and maps
     `CLASS_ARCHIVE` when it is whole; with `dump_class_archive` it writes there, when it exits, the
-    classes it loaded instead. Then its CDS messages go to `jvm_log_file`, not to the console."""
+    classes it loaded instead. Then its CDS messages go to `jvm_log_file`, not to the console. Its
+    Python workers are forked by `jobs.worker_daemon` (the installed pyspark, not Spark's zip)."""
     ui, full_jit = env_flag(UI_SETTING), env_flag(FULL_JIT_SETTING)
     java_options = [f"-Dlog4j2.configurationFile=file:{LOG4J_CONFIG}", f"-Dccurate.log.file={log_file}"]
     if not full_jit:
@@ -97,6 +98,7 @@ def local_conf(log_file: Path, dump_class_archive: Path | None = None) -> dict[s
         "spark.ui.enabled": str(ui).lower(),
         "spark.ui.killEnabled": "false",
         "spark.redaction.regex": SPARK_REDACTION_REGEX,
+        "spark.python.daemon.module": "jobs.worker_daemon",
         # Hadoop's local file system sets the mode of the files it writes from its own umask (022
         # by default), not the process's: give it the user's.
         "spark.hadoop.fs.permissions.umask-mode": f"{process_umask():03o}",

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from warcio.archiveiterator import ArchiveIterator
 from warcio.bufferedreaders import DecompressingBufferedReader
 from warcio.exceptions import ArchiveLoadFailed
+from warcio.recordloader import ArcWarcRecordLoader
 
 from curation.commoncrawl import open_http
 from curation.settings import setting
@@ -188,6 +189,17 @@ class LineBoundedReader(DecompressingBufferedReader):
         super().close_decompressor()
 
 
+class RecordLoader(ArcWarcRecordLoader):
+    """warcio's record parser, refusing a response or request record without a WARC-Target-URI (a
+    header cut short by the end of the input, a damaged record) as ArchiveLoadFailed, a bad record,
+    where warcio fails on the missing URI with an AttributeError."""
+
+    def load_http_headers(self, rec_type, uri, stream, length):
+        if uri is None and rec_type in self.HTTP_RECORDS and length != 0:
+            raise ArchiveLoadFailed(f"a {rec_type} record without WARC-Target-URI")
+        return super().load_http_headers(rec_type, uri, stream, length)
+
+
 class ArchiveReader:
     """Reads WARC/WET files into page records. `stats` counts records in, pages out, and the
     records dropped by reason (their type, status, content type, size, or corruption).
@@ -225,8 +237,9 @@ class ArchiveReader:
         if seekable:
             stream.seek(start)
         records = ArchiveIterator(stream, arc2warc=True)
-        # Nothing is read before the first record is asked for: the reader can still be replaced.
+        # Nothing is read before the first record is asked for: the reader and loader can still be replaced.
         reader = records.reader = LineBoundedReader(stream, self.max_line_bytes)
+        records.loader = RecordLoader(arc2warc=True)
         position = start
         cut = False
         try:

@@ -7,9 +7,11 @@ the test instead of eating the machine's memory."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -168,6 +170,27 @@ def test_a_file_cut_inside_a_member_keeps_what_came_before_and_counts_it(shared_
     urls = [p["url"] for p in reader.read(str(path))]
     assert urls == [f"http://cut.example/page-{i}" for i in range(5)]
     assert reader.stats["dropped.truncated_file"] == 1 and not reader.stats["dropped.corrupt_record"]
+
+
+def test_a_record_header_without_its_uri_is_a_bad_record_not_a_crash(shared_data, tmp_path):
+    # warcio itself fails on a response record with no WARC-Target-URI (AttributeError); seen when a
+    # download that could not complete ended right after a record's WARC-Type line.
+    members = good_members(shared_data, 4, "uri.example")
+    header_cut = zlib.compressobj(wbits=31)
+    cut = header_cut.compress(b"WARC/1.0\r\nWARC-Type: response\r\n") + header_cut.flush(zlib.Z_SYNC_FLUSH)
+    path = tmp_path / "cut.warc.gz"
+    path.write_bytes(b"".join(members) + cut)
+    reader = ArchiveReader()
+    assert [p["url"] for p in reader.read(str(path))] == [f"http://uri.example/page-{i}" for i in range(4)]
+    assert reader.stats["dropped.truncated_file"] == 1 and not reader.stats["dropped.corrupt_record"]
+
+    record = gzip.decompress(members[1])
+    without_uri = re.sub(rb"WARC-Target-URI: [^\r]*\r\n", b"", record)
+    assert without_uri != record
+    path.write_bytes(members[0] + gzip.compress(without_uri) + b"".join(members[2:]))
+    reader = ArchiveReader()
+    assert [p["url"] for p in reader.read(str(path))] == [f"http://uri.example/page-{i}" for i in (0, 2, 3)]
+    assert reader.stats["dropped.corrupt_record"] == 1 and not reader.stats["dropped.truncated_file"]
 
 
 def test_an_empty_file_is_an_error(tmp_path):

@@ -195,7 +195,8 @@ def run_ours(files: list[Path], models: Path, dedup: bool) -> tuple[int, float, 
         stats = curate.run(spark, settings, run_dir, {"perplexity": True, "wikiref": False, "c4": False})
         cpu = tree_cpu_seconds()
         seconds["run (wall)"] = stats["seconds"]
-        seconds.update((name, stage["seconds"]) for name, stage in stats["stages"].items() if stage.get("seconds"))
+        seconds.update((name, stage["seconds"]) for name, stage in stats["stages"].items()
+                       if stage.get("seconds") and stage.get("in"))  # not a stage that no document reached
     finally:
         spark.stop()
         shutil.rmtree(run_dir, ignore_errors=True)

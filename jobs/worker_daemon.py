@@ -6,7 +6,8 @@ of sources has no compiled files, so every Python worker process compiled pyspar
 in the daemon before a first task could start, and 1.3 s in each worker that imports `jobs` (2 cores:
 ~2 s of every local run, ~3.5 s of CPU). When the zip belongs to a pip-installed pyspark (SPARK_HOME
 is the package), the package is the same code with its bytecode cached: the zips go last instead.
-`jobs.spark.local_conf` sets this module; a cluster's workers keep Spark's own daemon.
+`jobs.spark.local_conf` sets this module (sessions started by `python -m jobs.X`, local or on a
+standalone master); under spark-submit the cluster's workers keep Spark's own daemon.
 """
 
 import sys

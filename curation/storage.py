@@ -227,12 +227,23 @@ def parquet_dataset(location: str | os.PathLike, files: list[str] | None = None,
 
 # ---- a set of files published by a marker ---------------------------------------------------------
 
+def relative_names(directory: str | os.PathLike, files: dict[str, int]) -> dict[str, int]:
+    """{name relative to `directory`: rows} of `files` ({location under `directory`: rows}), sorted:
+    how a marker lists them."""
+    prefix = join(directory, "")
+    return {location[len(prefix):]: rows for location, rows in sorted(files.items())}
+
+
+def locations(directory: str | os.PathLike, names: dict[str, int]) -> dict[str, int]:
+    """{location: rows} of a marker's `names` relative to `directory` (`relative_names` undone)."""
+    return {join(directory, name): rows for name, rows in names.items()}
+
+
 def publish_files(directory: str | os.PathLike, files: dict[str, int], about: dict | None = None) -> dict:
     """Publishes `files` ({location under `directory`: rows}) as `directory`'s content, by a marker
     written last (holding `about` too: what the files were made from); then deletes every other file
     there (an earlier run's, a failed task's). Returns the marker (as `published_marker` reads it)."""
-    prefix = join(directory, "")
-    relative = {location[len(prefix):]: rows for location, rows in sorted(files.items())}
+    relative = relative_names(directory, files)
     marker = {"files": relative, "rows": sum(relative.values()), **({"about": about} if about is not None else {})}
     write_text(join(directory, PUBLISHED), json.dumps(marker, indent=1))
     remove_unpublished(directory)
@@ -250,7 +261,7 @@ def published_files(directory: str | os.PathLike) -> dict[str, int] | None:
     marker = published_marker(directory)
     if marker is None:
         return None
-    return {join(directory, name): rows for name, rows in marker["files"].items()}
+    return locations(directory, marker["files"])
 
 
 def remove_unpublished(directory: str | os.PathLike, keep: set[str] = frozenset()) -> None:

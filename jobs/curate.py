@@ -416,8 +416,9 @@ def dedup_groups(inputs: list[str], done: list[str], group_size: int) -> dict[in
 def phase2_fingerprint(settings: CurateSettings, enabled: dict[str, bool], direct: bool) -> str:
     """What a group's stored documents depend on besides its segments: the settings of the stages that
     made them, the signatures' parameters, the models read (each file's size and modification time),
-    and where they went (`direct`: in the curated layout). A group stored under another fingerprint
-    is made again."""
+    and where they went (`direct`: in the curated layout; said outright, so that a group an earlier
+    version stored in groups/ with MinHash off is made again, not reused without its curated files).
+    A group stored under another fingerprint is made again."""
     minhash = settings.minhash
     made_by = {name: as_dict(getattr(settings, name))
                for name in ("line_dedup", "langid", "c4", "perplexity", "wikiref")}
@@ -611,8 +612,7 @@ def make_groups(spark: SparkSession, run_dir: str, groups: dict[int, list[str]],
         about = {"segments": [segment_id(s) for s in sources], "fingerprint": fingerprint,
                  "stages": counts[group]["stages"]}
         if direct:  # its files are curated/'s, named relative to it; the group's directory keeps the marker
-            about[CURATED_FILES] = {file.removeprefix(storage.join(curated, "")): rows
-                                    for file, rows in sorted(written[group].items())}
+            about[CURATED_FILES] = storage.relative_names(curated, written[group])
         markers[group] = storage.publish_files(group_directory(run_dir, group), {} if direct else written[group],
                                                about)
     return markers
@@ -620,8 +620,7 @@ def make_groups(spark: SparkSession, run_dir: str, groups: dict[int, list[str]],
 
 def curated_files(run_dir: str, marker: dict) -> dict[str, int]:
     """{file: rows} of the curated files a group's marker lists (made with `direct`), else {}."""
-    files = marker["about"].get(CURATED_FILES, {})
-    return {storage.join(run_dir, "curated", name): rows for name, rows in files.items()}
+    return storage.locations(storage.join(run_dir, "curated"), marker["about"].get(CURATED_FILES, {}))
 
 
 def bucket_from_run(frame, run_dir: str):

@@ -2,6 +2,7 @@
 is reported (and can be skipped) when it keeps failing; phase 2's counts equal the rows written."""
 
 import json
+import os
 
 import pyarrow.parquet as pq
 
@@ -17,6 +18,32 @@ NO_MODELS = {"perplexity": False, "wikiref": False}
 def settings_for(shared_data, *overrides):
     paths = [str(shared_data / name) for name in INPUTS]
     return load_settings(curate.CurateSettings, None, [f"input.paths={json.dumps(paths)}", *overrides])
+
+
+def test_one_child_extracts_a_tasks_inputs_in_turn_and_a_new_one_takes_those_after_a_death(shared_data, tmp_path,
+                                                                                             monkeypatch):
+    names = ["wet/CC-MAIN-2024-22-one-page.warc.wet.gz", "warc/CC-MAIN-2020-34-excerpt.warc.gz",
+             "warc/wget-org-pages.warc.gz", "warc/wget-academic-pages.warc.gz"]
+    sources = [str(shared_data / name) for name in names]
+    extract_segment = curate.extract_segment
+
+    def extract_recording_the_process(source, segments_dir, settings):
+        (tmp_path / f"pid-{names[sources.index(source)].split('/')[-1]}").write_text(str(os.getpid()))
+        return extract_segment(source, segments_dir, settings)
+
+    monkeypatch.setattr(curate, "extract_segment", extract_recording_the_process)  # the forked children see it
+    segments = tmp_path / "segments"
+    results = list(curate.extract_in_children(sources, str(segments), settings_for(shared_data), kill_marker=DYING))
+
+    assert [source for source, _ in results] == sources
+    errors = [error for _, error in results]
+    assert errors[0] is None and errors[1] is None and errors[3] is None
+    assert "killed by SIGKILL" in errors[2]
+    assert [curate.is_done(str(segments), source) for source in sources] == [True, True, False, True]
+    pids = {path.name.removeprefix("pid-"): int(path.read_text()) for path in tmp_path.glob("pid-*")}
+    assert len(pids) == 3 and os.getpid() not in pids.values()  # killed before it began
+    assert pids["CC-MAIN-2024-22-one-page.warc.wet.gz"] == pids["CC-MAIN-2020-34-excerpt.warc.gz"]
+    assert pids["wget-academic-pages.warc.gz"] != pids["CC-MAIN-2020-34-excerpt.warc.gz"]
 
 
 def test_a_segment_whose_process_is_killed_fails_alone_and_is_skipped_once_it_keeps_failing(spark, shared_data,

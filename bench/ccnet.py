@@ -191,14 +191,22 @@ def run_ours(files: list[Path], models: Path, dedup: bool) -> tuple[int, float, 
     spark = spark_session("bench-ccnet", master=f"local[{OUR_CORES}]", log_file=WORK / "spark.log",
                           conf={"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"})
     seconds = {"session start": time.perf_counter() - started}
+    enabled = {"perplexity": True, "wikiref": False, "c4": False}
     try:
-        stats = curate.run(spark, settings, run_dir, {"perplexity": True, "wikiref": False, "c4": False})
-        cpu = tree_cpu_seconds()
+        try:  # as `python -m jobs.curate` does: the report is drawn while Spark stops
+            stats = curate.run(spark, settings, run_dir, enabled, report=False)
+        except BaseException:
+            spark.stop()
+            raise
+        cpu = tree_cpu_seconds()  # now: Spark's JVM and Python workers are gone once it has stopped
         seconds["run (wall)"] = stats["seconds"]
         seconds.update((name, stage["seconds"]) for name, stage in stats["stages"].items()
                        if stage.get("seconds") and stage.get("in"))  # not a stage that no document reached
+        report_started, report_cpu = time.perf_counter(), time.process_time()
+        curate.report_while_stopping(spark, settings, str(run_dir), enabled)
+        seconds["report and stop"] = time.perf_counter() - report_started
+        cpu += time.process_time() - report_cpu  # the report's
     finally:
-        spark.stop()
         shutil.rmtree(run_dir, ignore_errors=True)
     return stats["documents_out"], cpu, seconds
 

@@ -84,12 +84,17 @@ def apply_dedup(doc: dict, hashes: np.ndarray, duplicated: np.ndarray, min_lengt
     found = np.searchsorted(duplicated, hashes)
     dropped = (found < len(duplicated)) & (duplicated[np.minimum(found, len(duplicated) - 1)] == hashes) \
         if len(duplicated) else np.zeros(len(hashes), bool)
-    seen: set[int] = set()
-    kept: list[str] = []
-    for line, h, dup in zip(lines, hashes.tolist(), dropped.tolist()):
-        if not dup and h not in seen:
-            kept.append(line)
-        seen.add(h)
+    if dropped.all():  # every line is in another document (boilerplate): no loop over the lines
+        kept: list[str] = []
+    elif not dropped.any() and len(np.unique(hashes)) == len(hashes):  # nothing to remove
+        kept = lines
+    else:
+        seen: set[int] = set()
+        kept = []
+        for line, h, dup in zip(lines, hashes.tolist(), dropped.tolist()):
+            if not dup and h not in seen:
+                kept.append(line)
+            seen.add(h)
     new_text = "\n".join(kept)
     out.update(raw_content=new_text, length=len(new_text), nlines=len(kept))
     removed = len(lines) - len(kept)

@@ -109,7 +109,7 @@ from curation.warc import ArchiveReader, ReadSettings, cc_segment
 from curation.wikiref import WikirefSettings, WikirefStage
 from jobs.dedup import ID as DOC_ID
 from jobs.dedup import SIGNATURE, SIGNATURES, minhash_dedup, signature_column
-from jobs.spark import claimed_session, counting_tasks
+from jobs.spark import claimed_session, counting_tasks, stopping
 from jobs.storage_io import read_parquet, write_parquet, write_partitioned
 
 log = logging.getLogger("curate")
@@ -344,7 +344,7 @@ def annotate_unit(unit: Unit, run_dir: str, made: str, settings: CurateSettings,
 
     def annotated() -> Iterator[list[dict]]:
         batch = []
-        for doc in run_stages(read_pieces(pieces, settings.line_dedup.enabled), stages):
+        for doc in run_stages(read_pieces(pieces, settings.line_dedup.enabled, with_ids=not curated), stages):
             schema.check_document(doc, internal)
             doc.setdefault("bucket", "all")
             batch.append(doc)
@@ -381,9 +381,10 @@ def annotate_unit(unit: Unit, run_dir: str, made: str, settings: CurateSettings,
     return {"group": group, "files": files, "stages": counts}
 
 
-def read_pieces(pieces: list[Piece], with_hashes: bool) -> Iterator[dict]:
-    """The documents of `pieces` of phase 1's files, each with its `_doc_id` and, `with_hashes` where
-    phase 1 stored them, its line hashes; one row group in memory at a time."""
+def read_pieces(pieces: list[Piece], with_hashes: bool, with_ids: bool) -> Iterator[dict]:
+    """The documents of `pieces` of phase 1's files, each with, `with_ids`, its `_doc_id` (MinHash's
+    key) and, `with_hashes` where phase 1 stored them, its line hashes; one row group in memory at a
+    time."""
     for path, row_group, first, stop in pieces:
         with storage.open_input(path) as f:
             parquet = pq.ParquetFile(f)
@@ -392,7 +393,8 @@ def read_pieces(pieces: list[Piece], with_hashes: bool) -> Iterator[dict]:
         rows = rows.slice(first, stop - first)
         hashes = hashes_of(rows.column(LINE_HASHES)) if hashed else itertools.repeat(None)
         for doc, doc_hashes in zip(rows.select(EXTRACTED.names).to_pylist(), hashes):
-            doc[DOC_ID] = schema.doc_id(doc["url"], doc["raw_content"])
+            if with_ids:
+                doc[DOC_ID] = schema.doc_id(doc["url"], doc["raw_content"])
             if doc_hashes is not None:
                 doc[LINE_HASHES] = doc_hashes
             yield doc
@@ -683,9 +685,10 @@ def resolve_inputs(source: InputSettings) -> list[str]:
 
 
 def run(spark: SparkSession, settings: CurateSettings, run_dir: str | Path,
-        enabled: dict[str, bool] | None = None) -> dict:
+        enabled: dict[str, bool] | None = None, report: bool = True) -> dict:
     """Curates the configured inputs into `run_dir` (a local path or URI, see `curation.storage`),
-    resuming what an earlier run left; returns (and writes) the stats. `enabled`: the result of
+    resuming what an earlier run left; returns (and writes) the stats, and draws the report unless
+    `report` is False (`report_while_stopping` then draws it). `enabled`: the result of
     `model_stages(settings)` when already known. Raises NotARunDirectory for a non-empty directory
     that is not a run directory."""
     started = time.time()
@@ -732,8 +735,17 @@ def run(spark: SparkSession, settings: CurateSettings, run_dir: str | Path,
               "documents_out": sum(storage.published_files(storage.join(run_dir, "curated")).values()),
               "seconds": round(time.time() - started, 2)}
     write_json(storage.join(run_dir, "stats.json"), result)
-    result["report"] = str(write_report(run_dir, bucket_cutoffs(settings, run_dir, enabled)))
+    if report:
+        result["report"] = str(write_report(run_dir, bucket_cutoffs(settings, run_dir, enabled)))
     return result
+
+
+def report_while_stopping(spark: SparkSession, settings: CurateSettings, run_dir: str,
+                          enabled: dict[str, bool]) -> str:
+    """Draws the report of a run that `run(..., report=False)` made while `spark` stops (the report
+    needs no Spark: its ~1 s of CPU then hides the stop's ~1 s of waiting); returns its path."""
+    with stopping(spark):
+        return str(write_report(run_dir, bucket_cutoffs(settings, run_dir, enabled)))
 
 
 def previous_failed_runs(run_dir: str) -> dict[str, int]:
@@ -823,9 +835,11 @@ def main(argv=None) -> int:
         print(f"error: --output {redact_text(str(error))}", file=sys.stderr)
         return 2
     try:
-        stats = run(spark, settings, output, enabled)
-    finally:
+        stats = run(spark, settings, output, enabled, report=False)
+    except BaseException:
         spark.stop()
+        raise
+    stats["report"] = report_while_stopping(spark, settings, output, enabled)
     print_summary(stats, output)
     return exit_code(stats, settings.run)
 

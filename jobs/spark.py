@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -143,7 +145,22 @@ def spark_session(app_name: str, master: str | None = None, log_file: str | os.P
         conf = {**local_conf(log_file), **(conf or {})}
     for key, value in (conf or {}).items():
         builder = builder.config(key, value)
+    # pyspark imports pandas as it builds the session (its Py4J converters look for it): 0.3-0.6 s of
+    # CPU while the JVM waits. Imported in a thread meanwhile, it is there when pyspark asks.
+    threading.Thread(target=importlib.import_module, args=("pandas",), name="import-pandas", daemon=True).start()
     return builder.getOrCreate()
+
+
+@contextmanager
+def stopping(spark: SparkSession) -> Iterator[None]:
+    """Stops `spark` in a thread while the block runs work that needs no Spark: pyspark's stop waits
+    up to 1 s for its accumulator server to notice (the server polls its connection every second)."""
+    stopper = threading.Thread(target=spark.stop, name="spark-stop")
+    stopper.start()
+    try:
+        yield
+    finally:
+        stopper.join()
 
 
 @contextmanager

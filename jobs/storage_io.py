@@ -20,7 +20,6 @@ from contextlib import ExitStack
 from urllib.parse import quote
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyspark import TaskContext
 from pyspark.sql import DataFrame, SparkSession
@@ -29,6 +28,8 @@ from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 from curation import storage
 
 BATCH_ROWS = 1000  # rows per batch read: a few MB of text
+ROW_GROUP_ROWS = 1000  # rows per row group written, for each partition value
+BUFFERED_ROWS = 8 * ROW_GROUP_ROWS  # rows a writing task holds at most, all partition values together
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"  # how Spark and pyarrow name a null partition value
 WRITTEN = "path string, rows long"
 
@@ -76,26 +77,46 @@ def write_parquet(df: DataFrame, directory: str, partition_by: list[str] = ()) -
 def write_partitioned(batches, directory: str, partition_by: list[str], file_schema: pa.Schema,
                       name: str) -> dict[str, int]:
     """Writes `batches` under `directory`, one file `name`.zstd.parquet per value of `partition_by`
-    (hive directories; those columns leave the files), each published whole. Returns {file: rows}."""
+    (hive directories; those columns leave the files), each published whole. Returns {file: rows}.
+    A value's rows wait for `ROW_GROUP_ROWS` of them before they are written as one row group (a value
+    met a few rows per batch, a rare language, would make row groups of a few rows, each a write),
+    `BUFFERED_ROWS` at most waiting in all."""
     writers: dict[tuple, tuple[pq.ParquetWriter, str]] = {}
     rows: dict[str, int] = {}
+    waiting: dict[tuple, list[pa.Table]] = {}
     with ExitStack() as files:
+        def write(values: tuple) -> None:
+            if values not in writers:
+                location = storage.join(directory, *filter(None, [partition_directory(partition_by, values)]),
+                                        f"{name}.zstd.parquet")
+                out = files.enter_context(storage.atomic_output(location))
+                writers[values] = files.enter_context(pq.ParquetWriter(out, file_schema, compression="zstd")), \
+                    location
+            writer, location = writers[values]
+            table = pa.concat_tables(waiting.pop(values))
+            writer.write_table(table)
+            rows[location] = rows.get(location, 0) + table.num_rows
+
         for batch in batches:
-            table = pa.Table.from_batches([batch])
-            keys = table.select(partition_by).group_by(partition_by).aggregate([]).to_pylist() \
-                if partition_by else [{}]
-            for key in keys:
-                values = tuple(key[c] for c in partition_by)
-                part = table
-                for column, value in key.items():
-                    part = part.filter(pc.is_null(part[column]) if value is None else pc.equal(part[column], value))
-                if values not in writers:
-                    location = storage.join(directory, *filter(None, [partition_directory(partition_by, values)]),
-                                            f"{name}.zstd.parquet")
-                    out = files.enter_context(storage.atomic_output(location))
-                    writers[values] = files.enter_context(pq.ParquetWriter(out, file_schema, compression="zstd")), \
-                        location
-                writer, location = writers[values]
-                writer.write_table(part.select(file_schema.names).cast(file_schema))
-                rows[location] = rows.get(location, 0) + part.num_rows
+            for values, part in split_by_values(pa.Table.from_batches([batch]), partition_by):
+                waiting.setdefault(values, []).append(part.select(file_schema.names).cast(file_schema))
+                if sum(len(t) for t in waiting[values]) >= ROW_GROUP_ROWS:
+                    write(values)
+            if sum(len(t) for parts in waiting.values() for t in parts) >= BUFFERED_ROWS:
+                for values in list(waiting):
+                    write(values)
+        for values in list(waiting):
+            write(values)
     return rows
+
+
+def split_by_values(table: pa.Table, columns: list[str]):
+    """(values of `columns`, the rows of `table` that have them) for each combination met, in order."""
+    if not columns:
+        yield (), table
+        return
+    positions: dict[tuple, list[int]] = {}
+    for row, values in enumerate(zip(*(table.column(c).to_pylist() for c in columns))):
+        positions.setdefault(values, []).append(row)
+    for values, rows in positions.items():
+        yield values, table.take(rows)

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import boto3
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import sentencepiece as spm
@@ -251,3 +252,39 @@ def test_claim_run_directory(tmp_path):
     with pytest.raises(storage.NotARunDirectory, match="not empty"):
         storage.claim_run_directory(str(tmp_path / "full"), "curate")
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["x"]
+
+
+def test_partitioned_writes_gather_a_values_rows_into_row_groups_and_bound_what_waits(tmp_path):
+    from jobs.storage_io import BUFFERED_ROWS, ROW_GROUP_ROWS, write_partitioned
+
+    schema = pa.schema([("text", pa.string())])
+
+    def batches(values_per_batch: list[str], count: int):
+        for i in range(count):
+            yield pa.RecordBatch.from_pydict({"language": values_per_batch,
+                                              "text": [f"{i}-{j}" for j in range(len(values_per_batch))]})
+
+    # A rare value, one row a batch, is written once, not a row group of one row per batch.
+    common = tmp_path / "common"
+    files = write_partitioned(batches(["en"] * 99 + ["xx"], 30), str(common), ["language"], schema, "part")
+    en, xx = (str(common / f"language={lang}" / "part.zstd.parquet") for lang in ("en", "xx"))
+    assert files == {en: 2970, xx: 30}
+    assert pq.ParquetFile(xx).metadata.num_row_groups == 1
+    assert pq.read_table(xx).column("text").to_pylist() == [f"{i}-99" for i in range(30)]
+    en_groups = row_group_rows(en)
+    assert sum(en_groups) == 2970 and all(rows >= ROW_GROUP_ROWS for rows in en_groups[:-1])
+    assert pq.read_table(en).column("text").to_pylist() == [f"{i}-{j}" for i in range(30) for j in range(99)]
+
+    # Many values, none reaching a row group: all are written once BUFFERED_ROWS rows wait.
+    many = tmp_path / "many"
+    values = [f"v{n:03d}" for n in range(100)]
+    batch_count = BUFFERED_ROWS // 100 + 10
+    files = write_partitioned(batches(values, batch_count), str(many), ["language"], schema, "part")
+    assert len(files) == 100 and set(files.values()) == {batch_count}
+    for file in files:
+        assert row_group_rows(file) == [BUFFERED_ROWS // 100, 10]
+
+
+def row_group_rows(file: str) -> list[int]:
+    metadata = pq.ParquetFile(file).metadata
+    return [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]

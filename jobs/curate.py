@@ -49,9 +49,10 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -93,7 +94,7 @@ from curation.perplexity import (
 )
 from curation.pipeline import merge_stats, nest_counters, run_stages, stage_stats
 from curation.redact import install_redaction, redact_config, redact_text
-from curation.report import write_report
+from curation.report import pyplot, write_report
 from curation.settings import (
     InputSettings,
     PartitionSettings,
@@ -153,10 +154,9 @@ STORED = ANNOTATED_WITH_ID.append(SIGNATURES.field(SIGNATURE))
 PARTITIONS = ["language", "bucket"]
 CURATED = pa.schema([field for field in ANNOTATED if field.name not in PARTITIONS])
 ROW_GROUP_DOCS = 1000
-# Python stages (phase 1, phase 2's units) are cut into at least this many tasks per core: a core
-# that runs slower (a busy neighbour, dearer text) then runs fewer of them instead of holding the
-# stage's end alone; a task's fixed cost is ~0.1-0.2 s.
-TASKS_PER_CORE = 4
+# Python stages (phase 1's inputs, phase 2's units) are cut by guided self-scheduling (`guided_size`)
+# down to tasks of 1/SMALLEST_TASK_SHARE of the work per core.
+SMALLEST_TASK_SHARE = 16
 # A piece of phase 1's output: (file, row group, first row, end row); a unit: one task's pieces, of one group.
 Piece = tuple[str, int, int, int]
 Unit = tuple[int, list[Piece]]
@@ -481,11 +481,35 @@ def row_group_sizes(files: list[str]) -> dict[str, list[tuple[int, int]]]:
     return sizes
 
 
+def guided_size(remaining: float, cores: int, largest: float, smallest: float) -> float:
+    """The size of a stage's next task by guided self-scheduling (OpenMP's `schedule(guided)`): a
+    1/(2·cores) share of the work not yet given to a task, from `largest` down to `smallest`. Spark
+    starts a stage's tasks in order, so the last to start, which decide when the stage ends, are the
+    small ones and the cores finish together. With equal tasks, a core that runs slower (a busy
+    neighbour, dearer text) held the end of the stage alone for up to a whole task."""
+    return min(largest, max(smallest, remaining / (2 * cores)))
+
+
+def input_chunks(inputs: list[str], cores: int) -> list[list[str]]:
+    """Phase 1's tasks: the inputs in order, in chunks of `guided_size` (each input's work alike)."""
+    chunks, start = [], 0
+    smallest = len(inputs) / (SMALLEST_TASK_SHARE * cores)
+    while start < len(inputs):
+        size = math.ceil(guided_size(len(inputs) - start, cores, len(inputs), smallest))
+        chunks.append(inputs[start:start + size])
+        start += size
+    return chunks
+
+
 def plan_units(run_dir: str, groups: dict[int, list[str]], sizes: dict[str, list[tuple[int, int]]],
-               unit_bytes: float) -> list[Unit]:
-    """Phase 2's tasks: each group's documents, in order, cut into units of about `unit_bytes` of text
-    (a row group split by rows where needed, its text counted evenly over its rows)."""
+               unit_bytes: Callable[[float], float]) -> list[Unit]:
+    """Phase 2's tasks: each group's documents, in order, cut into units of about `unit_bytes(text
+    not yet in a unit)` of text (a row group split by rows where needed, its text counted evenly
+    over its rows)."""
     units: list[Unit] = []
+    remaining = float(sum(text for sources in groups.values() for source in sources
+                          for _, text in sizes[segment_file(run_dir, source)]))
+    target = unit_bytes(remaining)
     for group, sources in groups.items():
         pieces: list[Piece] = []
         size = 0.0
@@ -495,15 +519,18 @@ def plan_units(run_dir: str, groups: dict[int, list[str]], sizes: dict[str, list
                 per_row, first = text / max(1, rows), 0
                 while first < rows:
                     take = rows - first
-                    if size + take * per_row > unit_bytes:
-                        take = max(1, min(take, math.ceil((unit_bytes - size) / max(per_row, 1e-9))))
+                    if size + take * per_row > target:
+                        take = max(1, min(take, math.ceil((target - size) / max(per_row, 1e-9))))
                     pieces.append((path, row_group, first, first + take))
                     size, first = size + take * per_row, first + take
-                    if size >= unit_bytes:
+                    if size >= target:
                         units.append((group, pieces))
-                        pieces, size = [], 0.0
+                        remaining -= size
+                        pieces, size, target = [], 0.0, unit_bytes(remaining)
         if pieces:
             units.append((group, pieces))
+            remaining -= size
+            target = unit_bytes(remaining)
     return units
 
 
@@ -618,8 +645,9 @@ def make_groups(spark: SparkSession, run_dir: str, groups: dict[int, list[str]],
             counts[group]["stages"]["line_dedup"] = {"seconds": group_seconds}
     input_bytes = sum(text for sources in groups.values() for source in sources
                       for _, text in sizes[segment_file(run_dir, source)])
-    units = plan_units(run_dir, groups, sizes, max(1.0, min(settings.partitions.text_bytes, input_bytes / (
-        TASKS_PER_CORE * context.defaultParallelism))))
+    cores, smallest = context.defaultParallelism, input_bytes / (SMALLEST_TASK_SHARE * context.defaultParallelism)
+    units = plan_units(run_dir, groups, sizes, lambda remaining: max(1.0, guided_size(
+        remaining, cores, settings.partitions.text_bytes, min(smallest, settings.partitions.text_bytes))))
     stats["partitions"] = {"input_text_bytes": input_bytes, "annotate": len(units),
                            "shuffle": int(spark.conf.get("spark.sql.shuffle.partitions"))}
     made = uuid.uuid4().hex[:12]
@@ -692,6 +720,9 @@ def run(spark: SparkSession, settings: CurateSettings, run_dir: str | Path,
     `model_stages(settings)` when already known. Raises NotARunDirectory for a non-empty directory
     that is not a run directory."""
     started = time.time()
+    # The report's matplotlib (~0.8 s of CPU to import) is imported while the Spark jobs keep the
+    # cores busy, not at the end with one core busy.
+    threading.Thread(target=pyplot, name="import-matplotlib", daemon=True).start()
     enabled = enabled if enabled is not None else model_stages(settings)
     run_dir = storage.absolute(run_dir)
     storage.claim_run_directory(run_dir, "curate")
@@ -708,11 +739,10 @@ def run(spark: SparkSession, settings: CurateSettings, run_dir: str | Path,
     todo = [source for source in inputs if not is_done(segments_dir, source) and source not in skipped]
     failures = {}
     if todo:
-        # A few inputs per task: a task's fixed cost is ~0.2 s, an input's ~0.5 s.
-        cores = spark.sparkContext.defaultParallelism
-        tasks = spark.sparkContext.parallelize(todo, min(len(todo), TASKS_PER_CORE * cores))
-        failures = dict(item for item in tasks.mapPartitions(
-            lambda part: extract_segments(part, segments_dir, settings)).collect() if item[1])
+        chunks = input_chunks(todo, spark.sparkContext.defaultParallelism)
+        tasks = spark.sparkContext.parallelize(chunks, len(chunks))
+        failures = dict(item for item in tasks.mapPartitions(lambda part: extract_segments(
+            (source for chunk in part for source in chunk), segments_dir, settings)).collect() if item[1])
     done = [s for s in inputs if is_done(segments_dir, s)]
     # Phase-1 counters survive a resume: they are stored per segment.
     segment_stats = {s: json.loads(storage.read_text(storage.join(segments_dir, f"{segment_id(s)}.json")))["stages"]

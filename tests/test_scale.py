@@ -20,12 +20,10 @@ def test_tiny_partition_size_runs_annotate_on_several_tasks(spark, shared_data, 
 
     written = json.loads((tmp_path / "run" / "stats.json").read_text())
     partitions, tasks = written["partitions"], written["tasks"]
-    # ~1.5 MB of text in one file of one row group: one task per 200 kB, or smaller ones to give each
-    # core TASKS_PER_CORE of them.
+    # ~1.5 MB of text in one file of one row group: tasks of 200 kB at most, smaller towards the end.
     text = partitions["input_text_bytes"]
     assert text > 5 * 200_000
-    unit = min(200_000, text / (curate.TASKS_PER_CORE * spark.sparkContext.defaultParallelism))
-    assert partitions["annotate"] == math.ceil(text / unit) >= 5
+    assert partitions["annotate"] > math.ceil(text / 200_000) >= 5
     assert tasks["annotate"]["stage_tasks"] == [partitions["annotate"]]
     # MinHash off: each task writes its documents' curated files itself, named after its first piece.
     names = {path.name for path in (tmp_path / "run" / "curated").rglob("*.parquet")}
@@ -51,7 +49,7 @@ def test_units_cover_every_row_once_in_order_within_groups():
     files = {source: curate.segment_file(run, source) for source in "abc"}
     sizes = {files["a"]: [(1000, 1_000_000), (500, 250_000)], files["b"]: [(0, 0), (10, 10)],
              files["c"]: [(3, 900_000)]}
-    units = curate.plan_units(run, groups, sizes, 400_000)
+    units = curate.plan_units(run, groups, sizes, lambda remaining: 400_000)
     # Group 0: 1,250,010 bytes in units of 400 kB (rows of 1 kB, then 0.5 kB); group 3 in whole rows,
     # a unit closed by the row that takes it past 400 kB.
     assert [group for group, _ in units] == [0, 0, 0, 0, 3, 3]
@@ -64,6 +62,23 @@ def test_units_cover_every_row_once_in_order_within_groups():
     assert units[2] == (0, [(files["a"], 0, 800, 1000), (files["a"], 1, 0, 400)])
     assert units[3] == (0, [(files["a"], 1, 400, 500), (files["b"], 1, 0, 10)])
     assert units[4:] == [(3, [(files["c"], 0, 0, 2)]), (3, [(files["c"], 0, 2, 3)])]
+
+
+def test_tasks_shrink_towards_the_end_of_a_stage_and_cover_its_work():
+    # Phase 1: 60 inputs on 2 cores, a quarter of what is left per task, down to 60/32 inputs.
+    inputs = [f"input-{i}" for i in range(60)]
+    chunks = curate.input_chunks(inputs, cores=2)
+    assert [len(chunk) for chunk in chunks] == [15, 12, 9, 6, 5, 4, 3, 2, 2, 2]
+    assert [source for chunk in chunks for source in chunk] == inputs
+    assert curate.input_chunks(inputs[:3], cores=2) == [[source] for source in inputs[:3]]
+    # Phase 2: 64 MB of text in rows of 1 kB, at most 10 MB a unit, at least 1 MB.
+    sizes = {curate.segment_file("/run", "a"): [(64_000, 64_000_000)]}
+    units = curate.plan_units("/run", {0: ["a"]}, sizes,
+                              lambda remaining: curate.guided_size(remaining, 2, 10_000_000, 1_000_000))
+    rows = [stop - first for _, pieces in units for _, _, first, stop in pieces]
+    assert sum(rows) == 64_000 and rows == sorted(rows, reverse=True)
+    assert rows[:4] == [10_000, 10_000, 10_000, 8_500]  # 10 MB at most, then a quarter of the 34 MB left
+    assert rows[-4:] == [1_000, 1_000, 1_000, 402]  # 1 MB at least, and what is left
 
 
 def test_cluster_of_identical_pages_kept_once(spark, shared_data, tmp_path):

@@ -54,8 +54,8 @@ class InputSettings:
 @dataclasses.dataclass(frozen=True)
 class PartitionSettings:
     """How phase 2 cuts its work into tasks (never fewer than the cluster's cores)."""
-    text_bytes: int = setting(128 * 2**20, "text per task of the row-wise stages and target size of a shuffle "
-                              "partition, in bytes", minimum=1)
+    text_bytes: int = setting(128 * 2**20, "text per task of the row-wise stages (at most: tasks shrink towards a "
+                              "stage's end) and target size of a shuffle partition, in bytes", minimum=1)
 
 
 @dataclasses.dataclass(frozen=True)

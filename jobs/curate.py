@@ -154,8 +154,8 @@ STORED = ANNOTATED_WITH_ID.append(SIGNATURES.field(SIGNATURE))
 PARTITIONS = ["language", "bucket"]
 CURATED = pa.schema([field for field in ANNOTATED if field.name not in PARTITIONS])
 ROW_GROUP_DOCS = 1000
-# Python stages (phase 1's inputs, phase 2's units) are cut by guided self-scheduling (`guided_size`)
-# down to tasks of 1/SMALLEST_TASK_SHARE of the work per core.
+# Python stages (phase 1's inputs, phase 2's units) are cut by guided self-scheduling (`guided_size`),
+# down to tasks of 1/SMALLEST_TASK_SHARE of a core's share of the work.
 SMALLEST_TASK_SHARE = 16
 # A piece of phase 1's output: (file, row group, first row, end row); a unit: one task's pieces, of one group.
 Piece = tuple[str, int, int, int]
@@ -481,6 +481,12 @@ def row_group_sizes(files: list[str]) -> dict[str, list[tuple[int, int]]]:
     return sizes
 
 
+def segments_text_bytes(run_dir: str, groups: dict[int, list[str]], sizes: dict[str, list[tuple[int, int]]]) -> int:
+    """The text of the groups' segments, from `row_group_sizes`."""
+    return sum(text for sources in groups.values() for source in sources
+               for _, text in sizes[segment_file(run_dir, source)])
+
+
 def guided_size(remaining: float, cores: int, largest: float, smallest: float) -> float:
     """The size of a stage's next task by guided self-scheduling (OpenMP's `schedule(guided)`): a
     1/(2·cores) share of the work not yet given to a task, from `largest` down to `smallest`. Spark
@@ -507,8 +513,7 @@ def plan_units(run_dir: str, groups: dict[int, list[str]], sizes: dict[str, list
     not yet in a unit)` of text (a row group split by rows where needed, its text counted evenly
     over its rows)."""
     units: list[Unit] = []
-    remaining = float(sum(text for sources in groups.values() for source in sources
-                          for _, text in sizes[segment_file(run_dir, source)]))
+    remaining = float(segments_text_bytes(run_dir, groups, sizes))
     target = unit_bytes(remaining)
     for group, sources in groups.items():
         pieces: list[Piece] = []
@@ -643,8 +648,7 @@ def make_groups(spark: SparkSession, run_dir: str, groups: dict[int, list[str]],
                 lambda item: (item[0], write_duplicated_lines(run_dir, *item))).collect()
         for group, group_seconds in seconds:  # the hashes step's time, counted with the group's line dedup
             counts[group]["stages"]["line_dedup"] = {"seconds": group_seconds}
-    input_bytes = sum(text for sources in groups.values() for source in sources
-                      for _, text in sizes[segment_file(run_dir, source)])
+    input_bytes = segments_text_bytes(run_dir, groups, sizes)
     cores, smallest = context.defaultParallelism, input_bytes / (SMALLEST_TASK_SHARE * context.defaultParallelism)
     units = plan_units(run_dir, groups, sizes, lambda remaining: max(1.0, guided_size(
         remaining, cores, settings.partitions.text_bytes, min(smallest, settings.partitions.text_bytes))))

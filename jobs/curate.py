@@ -515,6 +515,13 @@ def plan_units(run_dir: str, groups: dict[int, list[str]], sizes: dict[str, list
     units: list[Unit] = []
     remaining = float(segments_text_bytes(run_dir, groups, sizes))
     target = unit_bytes(remaining)
+
+    def close(group: int, pieces: list[Piece], size: float) -> None:
+        nonlocal remaining, target
+        units.append((group, pieces))
+        remaining -= size
+        target = unit_bytes(remaining)
+
     for group, sources in groups.items():
         pieces: list[Piece] = []
         size = 0.0
@@ -529,13 +536,10 @@ def plan_units(run_dir: str, groups: dict[int, list[str]], sizes: dict[str, list
                     pieces.append((path, row_group, first, first + take))
                     size, first = size + take * per_row, first + take
                     if size >= target:
-                        units.append((group, pieces))
-                        remaining -= size
-                        pieces, size, target = [], 0.0, unit_bytes(remaining)
+                        close(group, pieces, size)
+                        pieces, size = [], 0.0
         if pieces:
-            units.append((group, pieces))
-            remaining -= size
-            target = unit_bytes(remaining)
+            close(group, pieces, size)
     return units
 
 
@@ -770,8 +774,13 @@ def run(spark: SparkSession, settings: CurateSettings, run_dir: str | Path,
               "seconds": round(time.time() - started, 2)}
     write_json(storage.join(run_dir, "stats.json"), result)
     if report:
-        result["report"] = str(write_report(run_dir, bucket_cutoffs(settings, run_dir, enabled)))
+        result["report"] = draw_report(settings, run_dir, enabled)
     return result
+
+
+def draw_report(settings: CurateSettings, run_dir: str, enabled: dict[str, bool]) -> str:
+    """The run's report.html with its bucket cutoffs; returns its path."""
+    return str(write_report(run_dir, bucket_cutoffs(settings, run_dir, enabled)))
 
 
 def report_while_stopping(spark: SparkSession, settings: CurateSettings, run_dir: str,
@@ -779,7 +788,7 @@ def report_while_stopping(spark: SparkSession, settings: CurateSettings, run_dir
     """Draws the report of a run that `run(..., report=False)` made while `spark` stops (the report
     needs no Spark: its ~1 s of CPU then hides the stop's ~1 s of waiting); returns its path."""
     with stopping(spark):
-        return str(write_report(run_dir, bucket_cutoffs(settings, run_dir, enabled)))
+        return draw_report(settings, run_dir, enabled)
 
 
 def previous_failed_runs(run_dir: str) -> dict[str, int]:

@@ -110,7 +110,7 @@ from curation.warc import ArchiveReader, ReadSettings, cc_segment
 from curation.wikiref import WikirefSettings, WikirefStage
 from jobs.dedup import ID as DOC_ID
 from jobs.dedup import SIGNATURE, SIGNATURES, minhash_dedup, signature_column
-from jobs.spark import claimed_session, counting_tasks, stopping
+from jobs.spark import claimed_session, counting_tasks, exit_now, stopping
 from jobs.storage_io import read_parquet, write_parquet, write_partitioned
 
 log = logging.getLogger("curate")
@@ -785,8 +785,8 @@ def draw_report(settings: CurateSettings, run_dir: str, enabled: dict[str, bool]
 
 def report_while_stopping(spark: SparkSession, settings: CurateSettings, run_dir: str,
                           enabled: dict[str, bool]) -> str:
-    """Draws the report of a run that `run(..., report=False)` made while `spark` stops (the report
-    needs no Spark: its ~1 s of CPU then hides the stop's ~1 s of waiting); returns its path."""
+    """Draws the report of a run that `run(..., report=False)` made while `spark` stops (`stopping`:
+    the report needs no Spark); returns its path. Spark cannot be used in this process afterwards."""
     with stopping(spark):
         return draw_report(settings, run_dir, enabled)
 
@@ -907,4 +907,4 @@ def print_summary(stats: dict, output: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -39,6 +39,18 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
+def processes_of_tree(root: int, program: str) -> set[int]:
+    """The pids of the tree's processes that run `program` (e.g. "java")."""
+    found = set()
+    for pid in process_tree(root):
+        try:
+            if os.path.basename(os.readlink(f"/proc/{pid}/exe")) == program:
+                found.add(pid)
+        except OSError:  # the process ended meanwhile
+            continue
+    return found
+
+
 def sockets_of_tree(root: int) -> set[tuple[str, str, int]]:
     """(program, address, port) of every listening socket that a process of the tree holds."""
     listening, held = listening_sockets(), set()

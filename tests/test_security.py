@@ -24,7 +24,7 @@ from curation.redact import is_secret_name, redact_config, redact_text
 from jobs.spark import local_conf
 
 from .conftest import REPO_ROOT
-from .listening_sockets import is_loopback, sockets_of_tree
+from .listening_sockets import is_loopback, processes_of_tree, sockets_of_tree
 
 PASSWORD, SIG, TOK = "pw-Qx7e5ecr3t", "sig0a1b2c3d4e5f", "tok9z8y7x6w"
 SECRETS = (PASSWORD, SIG, TOK)
@@ -173,21 +173,27 @@ def server(shared_data):
 @pytest.fixture(scope="module")
 def secret_run(server, tmp_path_factory):
     """Curates a good URL and a missing one, both with user-info and a signed query, with the web
-    UI on (the most a local run opens) and umask 077, polling the run's listening sockets."""
+    UI on (the most a local run opens) and umask 077, polling the run's listening sockets and its
+    JVM; Spark's local directory is the test's own."""
     work = tmp_path_factory.mktemp("secret-run")
     base = f"http://user:{PASSWORD}@127.0.0.1:{server.port}/seg"
     good, missing = f"{base}/good.warc.gz?{QUERY}", f"{base}/missing.warc.gz?{QUERY}"
-    env = {**os.environ, "CCURATE_SPARK_UI": "1", "SPARK_DRIVER_MEMORY": "1g"}
+    spark_files = work / "spark-local"
+    spark_files.mkdir()
+    env = {**os.environ, "CCURATE_SPARK_UI": "1", "SPARK_DRIVER_MEMORY": "1g", "SPARK_LOCAL_DIRS": str(spark_files)}
     with open(work / "stdout", "w") as out, open(work / "stderr", "w") as err:
         job = subprocess.Popen(
             [sys.executable, "-m", "jobs.curate", "--output", str(work / "run"), "--master", "local[2]",
              "run.max_failed_share=0.5", "line_dedup.enabled=false", "minhash.enabled=false", "--input", good, missing],
             cwd=REPO_ROOT, env=env, stdout=out, stderr=err, preexec_fn=lambda: os.umask(0o077))
         sockets: set = set()
+        jvms: set = set()
         while job.poll() is None:
             sockets |= sockets_of_tree(job.pid)
+            jvms |= processes_of_tree(job.pid, "java")
             time.sleep(0.25)
-    return SimpleNamespace(returncode=job.returncode, run=work / "run", sockets=sockets,
+    return SimpleNamespace(returncode=job.returncode, run=work / "run", sockets=sockets, jvms=jvms,
+                           spark_files=spark_files,
                            stdout=(work / "stdout").read_text(), stderr=(work / "stderr").read_text(),
                            missing=f"http://***@127.0.0.1:{server.port}/seg/missing.warc.gz?{REDACTED_QUERY}")
 
@@ -203,6 +209,16 @@ def test_a_local_run_listens_on_loopback_only(secret_run):
     assert set(re.findall(r"Start Jetty (\S+):\d+ for SparkUI", log)) == {"127.0.0.1"}
     ui = re.search(r"Successfully started service 'SparkUI' on port (\d+)", log)  # 4040, or the next free one
     assert ui and any(port == int(ui[1]) for _, _, port in secret_run.sockets)  # the UI was on, and seen
+
+
+def test_a_local_run_ends_after_its_jvm_has_stopped_spark(secret_run):
+    """`python -m jobs.curate` ends its JVM itself (not pyspark's stop) and exits without Python's
+    teardown: by then the JVM has exited and its shutdown hook has deleted Spark's files, and the
+    summary was flushed."""
+    assert secret_run.returncode == 0, secret_run.stderr[-3000:]
+    assert secret_run.jvms and not [pid for pid in secret_run.jvms if os.path.exists(f"/proc/{pid}")]
+    assert secret_run.spark_files.is_dir() and not list(secret_run.spark_files.iterdir())
+    assert "curated " in secret_run.stdout and "report:" in secret_run.stdout
 
 
 def test_a_run_fetches_the_real_url_and_writes_no_secret(secret_run, server):

@@ -2,6 +2,7 @@
 directories: `make curate … OUTPUT=s3://…` end to end, runs killed in phase 1 and in phase 2 that
 resume to the same documents, and the storage layer's publishing rules."""
 
+import http.client
 import json
 import logging
 import os
@@ -37,7 +38,8 @@ def free_port() -> int:
 
 
 def wait_for_http(url: str, deadline_seconds: float = 30) -> None:
-    """Until the server answers at all: a half-started one refuses, resets or answers empty."""
+    """Until the server answers at all: a half-started one refuses, resets, answers empty or cuts its
+    answer short (http.client's errors are not OSErrors)."""
     deadline = time.monotonic() + deadline_seconds
     while True:
         try:
@@ -45,7 +47,7 @@ def wait_for_http(url: str, deadline_seconds: float = 30) -> None:
             return
         except urllib.error.HTTPError:
             return  # it answered (an S3 error for an unsigned request is an answer)
-        except (OSError, ConnectionError) as error:
+        except (OSError, http.client.HTTPException) as error:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{url} did not answer in {deadline_seconds} s: {error}") from error
             time.sleep(0.1)

@@ -728,9 +728,6 @@ def run(spark: SparkSession, settings: CurateSettings, run_dir: str | Path,
     `model_stages(settings)` when already known. Raises NotARunDirectory for a non-empty directory
     that is not a run directory."""
     started = time.time()
-    # The report's matplotlib (~0.8 s of CPU to import) is imported while the Spark jobs keep the
-    # cores busy, not at the end with one core busy.
-    threading.Thread(target=pyplot, name="import-matplotlib", daemon=True).start()
     enabled = enabled if enabled is not None else model_stages(settings)
     run_dir = storage.absolute(run_dir)
     storage.claim_run_directory(run_dir, "curate")
@@ -745,6 +742,9 @@ def run(spark: SparkSession, settings: CurateSettings, run_dir: str | Path,
     skip_after = settings.run.skip_after_failures
     skipped = {s for s in inputs if skip_after and failed_runs.get(s, 0) >= skip_after and not is_done(segments_dir, s)}
     todo = [source for source in inputs if not is_done(segments_dir, source) and source not in skipped]
+    # The report's matplotlib (~0.8 s of CPU to import) is imported while the Spark jobs keep the
+    # cores busy, not at the end with one core busy, nor before them: the import holds the GIL.
+    threading.Thread(target=pyplot, name="import-matplotlib", daemon=True).start()
     failures = {}
     if todo:
         chunks = input_chunks(todo, spark.sparkContext.defaultParallelism)

@@ -37,6 +37,7 @@ LEAN_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 # classes of the jobs' path from it instead of loading and verifying them from Spark's jars (spark_session() to a
 # first job's end about halves: 13.3 s → 6.4 s and 15.9 s → 8.7 s on 2 busy cores).
 CLASS_ARCHIVE = REPO_ROOT / "build" / "spark-driver.jsa"
+JVM_EXIT_SECONDS = 120  # how long the end of a local run waits for its JVM to stop Spark and exit
 
 
 def launched_by_spark_submit() -> bool:
@@ -153,9 +154,6 @@ def spark_session(app_name: str, master: str | None = None, log_file: str | os.P
     return builder.getOrCreate()
 
 
-JVM_EXIT_SECONDS = 120  # how long the end of a local run waits for its JVM to stop Spark and exit
-
-
 @contextmanager
 def stopping(spark: SparkSession) -> Iterator[None]:
     """The end of a job's use of Spark: Spark stops in a thread while the block runs work that needs
@@ -173,15 +171,17 @@ def stopping(spark: SparkSession) -> Iterator[None]:
         stopper.join()
 
 
-def end_jvm() -> None:
-    """Closes the stdin of pyspark's JVM (it exits, running its shutdown hooks) and waits for it."""
+def end_jvm(timeout: float = JVM_EXIT_SECONDS) -> int:
+    """Closes the stdin of pyspark's JVM (it exits, running its shutdown hooks) and waits for it,
+    killing it after `timeout` seconds; returns its exit status."""
     jvm = SparkContext._gateway.proc
     jvm.stdin.close()
     try:
-        jvm.wait(timeout=JVM_EXIT_SECONDS)
+        return jvm.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        print(f"warning: Spark's JVM did not exit in {JVM_EXIT_SECONDS} s: killed", file=sys.stderr)
+        print(f"warning: Spark's JVM did not exit in {timeout} s: killed", file=sys.stderr)
         jvm.kill()
+        return jvm.wait()
 
 
 def exit_now(code: int) -> NoReturn:
@@ -244,11 +244,10 @@ def write_class_archive(archive: Path = CLASS_ARCHIVE) -> None:
         docs.mapInArrow(lambda batches: batches, docs.schema).count()
         docs.select(spark.udf.register("words", lambda text: len(text.split()), "int")("raw_content")).collect()
         docs.rdd.map(lambda row: row.id).sum()
-    gateway = SparkContext._gateway.proc
     spark.stop()
-    gateway.stdin.close()  # the JVM exits when its stdin closes, and dumps the archive on its way out
-    if gateway.wait(timeout=900) != 0 or not part.is_file():
-        raise RuntimeError(f"the driver JVM wrote no class archive (exit status {gateway.returncode}): see {log_file}")
+    status = end_jvm(timeout=900)  # the JVM dumps the archive on its way out
+    if status != 0 or not part.is_file():
+        raise RuntimeError(f"the driver JVM wrote no class archive (exit status {status}): see {log_file}")
     check = subprocess.run([*java, f"-XX:SharedArchiveFile={part}", "-Xshare:on", "-XX:+VerifySharedSpaces",
                             "-version"], capture_output=True, text=True, timeout=300)
     if check.returncode != 0:

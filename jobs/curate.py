@@ -12,8 +12,8 @@ arguments.
 DIR is a local path or a URI (s3://, gs://, hdfs://: `curation.storage`); every file goes through
 that layer, Spark's data included (`jobs.storage_io`), so no Hadoop connector is needed. A new DIR
 is claimed (DIR/_ccurate_run.json); a non-empty one without that marker is refused (exit 2).
-The run directory is resumable. Phase 1 reads and extracts each input (a few per Spark task, each in
-its own child process, streaming) into DIR/segments/ID.parquet with each document's line hashes,
+The run directory is resumable. Phase 1 reads and extracts each input (a few per Spark task, in a
+child process of the task, streaming) into DIR/segments/ID.parquet with each document's line hashes,
 published atomically with its stats (ID.json, written last, marks it done); a re-run skips done
 segments and redoes failed or missing ones. Phase 2 works by dedup group (`line_dedup.group_size`
 consecutive inputs), as cc_net's two passes: a task per group finds the lines duplicated in it from
@@ -29,8 +29,8 @@ result equals a run from scratch. When nothing is computed across groups (MinHas
 with the models), phase 2's tasks write the curated files themselves, each group's marker lists them,
 and DIR/groups/ keeps no copy. What a killed run left unpublished is removed by the next run. A
 stage whose model is not there (no `make lm`, no `make classifier`) is left out with a note, and its
-columns stay empty (bucket `all`). Phase 2's tasks follow the data: about `partitions.text_bytes` of
-text each, at least 4 per core.
+columns stay empty (bucket `all`). Phase 2's tasks follow the data: at most `partitions.text_bytes` of
+text each, smaller towards a stage's end (guided self-scheduling, as phase 1's).
 DIR/manifest.json lists the segments and their state, DIR/stats.json the counts per stage and
 reason and the Spark tasks each stage ran; DIR/config.json the effective settings and library versions.
 """
@@ -178,7 +178,7 @@ def segment_id(source: str) -> str:
     return f"{name[:80]}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
 
-# ---- phase 1: one task per input, each published atomically -------------------------------------
+# ---- phase 1: a few inputs per task, each published atomically ----------------------------------
 
 def extract_segment(source: str, segments_dir: str, settings: CurateSettings) -> dict:
     """Streams one input through reading and extraction into ID.parquet; writes ID.json last."""
@@ -562,7 +562,7 @@ def write_curated(spark: SparkSession, run_dir: str, groups: dict[int, list[str]
     into RUN/curated (or, with nothing to compute across groups, the groups' own curated files).
     Returns the stats."""
     sizes = row_group_sizes([segment_file(run_dir, source) for sources in groups.values() for source in sources])
-    text_bytes = sum(text for path in sizes.values() for _, text in path)
+    text_bytes = segments_text_bytes(run_dir, groups, sizes)
     previous = {key: spark.conf.get(key, None) for key in SHUFFLE_CONF}
     for key, value in zip(SHUFFLE_CONF, (tasks_for(spark, text_bytes, settings.partitions), "true",
                                          "true", settings.partitions.text_bytes)):
@@ -638,9 +638,9 @@ def make_groups(spark: SparkSession, run_dir: str, groups: dict[int, list[str]],
                 enabled: dict[str, bool], stats: dict, direct: bool) -> dict[int, dict]:
     """Line dedup (within each group), the row-wise stages and the MinHash signatures of `groups`'
     documents, as cc_net does it: a task per group finds its duplicated lines from the stored line
-    hashes, then Python tasks of about `partitions.text_bytes` of text each (at least 4 per core)
-    read, annotate and write the group's documents from file to file (in RUN/groups/group=N/, or in
-    the curated layout when `direct`); no text passes through the JVM or a shuffle. Each group is
+    hashes, then Python tasks of at most `partitions.text_bytes` of text each (`guided_size`) read,
+    annotate and write the group's documents from file to file (in RUN/groups/group=N/, or in the
+    curated layout when `direct`); no text passes through the JVM or a shuffle. Each group is
     published by its marker in RUN/groups/group=N/ with its segments, the fingerprint and its counts,
     and, when `direct`, its curated files (a killed run leaves no half group). Returns {group: marker}."""
     tasks = stats["tasks"]

@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 SHARED ?= ../shared/data
+# Where models are written and read (curation/model_paths.py: the same default for the jobs).
+MODELS ?= $(or $(CCURATE_MODELS),models)
 KENLM_VERSION := 0.3.0
 CLASS_ARCHIVE := build/spark-driver.jsa
 LIBJVM := $(wildcard $(dir $(realpath $(or $(JAVA_HOME:%=%/bin/java),$(shell command -v java))))../lib/server/libjvm.so)
@@ -82,7 +84,7 @@ package:
 		[z.write(p) for d in ('curation', 'jobs', 'tokenizer') for p in sorted(pathlib.Path(d).rglob('*')) \
 		 if p.is_file() and '__pycache__' not in p.parts]"
 	cp "$$($(PY) -c 'from curation.langid import default_model_path; print(default_model_path())')" dist/models/
-	if [ -d models ]; then cp -r models/. dist/models/; fi
+	if [ -d $(MODELS) ]; then cp -r $(MODELS)/. dist/models/; fi
 	tar czf dist/models.tar.gz -C dist/models .
 	@echo "dist/ccurate.zip (--py-files) and dist/models.tar.gz (--archives dist/models.tar.gz#models)"
 
@@ -127,7 +129,7 @@ finetune:
 # `make cutoffs INPUT=…`: percentiles p0..p99 of perplexity over a sample → LM_DIR/cutoff.csv.
 LANGS ?= en
 WIKI ?=
-LM_DIR ?= models/lm
+LM_DIR ?= $(MODELS)/lm
 LM_ARGS ?=
 CUTOFF_ARGS ?=
 .PHONY: lm cutoffs
@@ -147,7 +149,7 @@ cutoffs:
 # Globs are quoted and expanded by the job (article file names hold parentheses and commas).
 WIKI_INPUT ?= '$(SHARED)/wikipedia/wikitext/*.txt' '$(SHARED)/wikipedia/en/*.xml.bz2'
 WIKIREF_PAGES ?= '$(SHARED)/warc/*.warc.gz' '$(SHARED)/wet/*.wet.gz'
-WIKIREF_DIR ?= models/wikiref
+WIKIREF_DIR ?= $(MODELS)/wikiref
 classifier:
 	$(PY) -m jobs.train_wikiref --wikipedia $(WIKI_INPUT) --pages $(WIKIREF_PAGES) --output $(WIKIREF_DIR) \
 		$(if $(wildcard $(CURATED)),--curated $(CURATED)) $(if $(REFERENCES),--references $(REFERENCES)) $(if $(CC_INDEX),--cc-index $(CC_INDEX)) \
@@ -158,7 +160,7 @@ classifier:
 # `make tokenizer` trains the SentencePiece BPE model on curated Parquet; `make shards` encodes that
 # Parquet into token shards (rerunning resumes: published shards are skipped). Extra flags: TOKENIZER_ARGS, SHARDS_ARGS.
 CURATED ?= runs/local/curated
-TOKENIZER_DIR ?= models/tokenizer
+TOKENIZER_DIR ?= $(MODELS)/tokenizer
 VOCAB_SIZE ?= 32000
 SHARDS_DIR ?= runs/local/shards
 .PHONY: tokenizer shards

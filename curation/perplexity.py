@@ -26,6 +26,7 @@ import kenlm
 import sentencepiece as spm
 
 from curation import storage
+from curation.model_paths import LM_DIR
 from curation.normalize import normalize
 from curation.pipeline import Stage
 from curation.settings import setting
@@ -46,7 +47,7 @@ _cutoffs: dict[str, dict[str, list[float]]] = {}
 @dataclass(frozen=True)
 class PerplexitySettings:
     """KenLM perplexity and buckets."""
-    models: str = setting("models/lm", "{lang}.sp.model + {lang}.arpa.bin (+ cutoff.csv); `make lm` trains them")
+    models: str = setting(LM_DIR, "{lang}.sp.model + {lang}.arpa.bin (+ cutoff.csv); `make lm` trains them")
     per_line: bool = setting(False, "false: the document is one line, as cc_net in fact scores it")
     max_chars: int | None = setting(MAX_CHARS, "a document is scored on this many first characters (memory bound)",
                                     minimum=1)

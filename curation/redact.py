@@ -17,9 +17,11 @@ What is replaced by `***`:
   `s3://bucket/key` is unchanged.
 - In settings (`redact_config`): the value of every key with a secret name, at any depth.
 
-A secret name is one that has, among its words (split at `_`, `-`, `.` and camelCase, ignoring
-case), one of SECRET_WORDS: `X-Amz-Security-Token`, `sessionToken`, `aws_secret_access_key`,
-`AWSAccessKeyId` and `input.api_key` all are; `tokens`, `keep` and `monkey` are not.
+A secret name is a whole name that says it holds a secret: its last word (split at `_`, `-`, `.`
+and camelCase, ignoring case) is one of SECRET_WORDS, or it is one of SECRET_NAMES:
+`X-Amz-Security-Token`, `sessionToken`, `aws_secret_access_key`, `AWSAccessKeyId` and
+`input.api_key` all are; `tokens`, `keep`, `monkey`, `signature_seconds` and `X-Amz-SignedHeaders`
+are not (a word inside another name says nothing: a timing named after signatures is a number).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ SECRET_WORDS = frozenset({
     "password", "passwd", "pwd", "pass", "secret", "token", "key", "apikey", "credential", "credentials",
     "signature", "sig", "auth", "authorization",
 })
+# Secret names whose last word is not one of SECRET_WORDS (S3's SigV2 and GCS's V2 signed URLs).
+SECRET_NAMES = frozenset({"awsaccesskeyid", "googleaccessid"})
 # Spark hides the values of confs whose name or value matches this in its UI, event log and
 # logged environment; Spark's default (`secret|password|token|access[.]?key`) plus the words above.
 SPARK_REDACTION_REGEX = r"(?i)secret|password|passwd|token|credential|signature|access[._-]?key|api[._-]?key"
@@ -48,7 +52,8 @@ _PARAMETER = re.compile(r"([?&;#])([^=&;#?\s\"'<>]+)=([^&;#\s\"'<>]*?)(?=[.,:;)\
 
 def is_secret_name(name: str) -> bool:
     """Whether a setting or parameter named `name` holds a secret (see the module's docstring)."""
-    return any(word.lower() in SECRET_WORDS for word in _WORDS.findall(name))
+    words = _WORDS.findall(name)
+    return bool(words) and (words[-1].lower() in SECRET_WORDS or "".join(words).lower() in SECRET_NAMES)
 
 
 def _parameter(match: re.Match) -> str:

@@ -23,12 +23,12 @@ from pathlib import Path
 
 from curation.extract import ExtractSettings, garbage_share
 from curation.langid import LanguageIdentifier, LanguageIdSettings
+from curation.model_paths import LM_DIR
 from curation.perplexity import NO_SCORE, PerplexitySettings, bucket, load_cutoffs, load_model
 
-DEFAULT_MODELS_DIR = os.environ.get("CCURATE_LM_DIR", "models/lm")
 
 
-def score_texts(texts: list[str], models_dir: str | Path = DEFAULT_MODELS_DIR, per_line: bool = False,
+def score_texts(texts: list[str], models_dir: str | Path = LM_DIR, per_line: bool = False,
                 lid_model: str | Path | None = None, cutoffs: str | Path | None = None) -> list[dict]:
     identifier = LanguageIdentifier(lid_model)
     table = load_cutoffs(models_dir, cutoffs)
@@ -43,14 +43,14 @@ def score_texts(texts: list[str], models_dir: str | Path = DEFAULT_MODELS_DIR, p
     return results
 
 
-def score_text(text: str, models_dir: str | Path = DEFAULT_MODELS_DIR, **kwargs) -> dict:
+def score_text(text: str, models_dir: str | Path = LM_DIR, **kwargs) -> dict:
     return score_texts([text], models_dir, **kwargs)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="+", help="text files (UTF-8); - for stdin")
-    parser.add_argument("--models", default=DEFAULT_MODELS_DIR,
+    parser.add_argument("--models", default=LM_DIR,
                         help="directory with {lang}.sp.model, {lang}.arpa.bin, cutoff.csv (make lm; CCNet's work too)")
     parser.add_argument("--cutoffs", help="cutoff.csv path (default: the one in --models)")
     parser.add_argument("--per-line", action="store_true",

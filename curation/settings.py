@@ -1,20 +1,26 @@
-"""Typed settings: one dataclass per section, one loader for every job.
+"""Typed settings: one dataclass per section, one loader and one command line for every command.
 
 Each stage module defines its own section (`ExtractSettings` in extract.py, …), with every field's
-default and meaning written once, through `setting(default, "meaning")`. A job's settings class
-groups the sections it uses (`jobs.curate.CurateSettings`); `load_settings` fills it from an optional YAML
-file and `KEY=VALUE` overrides (dotted keys: `langid.threshold=0.6`), checks every value's type,
-choices and range, and raises `SettingsError` naming the key — before any Spark starts.
-`python -m jobs.curate --print-settings` prints every setting with its default and meaning.
+default and meaning written once, through `setting(default, "meaning")`. A command's settings class
+groups the sections and fields it uses (`jobs.curate.CurateSettings`, `trainer.train.TrainConfig`, …);
+`load_settings` fills it from an optional YAML file and `KEY=VALUE` overrides (dotted keys:
+`langid.threshold=0.6`), checks every value's type, choices and range, and raises `SettingsError`
+naming the key. `parse_command` is every command's front door: `--config FILE`, `KEY=VALUE`,
+`--print-settings` (the settings it would run with, as YAML with each meaning) and the few flags a
+command names as shortcuts for its settings (`--output DIR` for `output=DIR`); a wrong name, type,
+choice or range is a one-line error and exit 2, before Spark or torch does any work.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import os
+import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import yaml
 
@@ -23,9 +29,12 @@ class SettingsError(ValueError):
     """A setting that does not exist, or a value of the wrong type, choice or range."""
 
 
-def setting(default: Any, doc: str, *, minimum: float | None = None, maximum: float | None = None):
-    """A documented field of a settings dataclass (a list default is copied per instance)."""
-    metadata = {"doc": doc, "minimum": minimum, "maximum": maximum}
+def setting(default: Any, doc: str, *, minimum: float | None = None, maximum: float | None = None,
+            required: bool = False):
+    """A documented field of a settings dataclass (a list default is copied per instance). A
+    `required` one has no default worth running with (an output directory): `parse_command` refuses
+    to run without it, but `--print-settings` shows it."""
+    metadata = {"doc": doc, "minimum": minimum, "maximum": maximum, "required": required}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -164,16 +173,126 @@ def as_dict(settings) -> dict:
     return dataclasses.asdict(settings)
 
 
-def describe(cls, indent: str = "") -> str:
-    """Every setting of `cls` as YAML with its default and meaning: a config file to start from."""
+def describe(settings, indent: str = "") -> str:
+    """Every setting of `settings` (an instance, or a class for its defaults) as YAML with its value
+    and meaning: a config file to start from."""
+    cls = settings if isinstance(settings, type) else type(settings)
     lines = []
     for f in dataclasses.fields(cls):
         kind = typing.get_type_hints(cls)[f.name]
+        if isinstance(settings, type):
+            value = kind if dataclasses.is_dataclass(kind) else \
+                f.default_factory() if f.default is dataclasses.MISSING else f.default
+        else:
+            value = getattr(settings, f.name)
         if dataclasses.is_dataclass(kind):
             lines.append(f"{indent}{f.name}:{'  # ' + f.metadata['doc'] if f.metadata.get('doc') else ''}")
-            lines.append(describe(kind, indent + "  "))
+            lines.append(describe(value, indent + "  "))
         else:
-            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-            value = yaml.safe_dump(default, default_flow_style=True, width=1000).strip().removesuffix("\n...")
-            lines.append(f"{f'{indent}{f.name}: {value}':<40} # {f.metadata.get('doc', '')}".rstrip())
+            text = yaml.safe_dump(value, default_flow_style=True, width=1000, allow_unicode=True)
+            text = text.strip().removesuffix("\n...")
+            lines.append(f"{f'{indent}{f.name}: {text}':<40} # {f.metadata.get('doc', '')}".rstrip())
     return "\n".join(lines)
+
+
+# ---- the command line ----------------------------------------------------------------------------
+
+def parse_command(cls, argv: list[str] | None = None, *, prog: str, description: str,
+                  flags: dict[str, str] | None = None):
+    """The settings a command runs with, from its command line: `--config FILE` (YAML, any subset),
+    then the `flags` given ({"--output": "output"}: shortcuts for settings, read as their own
+    `KEY=VALUE`), then `KEY=VALUE` arguments. `--print-settings` prints them as YAML and exits 0; a
+    wrong setting, a missing required one or a bad flag exits 2 with a one-line error. Nothing else
+    (no Spark, no torch) happens before this returns."""
+    flags = flags or {}
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="FILE", help="YAML file of settings (any subset of --print-settings')")
+    parser.add_argument("--print-settings", action="store_true",
+                        help="print the settings this command would run with, as YAML, and exit")
+    for flag, key in flags.items():
+        kind, doc = _field_at(cls, key)
+        if kind is bool:
+            parser.add_argument(flag, dest=key, action="store_const", const="true", help=f"{key}=true: {doc}")
+        else:
+            many = typing.get_origin(kind) is list
+            parser.add_argument(flag, dest=key, nargs="+" if many else None, metavar=key.rsplit(".")[-1].upper(),
+                                help=f"sets {key}: {doc}")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings, e.g. a.b=1 (see --print-settings)")
+    args = parser.parse_args(argv)
+    for key in flags.values():  # `--input A B key=value`: the list flag took the settings after it
+        values = getattr(args, key)
+        if isinstance(values, list):
+            setattr(args, key, [v for v in values if not _is_setting(cls, v)] or None)
+            args.overrides += [v for v in values if _is_setting(cls, v)]
+    overrides = [_flag_override(key, getattr(args, key), _field_at(cls, key)[0])
+                 for key in flags.values() if getattr(args, key) is not None]
+    try:
+        settings = load_settings(cls, args.config, [*overrides, *args.overrides])
+        if not args.print_settings:
+            check_required(settings)
+    except SettingsError as error:
+        exit_with_error(str(error), flags)
+    if args.print_settings:
+        print_quietly(describe(settings))
+        raise SystemExit(0)
+    return settings
+
+
+def _field_at(cls, key: str) -> tuple[Any, str]:
+    """The type and meaning of the setting at dotted `key` of `cls`."""
+    *sections, leaf = key.split(".")
+    for name in sections:
+        cls = typing.get_type_hints(cls)[name]
+    field = {f.name: f for f in dataclasses.fields(cls)}[leaf]
+    kind = typing.get_type_hints(cls)[leaf]
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        (kind,) = [a for a in typing.get_args(kind) if a is not type(None)]
+    return kind, field.metadata.get("doc", "")
+
+
+def _is_setting(cls, argument: str) -> bool:
+    """Whether `argument` is a `KEY=VALUE` of a setting of `cls` (not a path that holds a `=`)."""
+    key, sep, _ = argument.partition("=")
+    try:
+        return bool(sep) and not dataclasses.is_dataclass(_field_at(cls, key)[0])
+    except (KeyError, TypeError):
+        return False
+
+
+def _flag_override(key: str, value, kind) -> str:
+    """A flag's value as the `KEY=VALUE` it stands for: text stays text (a path such as `on` or `1e3`
+    is not read as YAML), a list is written as a YAML list."""
+    if isinstance(value, list):
+        return f"{key}={yaml.safe_dump([str(v) for v in value], default_flow_style=True, width=10**6).strip()}"
+    if kind is str:
+        return f"{key}={yaml.safe_dump(str(value), default_style=chr(39), width=10**6).strip()}"
+    return f"{key}={value}"
+
+
+def check_required(settings, prefix: str = "") -> None:
+    """A SettingsError for the first `required` setting left unset (None or empty)."""
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if dataclasses.is_dataclass(value):
+            check_required(value, f"{prefix}{f.name}.")
+        elif f.metadata.get("required") and value in (None, "", []):
+            raise SettingsError(f"{prefix}{f.name} is required: {f.metadata.get('doc', '')}")
+
+
+def exit_with_error(message: str, flags: dict[str, str] | None = None) -> NoReturn:
+    """A command's one-line error on stderr, and exit status 2 (a usage error, as argparse's)."""
+    for flag, key in (flags or {}).items():  # name the flag the user typed, not only its setting
+        if message.startswith(f"{key} is required"):
+            message = f"{flag} ({key}) is required"
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def print_quietly(text: str) -> None:
+    """Prints to stdout; a reader that stops early (`| head`) ends it quietly, not with a
+    BrokenPipeError (Python's documented way: stdout pointed at devnull for the exit's flush)."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -26,6 +26,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from curation.langid import load_model as load_fasttext_model
+from curation.model_paths import WIKIREF_MODEL
 from curation.pipeline import Stage
 from curation.settings import setting
 from curation.wikipedia import read_wikitext
@@ -49,7 +50,7 @@ DEFAULT_PORTS = {"http": "80", "https": "443"}
 @dataclass(frozen=True)
 class WikirefSettings:
     """The Wikipedia-reference classifier."""
-    model: str = setting("models/wikiref/wikiref.bin", "`make classifier` trains it")
+    model: str = setting(WIKIREF_MODEL, "`make classifier` trains it")
     threshold: float = setting(0.25, "wikiref_keep = score ≥ threshold (RedPajama v2's cut); the score is kept",
                                minimum=0, maximum=1)
     drop: bool = setting(False, "true: drop documents below the threshold instead of marking them")

@@ -1,9 +1,18 @@
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = (REPO_ROOT / ".." / "shared" / "data").resolve()
+# Hermetic: the models a test reads are those it made. Every default model location (and `make`'s)
+# is under CCURATE_MODELS (curation.model_paths), set before any project module is imported and
+# inherited by every command a test starts; it stays empty unless a test writes there.
+os.environ["CCURATE_MODELS"] = tempfile.mkdtemp(prefix="ccurate-test-models-")
+atexit.register(shutil.rmtree, os.environ["CCURATE_MODELS"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -72,7 +72,8 @@ def test_redact_text(text, expected):
 def test_secret_names_and_settings():
     assert all(map(is_secret_name, ["password", "aws_secret_access_key", "sessionToken", "AWSAccessKeyId",
                                     "X-Amz-Security-Token", "api_key", "credentials", "db.pass"]))
-    assert not any(map(is_secret_name, ["tokens", "num_tokens", "keep", "monkey", "base_url", "signed_headers"]))
+    assert not any(map(is_secret_name, ["tokens", "num_tokens", "keep", "monkey", "base_url", "signed_headers",
+                                        "signature_seconds", "X-Amz-SignedHeaders", "token_budget", "key_file"]))
     config = {"input": {"base_url": "https://u:p@m/", "api_key": "k", "token": None, "paths": ["s3://b/k?sig=s"]},
               "minhash": {"keep": "perplexity", "threshold": 0.8}, "auth": {"user": "u", "password": "p"}}
     assert redact_config(config) == {

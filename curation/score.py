@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -25,7 +24,6 @@ from curation.extract import ExtractSettings, garbage_share
 from curation.langid import LanguageIdentifier, LanguageIdSettings
 from curation.model_paths import LM_DIR
 from curation.perplexity import NO_SCORE, PerplexitySettings, bucket, load_cutoffs, load_model
-
 
 
 def score_texts(texts: list[str], models_dir: str | Path = LM_DIR, per_line: bool = False,

@@ -60,7 +60,13 @@ FIELDS: tuple[Field, ...] = (
     Field("minhash_cluster", pa.int64(), "minhash", "near-duplicate cluster id (its smallest document id)"),
     Field("minhash_cluster_size", pa.int64(), "minhash", "documents in that cluster before dedup"),
 )
-BY_NAME = {field.name: field for field in FIELDS}
+# The columns of LLaMA's other sources (`curation.sources`): every document's `source`, then each
+# source's own fields (stage: the source's name), in `DIR/documents/` of `python -m jobs.sources.NAME`.
+SOURCE_FIELDS: tuple[Field, ...] = (
+    Field("source", pa.string(), "source", "the source a document comes from (github, wikipedia, books, arxiv, "
+          "stackexchange)"),
+)
+BY_NAME = {field.name: field for field in (*FIELDS, *SOURCE_FIELDS)}
 
 # Phase 1 writes these per segment (reader + extraction); phase 2 adds the rest.
 EXTRACTED = ("url", "date_download", "digest", "length", "nlines", "source_domain", "title", "raw_content",
@@ -86,12 +92,12 @@ def ordered(names) -> list[str]:
     names = set(names)
     for name in names:
         field(name)
-    return [f.name for f in FIELDS if f.name in names]
+    return [f.name for f in (*FIELDS, *SOURCE_FIELDS) if f.name in names]
 
 
 def written_by(stage: str) -> tuple[str, ...]:
     """The fields a stage writes first, in schema order."""
-    return tuple(f.name for f in FIELDS if f.stage == stage)
+    return tuple(f.name for f in (*FIELDS, *SOURCE_FIELDS) if f.stage == stage)
 
 
 def check_document(doc: dict, internal: frozenset[str] = frozenset()) -> None:

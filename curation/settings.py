@@ -234,7 +234,8 @@ def parse_command(cls, argv: list[str] | None = None, *, prog: str, description:
     except SettingsError as error:
         exit_with_error(str(error), flags)
     if args.print_settings:
-        print_quietly(describe(settings))
+        print_quietly(f"# The settings of `{prog}` (its --print-settings): each value and meaning. Use a copy of\n"
+                      f"# the lines you change as --config FILE, or pass them as KEY=VALUE.\n{describe(settings)}")
         raise SystemExit(0)
     return settings
 

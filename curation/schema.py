@@ -65,6 +65,12 @@ FIELDS: tuple[Field, ...] = (
 SOURCE_FIELDS: tuple[Field, ...] = (
     Field("source", pa.string(), "source", "the source a document comes from (github, wikipedia, books, arxiv, "
           "stackexchange)"),
+    Field("arxiv_id", pa.string(), "arxiv", "the paper's id: its bulk-tar member's, archive's or folder's name"),
+    Field("arxiv_main_file", pa.string(), "arxiv", "the paper's main file (the one with \\documentclass)"),
+    Field("arxiv_unresolved_inputs", pa.int64(), "arxiv", "\\input/\\include left as written: a file missing, "
+          "outside the paper or in a cycle"),
+    Field("book_id", pa.string(), "books", "the book's file name without .txt"),
+    Field("gutenberg_id", pa.int64(), "books", "its Project Gutenberg ebook number, from the header (null: none)"),
 )
 BY_NAME = {field.name: field for field in (*FIELDS, *SOURCE_FIELDS)}
 

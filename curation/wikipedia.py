@@ -3,8 +3,10 @@
 Sources, each yielding `Article(title, text)` with plain article text (paragraphs separated by
 newlines):
 
-- a MediaWiki XML dump (`pages-articles.xml[.bz2|.gz]`, a local path or an http(s) URL), streamed
-  page by page, main namespace only, redirects skipped;
+- a MediaWiki XML dump (`pages-articles[-multistream].xml[.bz2|.gz]`, a location of
+  `curation.storage` or an http(s) URL), streamed page by page with expat (`read_pages`: id, title,
+  namespace, redirect, the wiki's language), main namespace only, redirects skipped; the XML is data
+  only: a DTD, where entities would be declared, is refused (UnsafeXMLError);
 - raw wikitext files (one article per file);
 - WikiText-2/103 token files (`*.tokens`, `*.tokens.txt`: ` = Title = ` headings, `@-@` escapes);
 - SQuAD-format JSON (cmrc2018): one article per distinct `context`;
@@ -22,14 +24,16 @@ import html
 import json
 import re
 import urllib.request
-import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+from xml.parsers import expat
 
 import mwparserfromhell
 from mwparserfromhell.nodes import Argument, Comment, ExternalLink, Heading, HTMLEntity, Tag, Template, Text, Wikilink
+
+from curation import storage
 
 DEFAULT_WIKIMEDIA_BASE_URL = "https://dumps.wikimedia.org"
 
@@ -56,6 +60,10 @@ DROPPED_TAGS = {"ref", "references", "table", "gallery", "math", "timeline", "im
 
 _REF_RE = re.compile(r"<ref\b[^>/]*/>|<ref\b[^>]*>.*?</ref\s*>", re.DOTALL | re.IGNORECASE)
 _URL_RE = re.compile(r"\b(?:https?|ftp)://\S+")
+# What survives of markup the parser could not see as such (a table not at a line's start, an
+# unbalanced template or tag in a damaged page): table brackets, stray template braces and tags.
+_INNERMOST_TABLE_RE = re.compile(r"\{\|(?:(?!\{\|).)*?\|\}", re.DOTALL)
+_LEFTOVER_RE = re.compile(r"\{\{|\}\}|\[\[|\]\]|\{\||\|\}|\|-|\|\||<!--|-->|</?[A-Za-z][\w:-]*(?:\s[^<>]*)?/?>")
 
 
 @dataclass
@@ -108,6 +116,13 @@ def _plain(nodes, out: list[str]) -> None:
                 out.append(str(stripped))
 
 
+def _without_tables(text: str) -> str:
+    """`text` less every balanced `{| … |}`, innermost first: tables the parser did not see as such."""
+    while (fewer := _INNERMOST_TABLE_RE.sub("", text)) != text:
+        text = fewer
+    return text  # an unclosed table's brackets go with the leftovers
+
+
 def wikitext_to_text(wikitext: str) -> str:
     """Plain article text from wikitext: one paragraph per line, headings kept as their own line,
     templates, refs, tables, media/category links and reference sections removed."""
@@ -129,14 +144,14 @@ def wikitext_to_text(wikitext: str) -> str:
             kept.append(node)
     out: list[str] = []
     _plain(kept, out)
-    text = "".join(out).replace("\'\'\'", "").replace("\'\'", "")
+    text = _without_tables("".join(out).replace("\'\'\'", "").replace("\'\'", ""))
     lines = []
     for line in text.split("\n"):
-        line = re.sub(r"[ \t\u00a0]+", " ", _URL_RE.sub("", line)).strip()
+        line = re.sub(r"[ \t\u00a0]+", " ", _LEFTOVER_RE.sub("", _URL_RE.sub("", line))).strip()
         # Leftovers of removed markup: empty brackets, list markers, table pipes.
         line = re.sub(r"\(\s*[,;]?\s*\)", "", line).strip()
         line = line.lstrip("*#:;|!").strip()
-        if line and not line.startswith(("{|", "|}", "|-")) and re.search(r"\w", line):
+        if line and re.search(r"\w", line):
             lines.append(line)
     return "\n".join(lines)
 
@@ -145,12 +160,13 @@ def wikitext_to_text(wikitext: str) -> str:
 
 
 def open_maybe_compressed(source: str | Path) -> IO[bytes]:
-    """A byte stream over a local file or an http(s) URL; `.bz2` / `.gz` decompressed on the fly."""
+    """A byte stream over a location of `curation.storage` or an http(s) URL; `.bz2` (multistream
+    too: its streams are read one after another) and `.gz` decompressed on the fly."""
     name = str(source)
     if name.startswith(("http://", "https://")):
         raw: IO[bytes] = urllib.request.urlopen(name, timeout=60)  # noqa: S310 (configured base URL)
     else:
-        raw = open(name, "rb")
+        raw = storage.open_input(name)
     if name.endswith(".bz2"):
         return bz2.open(raw, "rb")
     if name.endswith(".gz"):
@@ -158,41 +174,95 @@ def open_maybe_compressed(source: str | Path) -> IO[bytes]:
     return raw
 
 
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]
+class UnsafeXMLError(ValueError):
+    """XML with a DTD: where entities are declared, to be expanded or fetched from elsewhere."""
+
+
+@dataclass
+class Page:
+    page_id: int
+    title: str
+    namespace: int
+    redirect: bool  # a <redirect/> element, or wikitext starting with #REDIRECT
+    wikitext: str
+    language: str | None  # the wiki's language: the dump's xml:lang, else its dbname (enwiki: en)
+
+
+class _PageCollector:
+    """expat's callbacks: gathers each finished <page> (memory: one page) for `read_pages`."""
+
+    FIELDS = {("page", "title"), ("page", "ns"), ("page", "id"), ("revision", "text"), ("siteinfo", "dbname")}
+
+    def __init__(self, source: str):
+        self.source, self.pages, self.stack, self.fields, self.text = source, [], [], {}, None
+        self.redirect, self.language = False, None
+        parser = self.parser = expat.ParserCreate()
+        parser.buffer_text = True
+        parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+        parser.StartDoctypeDeclHandler = parser.EntityDeclHandler = self.refuse
+        parser.StartElementHandler, parser.EndElementHandler = self.start, self.end
+        parser.CharacterDataHandler = self.data
+
+    def refuse(self, *_) -> None:
+        raise UnsafeXMLError(f"{self.source}: an XML DTD (<!DOCTYPE …>) is refused: a MediaWiki dump has "
+                             f"none, and the entities it declares are never expanded")
+
+    def start(self, name: str, attrs: dict) -> None:
+        if not self.stack:
+            self.language = attrs.get("xml:lang")
+        elif name == "redirect" and self.stack[-1] == "page":
+            self.redirect = True
+        if self.stack and (self.stack[-1], name) in self.FIELDS:
+            self.text = []
+        self.stack.append(name)
+
+    def data(self, text: str) -> None:
+        if self.text is not None:
+            self.text.append(text)
+
+    def end(self, name: str) -> None:
+        self.stack.pop()
+        if self.text is not None:
+            self.fields.setdefault(name, "".join(self.text))  # the first <id> under <page> is the page's
+            self.text = None
+        if name == "siteinfo":
+            self.language = self.language or self.fields.get("dbname", "").removesuffix("wiki").replace("_", "-")
+            self.fields = {}
+        elif name == "page":
+            wikitext = self.fields.get("text", "")
+            redirect = self.redirect or wikitext.lstrip().lower().startswith("#redirect")
+            self.pages.append(Page(int(self.fields.get("id", 0)), self.fields.get("title", ""),
+                                   int(self.fields.get("ns", 0)), redirect, wikitext, self.language or None))
+            self.fields, self.redirect = {}, False
+
+
+def read_pages(source: str | Path) -> Iterator[Page]:
+    """Every page of a MediaWiki XML export, streamed (memory stays flat on a full dump). The XML is
+    read as data: a DTD is refused (UnsafeXMLError) before any of its declarations is read, so no
+    entity is expanded and nothing outside the file is fetched; malformed XML raises expat's error."""
+    collector = _PageCollector(str(source))
+    with open_maybe_compressed(source) as stream:
+        while chunk := stream.read(1 << 20):
+            collector.parser.Parse(chunk, False)
+            yield from collector.pages
+            collector.pages = []
+        collector.parser.Parse(b"", True)
+    yield from collector.pages
 
 
 def read_xml_dump(source: str | Path, limit: int | None = None, namespaces: tuple[int, ...] = (0,),
                   plain: bool = True) -> Iterator[Article]:
-    """Pages of a MediaWiki XML export, streamed (memory stays flat on a full dump). Redirects and
-    pages outside `namespaces` are skipped. `plain=False` yields the raw wikitext."""
+    """The articles of a MediaWiki XML export: redirects and pages outside `namespaces` skipped.
+    `plain=False` yields the raw wikitext."""
     count = 0
-    with open_maybe_compressed(source) as stream:
-        context = ET.iterparse(stream, events=("start", "end"))
-        _, root = next(context)
-        title, ns, redirect, text = "", 0, False, None
-        for event, elem in context:
-            if event != "end":
-                continue
-            tag = _local(elem.tag)
-            if tag == "title":
-                title = elem.text or ""
-            elif tag == "ns":
-                ns = int(elem.text or 0)
-            elif tag == "redirect":
-                redirect = True
-            elif tag == "text":
-                text = elem.text or ""
-            elif tag == "page":
-                if ns in namespaces and not redirect and text and not text.lstrip().lower().startswith("#redirect"):
-                    body = wikitext_to_text(text) if plain else text
-                    if body:
-                        yield Article(title, body)
-                        count += 1
-                        if limit is not None and count >= limit:
-                            return
-                title, ns, redirect, text = "", 0, False, None
-                root.clear()  # free the finished page
+    for page in read_pages(source):
+        if page.namespace in namespaces and not page.redirect and page.wikitext:
+            body = wikitext_to_text(page.wikitext) if plain else page.wikitext
+            if body:
+                yield Article(page.title, body)
+                count += 1
+                if limit is not None and count >= limit:
+                    return
 
 
 def read_wikitext_file(path: str | Path, plain: bool = True) -> Iterator[Article]:

@@ -94,7 +94,8 @@ bench:
 
 # --- trainer ---
 # `make pretrain` trains the tiny CPU preset on the shards of `make shards` for a few minutes.
-# PRETRAIN_CONFIG picks another JSON config; ARGS passes key=value overrides (e.g. max_steps=1000);
+# PRETRAIN_CONFIG picks another JSON config; ARGS passes KEY=VALUE settings (e.g. max_steps=1000; the list:
+# `python -m trainer.train --print-settings`);
 # NPROC=8 runs that many processes on this machine under torchrun (the config says DDP or FSDP), e.g.
 # `make pretrain NPROC=8 PRETRAIN_CONFIG=trainer/configs/7B.json` (LLaMA's 7B recipe; see its memory
 # with `python -m trainer.model --preset 7B --plan 8 --gpu-memory 80`). Several machines: run
@@ -111,15 +112,14 @@ pretrain:
 
 # `make finetune DATA=alpaca_data.json CHECKPOINT=runs/local/pretrain/model.pt`: instruction tuning with LoRA
 # adapters (alpaca-lora's settings) into FINETUNE_OUT; MODE=full trains every weight (Alpaca's recipe; with
-# NPROC=8 under FSDP). ARGS passes flags: --merge (write model.pt with the adapters folded in), --epochs 1, …
+# NPROC=8 under FSDP). ARGS passes KEY=VALUE settings: merge=true (write model.pt with the adapters folded in),
+# epochs=1, … (the list: `python -m trainer.finetune --print-settings`). DATA, CHECKPOINT, FINETUNE_OUT and MODE
+# left unset take trainer/config.py's defaults.
 .PHONY: finetune
-DATA ?= $(SHARED)/instruct/self-instruct-seed-tasks.jsonl
-CHECKPOINT ?= runs/local/pretrain/model.pt
-FINETUNE_OUT ?= runs/local/finetune
-MODE ?= lora
 finetune:
-	$(PRETRAIN_LAUNCH) -m trainer.finetune --data $(DATA) --checkpoint $(CHECKPOINT) \
-		--tokenizer $(TOKENIZER_DIR)/tokenizer.model --out-dir $(FINETUNE_OUT) --mode $(MODE) $(ARGS)
+	$(PRETRAIN_LAUNCH) -m trainer.finetune $(if $(DATA),--data $(DATA)) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
+		--tokenizer $(TOKENIZER_DIR)/tokenizer.model $(if $(FINETUNE_OUT),--out-dir $(FINETUNE_OUT)) \
+		$(if $(MODE),mode=$(MODE)) $(ARGS)
 # --- trainer ---
 
 # --- perplexity ---
@@ -186,7 +186,8 @@ dedup:
 # shards → pretrain, each a file target that make skips while its output exists and is newer than its input.
 # Offline, the models learn from the shared Wikipedia text, less WIKI_HELDOUT (the articles `make ablate`
 # evaluates on; it checks that no model read them). The run's tokenizer, shards and model go under OUTPUT.
-# `make ablate RUN=… ABLATE_OUT=…`: the same small LLaMA trained on each bucket of a run (trainer/ablate.py).
+# `make ablate RUN=… ABLATE_OUT=…`: the same small LLaMA trained on each bucket of a run (trainer/ablate.py);
+# ARGS passes KEY=VALUE settings (ARGS='arms=[head,tail] max_steps=600'; `python -m trainer.ablate --print-settings`).
 .PHONY: pipeline ablate
 WIKI_HELDOUT ?= $(SHARED)/wikipedia/en/wikitext2-test.tokens.txt
 PIPELINE_WIKI ?= $(filter-out $(WIKI_HELDOUT),$(wildcard $(SHARED)/wikipedia/en/*)) $(SHARED)/wikipedia/wikitext
@@ -226,8 +227,7 @@ endif
 
 RUN ?= $(OUTPUT)
 ABLATE_OUT ?= $(RUN)/ablate
-ABLATE_ARGS ?=
 ablate:
 	$(PY) -m trainer.ablate --run $(RUN) --output $(ABLATE_OUT) --lm $(LM_DIR) --wikiref $(WIKIREF_DIR) \
-		$(foreach w,$(WIKI_HELDOUT),--wikipedia $(w)) $(ABLATE_ARGS)
+		--wikipedia $(WIKI_HELDOUT) $(ARGS)
 # --- pipeline ---

@@ -2,7 +2,7 @@
 
 Each stage module defines its own section (`ExtractSettings` in extract.py, …), with every field's
 default and meaning written once, through `setting(default, "meaning")`. A command's settings class
-groups the sections and fields it uses (`jobs.curate.CurateSettings`, `trainer.train.TrainConfig`, …);
+groups the sections and fields it uses (`jobs.curate.CurateSettings`, `trainer.config.TrainConfig`, …);
 `load_settings` fills it from an optional YAML file and `KEY=VALUE` overrides (dotted keys:
 `langid.threshold=0.6`), checks every value's type, choices and range, and raises `SettingsError`
 naming the key. `parse_command` is every command's front door: `--config FILE`, `KEY=VALUE`,
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 import types
 import typing
@@ -78,13 +79,22 @@ class RunSettings:
 
 # ---- the loader ----------------------------------------------------------------------------------
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's YAML 1.1 reads a number with an exponent and no dot (`3e-4`, `1e6`) as text; JSON and
+    YAML 1.2 read it as the number a user means (the trainer's JSON configs hold `"lr": 3e-4`)."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
+
+
 def load_settings(cls, path: str | Path | None = None, overrides: typing.Iterable[str] = ()):
     """An instance of the settings dataclass `cls` from the YAML file at `path` (any subset of the
     settings) and `KEY=VALUE` overrides (values parsed as YAML), checked against `cls`."""
     values: dict = {}
     if path is not None:
         try:
-            values = yaml.safe_load(Path(path).read_text()) or {}
+            values = yaml.load(Path(path).read_text(), Loader=_Loader) or {}
         except OSError as error:
             raise SettingsError(f"{path}: {error.strerror}") from None
         except yaml.YAMLError as error:
@@ -96,7 +106,7 @@ def load_settings(cls, path: str | Path | None = None, overrides: typing.Iterabl
         if not sep or not key.strip():
             raise SettingsError(f"{override!r}: expected KEY=VALUE")
         try:
-            value = yaml.safe_load(text)
+            value = yaml.load(text, Loader=_Loader)
         except yaml.YAMLError as error:
             raise SettingsError(f"{key}: {_one_line(error)}") from None
         *parents, leaf = key.strip().split(".")
@@ -216,8 +226,9 @@ def parse_command(cls, argv: list[str] | None = None, *, prog: str, description:
             parser.add_argument(flag, dest=key, action="store_const", const="true", help=f"{key}=true: {doc}")
         else:
             many = typing.get_origin(kind) is list
-            parser.add_argument(flag, dest=key, nargs="+" if many else None, metavar=key.rsplit(".")[-1].upper(),
-                                help=f"sets {key}: {doc}")
+            # A list flag takes several values, and a repeated one adds to them (`--wikipedia A --wikipedia B`).
+            parser.add_argument(flag, dest=key, nargs="+" if many else None, action="extend" if many else "store",
+                                metavar=key.rsplit(".")[-1].upper(), help=f"sets {key}: {doc}")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings, e.g. a.b=1 (see --print-settings)")
     args = parser.parse_args(argv)
     for key in flags.values():  # `--input A B key=value`: the list flag took the settings after it

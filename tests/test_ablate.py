@@ -5,20 +5,25 @@ models' training text."""
 import json
 import math
 import shutil
+import subprocess
 from pathlib import Path
 
 import fasttext
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
+from curation.model_paths import LM_DIR, WIKIREF_DIR
 from curation.report import write_report
 from curation.warc import ArchiveReader
 from curation.wikipedia import read_articles, read_wikitext
 from curation.wikiref import reference_probabilities
 from jobs import train_lm, train_wikiref
+from tests.test_trainer import REPO_ROOT, printed_settings, refused
 from tokenizer.shards import ShardReader
-from trainer.ablate import main, paragraph_hashes
+from trainer.ablate import main, parse_config
+from trainer.ablation import paragraph_hashes
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -67,7 +72,7 @@ def test_reduced_ablation(shared_data, models, run_dir, tmp_path):
     # Through the command line, as `make ablate` runs it. The enwiki sample trained the KenLM model: passed
     # as evaluation text too, its articles must be refused.
     main(["--run", str(run_dir), "--output", str(out), "--lm", str(lm_dir), "--wikiref", str(wikiref_dir),
-          "--wikipedia", held_out, "--wikipedia", trained, 'arms=["head", "raw"]', "seeds=[0]", "max_steps=4",
+          "--wikipedia", held_out, "--wikipedia", trained, "arms=[head,raw]", "seeds=[0]", "max_steps=4",
           "batch_size=4", "seq_len=64", "vocab_size=1000", "character_coverage=0.98", "eval_tokens=4096",
           "raw_heldout_fraction=0.1", "eval_batches=1"])
 
@@ -117,3 +122,29 @@ def test_reduced_ablation(shared_data, models, run_dir, tmp_path):
     held_out_articles = [a for a in read_articles(held_out) if a.title in evaluated]
     assert not set().union(*(paragraph_hashes(a.text) for a in held_out_articles)) & trained_paragraphs
 
+
+
+def test_arms_from_the_command_line_as_make_ablate_passes_them():
+    """README's `make ablate … ARGS='arms=[head,tail] max_steps=600'`: make's shell hands the command
+    `arms=[head,tail]`, which is the list of two arms (it once became the arms '[', 'h', 'e', …)."""
+    cfg = parse_config(["--run", "r", "--output", "o", "--wikipedia", "a", "--wikipedia", "b", "arms=[head,tail]",
+                        "max_steps=600", "seeds=[0]"])
+    assert (cfg.arms, cfg.max_steps, cfg.seeds, cfg.wikipedia) == (["head", "tail"], 600, [0], ["a", "b"])
+    assert (cfg.run, cfg.output, cfg.lm, cfg.wikiref) == ("r", "o", LM_DIR, WIKIREF_DIR)  # model_paths' defaults
+    made = subprocess.run(["make", "--no-print-directory", "-s", "ablate", "RUN=r",
+                           "ARGS=arms=[head,tail] max_steps=600 --print-settings"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr[-2000:]
+    shown = yaml.safe_load(made.stdout)
+    assert (shown["arms"], shown["max_steps"]) == (["head", "tail"], 600)
+    assert (shown["run"], shown["output"]) == ("r", "r/ablate")
+    assert shown["wikipedia"][0].endswith("wikitext2-test.tokens.txt") and shown["lm"] == LM_DIR
+
+
+def test_ablate_command_refuses_a_bad_value_before_torch_and_prints_its_settings():
+    assert refused("trainer.ablate", "--run", "r", "arms=[head,nope]") == \
+        "error: arms='nope': expected one of head, middle, tail, wikiref, curated, c4, raw"
+    assert refused("trainer.ablate", "--run", "r", "--output", "o") == "error: --wikipedia (wikipedia) is required"
+    assert "raw_heldout_fraction=2.0: expected a value in [0, 1]" in refused("trainer.ablate", "raw_heldout_fraction=2")
+    shown = printed_settings("trainer.ablate", "--wikipedia", "w.txt", "seeds=[3]", "arms=head")
+    assert (shown["seeds"], shown["arms"], shown["wikipedia"], shown["run"]) == ([3], ["head"], ["w.txt"], None)

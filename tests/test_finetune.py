@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 import sentencepiece as spm
@@ -13,15 +14,15 @@ import torch
 from safetensors.torch import load_file
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-from tests.test_trainer import make_corpus, tiny_run
+from tests.test_trainer import make_corpus, printed_settings, refused, tiny_run
+from trainer.config import FinetuneConfig
 from trainer.convert import read
-from trainer.finetune import (
+from trainer.finetune import FLAGS, parse_config
+from trainer.instruct import (
     IGNORE_INDEX,
-    FinetuneConfig,
     alpaca_prompt,
     collate,
     finetune,
-    parse_config,
     read_examples,
     response_loss_sum,
     split_examples,
@@ -29,9 +30,9 @@ from trainer.finetune import (
 )
 from trainer.model import PRESETS, lora_plan
 from trainer.model import main as model_main
+from trainer.pretrain import checkpoints, load_checkpoint, train, train_state
 from trainer.sample import beam_search, generate
 from trainer.sample import main as sample_main
-from trainer.train import checkpoints, load_checkpoint, train, train_state
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -202,9 +203,10 @@ def test_full_mode_on_two_fsdp_ranks_matches_one_process(seed_tasks, corpus, bas
     single = finetune(lora_config(seed_tasks, corpus, base, tmp_path / "one", **settings))
     assert single["trainable"] == single["total"] == read(base, max_seq_len=256).model().num_params()
     assert single["val_losses"][-1][1] < single["val_losses"][0][1]
-    args = [f"--{k.replace('_', '-')}={v}" for k, v in lora_config(seed_tasks, corpus, base, tmp_path / "two",
-                                                                      **settings).__dict__.items()
-            if v is not None and not isinstance(v, bool)]
+    # As `make finetune` passes them: the paths by their flags, every other setting as KEY=VALUE.
+    cfg = asdict(lora_config(seed_tasks, corpus, base, tmp_path / "two", **settings))
+    args = [f"{flag}={cfg.pop(key)}" for flag, key in FLAGS.items()]
+    args += [f"{key}={value}" for key, value in cfg.items() if value is not None]
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "-m", "trainer.finetune", *args], env={**os.environ, "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, timeout=600)
@@ -222,10 +224,22 @@ def test_full_mode_on_two_fsdp_ranks_matches_one_process(seed_tasks, corpus, bas
 # --- CLI and memory plan ---
 
 def test_cli_settings_and_defaults_are_alpaca_loras():
-    cfg = parse_config(["--data", "d.json", "--checkpoint", "m.pt", "--merge", "--max-steps", "5", "--lr", "1e-4"])
+    cfg = parse_config(["--data", "d.json", "--checkpoint", "m.pt", "--out-dir", "out", "merge=true", "max_steps=5",
+                        "lr=1e-4", "mode=full"])
     assert (cfg.data, cfg.checkpoint, cfg.merge, cfg.max_steps, cfg.lr) == ("d.json", "m.pt", True, 5, 1e-4)
+    assert (cfg.out_dir, cfg.mode, cfg.tokenizer) == ("out", "full", None)
+    cfg = parse_config([])
     assert (cfg.mode, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets) == ("lora", 8, 16, 0.05, "wq,wv")
     assert (cfg.batch_size, cfg.epochs, cfg.max_len, cfg.weight_decay, cfg.warmup_ratio) == (128, 3.0, 512, 0.0, 0.03)
+
+
+def test_finetune_command_refuses_a_bad_value_before_torch_and_prints_its_settings():
+    assert refused("trainer.finetune", "mode=half") == "error: mode='half': expected one of lora, full"
+    assert refused("trainer.finetune", "--data", "d.json", "epochs=abc") == "error: epochs='abc': expected a number"
+    assert "unknown setting max-len" in refused("trainer.finetune", "max-len=8")
+    shown = printed_settings("trainer.finetune", "--data", "d.json", "--out-dir", "o", "merge=true", "val_size=8")
+    assert (shown["data"], shown["out_dir"], shown["merge"], shown["val_size"]) == ("d.json", "o", True, 8)
+    assert (shown["mode"], shown["lora_r"]) == ("lora", 8)
 
 
 def test_plan_gives_lora_memory_of_7b_on_24_and_80_gb(capsys):

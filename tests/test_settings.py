@@ -1,5 +1,6 @@
 """Typed settings, the document schema and stage timing: one place for each rule."""
 
+import dataclasses
 import subprocess
 import sys
 import time
@@ -9,7 +10,7 @@ import pytest
 
 from curation import schema
 from curation.pipeline import Stage, run_stages
-from curation.settings import SettingsError, load_settings
+from curation.settings import SettingsError, load_settings, parse_command, setting
 from jobs.curate import ANNOTATED, CurateSettings
 from jobs.dedup import DedupSettings
 
@@ -107,3 +108,24 @@ def test_a_stage_times_its_own_work_only():
     assert len(docs) == 20 and slow.stats["in"] == fast.stats["out"] == 20
     assert slow.stats["seconds"] >= 0.4
     assert fast.stats["seconds"] < 0.05  # not the 0.4 s of the stage before it
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    """A command's settings, as small as the two rules below need."""
+    paths: list[str] = setting([], "files to read")
+    rate: float = setting(0.1, "a learning rate")
+    steps: int = setting(10, "how many")
+
+
+def test_exponent_numbers_are_numbers_and_a_repeated_list_flag_adds(tmp_path):
+    # YAML 1.1 reads `3e-4` (no dot) as text; JSON (the trainer's configs) and users mean a number.
+    config = tmp_path / "run.json"
+    config.write_text('{"rate": 3e-4, "steps": 1e3}')
+    assert load_settings(Listing, config) == Listing(rate=3e-4, steps=1000)
+    assert load_settings(Listing, None, ["rate=-2E-5", "steps=2e1"]) == Listing(rate=-2e-5, steps=20)
+    with pytest.raises(SettingsError, match="steps=0.002: expected an integer"):
+        load_settings(Listing, None, ["steps=2e-3"])
+    settings = parse_command(Listing, ["--path", "a", "--path", "b", "c", "rate=1e-2"], prog="t", description="",
+                             flags={"--path": "paths"})
+    assert settings == Listing(paths=["a", "b", "c"], rate=0.01)

@@ -8,13 +8,19 @@ import resource
 import shutil
 import subprocess
 import sys
+import time
+import typing
+from pathlib import Path
 
 import numpy as np
 import pytest
 import sentencepiece as spm
 import torch
+import yaml
 
+from curation.settings import load_settings
 from tokenizer.shards import ShardError, ShardReader, ShardWriter, tokenizer_hash
+from trainer.config import PresetName, TrainConfig
 from trainer.data import TrainLoader, WindowOrder, find_shards, val_batches
 from trainer.model import (
     PRESETS,
@@ -28,21 +34,21 @@ from trainer.model import (
     saved_bytes_per_token,
 )
 from trainer.model import main as model_main
-from trainer.sample import generate, next_token
-from trainer.sample import main as sample_main
-from trainer.train import (
-    TrainConfig,
+from trainer.pretrain import (
     checkpoints,
     grad_accumulation,
     load_checkpoint,
     lr_at,
     model_from_checkpoint,
-    parse_config,
     train,
     train_state,
 )
+from trainer.sample import generate, next_token
+from trainer.sample import main as sample_main
 from trainer.train import main as train_main
+from trainer.train import parse_config
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 VOCAB = 512
 TINY = dict(vocab_size=VOCAB, max_seq_len=64)
 
@@ -445,5 +451,46 @@ def test_sampling_filters():
 def test_cli_says_to_make_shards_when_missing(tmp_path):
     with pytest.raises(SystemExit, match="make shards"):
         train_main([f"data_dir={tmp_path / 'none'}"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as refused:
         train_main(["no_such_setting=1"])
+    assert refused.value.code == 2
+
+
+# --- the command line: trainer.config's settings, through curation.settings.parse_command ---
+
+def refused(module: str, *args: str) -> str:
+    """`python -m module args…` refuses its command line: exit 2 within 5 s (before torch's import), one
+    `error:` line and no traceback. Returns that line."""
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=60)
+    seconds = time.monotonic() - started
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith("error: "), done.stderr[-2000:]
+    assert seconds < 5, seconds
+    return done.stderr.strip()
+
+
+def printed_settings(module: str, *args: str) -> dict:
+    """The settings `python -m module --print-settings args…` prints (exit 0), read back as YAML."""
+    done = subprocess.run([sys.executable, "-m", module, "--print-settings", *args], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return yaml.safe_load(done.stdout)
+
+
+def test_train_command_refuses_a_bad_value_before_torch_and_prints_its_settings():
+    assert refused("trainer.train", "max_steps=abc") == "error: max_steps='abc': expected an integer"
+    assert "preset='7b': expected one of 7B" in refused("trainer.train", "--config", "trainer/configs/7B.json",
+                                                         "preset=7b")
+    assert "unknown setting max_step" in refused("trainer.train", "max_step=5")
+    assert "ckpt_interval=0: expected a value in [1, ∞]" in refused("trainer.train", "ckpt_interval=0")
+    shown = printed_settings("trainer.train", "--config", "trainer/configs/7B.json", "max_steps=7", "lr=1e-4")
+    assert (shown["max_steps"], shown["lr"], shown["preset"], shown["seq_len"]) == (7, 1e-4, "7B", 2048)
+
+
+def test_every_shipped_config_reads_and_presets_are_the_models():
+    for config in sorted((REPO_ROOT / "trainer" / "configs").glob("*.json")):
+        cfg = load_settings(TrainConfig, config)  # JSON is YAML; an unknown or mistyped field fails here
+        assert cfg.preset in PRESETS and cfg.data_dir == "runs/local/shards", config
+    assert set(typing.get_args(PresetName)) == set(PRESETS)

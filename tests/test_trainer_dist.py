@@ -11,7 +11,7 @@ import torch
 
 from tests.test_trainer import make_corpus, tiny_run
 from trainer.model import Transformer
-from trainer.train import checkpoints, load_checkpoint, model_from_checkpoint, train, train_state
+from trainer.pretrain import checkpoints, load_checkpoint, model_from_checkpoint, train, train_state
 
 
 @pytest.fixture(scope="module")

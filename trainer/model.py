@@ -45,7 +45,8 @@ class ModelConfig:
         return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
 
 
-# The paper's sizes (Table 2) and small ones that train on a CPU in minutes.
+# The paper's sizes (Table 2) and small ones that train on a CPU in minutes (their names are also
+# trainer.config.PresetName, which the commands check before torch is imported).
 PRESETS: dict[str, ModelConfig] = {
     "7B": ModelConfig(dim=4096, n_layers=32, n_heads=32, lr=3e-4),
     "13B": ModelConfig(dim=5120, n_layers=40, n_heads=40, lr=3e-4),

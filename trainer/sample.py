@@ -7,7 +7,7 @@ are padded on the left and the padding is masked out (RoPE only sees relative po
 prompt scores the same). Greedy (temperature 0), temperature, top-k and top-p (nucleus) sampling, or beam
 search; keys and values of past positions are kept in a cache so that each new token costs one position.
 
-`--instruction "…" [--input "…"]` asks an instruction-tuned model (trainer.finetune): the text is wrapped in
+`--instruction "…" [--input "…"]` asks an instruction-tuned model (`python -m trainer.finetune`): the text is wrapped in
 Alpaca's template, the model writes until EOS, and only the response is printed.
 """
 
@@ -20,7 +20,7 @@ import sentencepiece as spm
 import torch
 
 from trainer.convert import read
-from trainer.finetune import alpaca_prompt
+from trainer.instruct import alpaca_prompt
 from trainer.model import Transformer
 
 
@@ -106,6 +106,49 @@ def generate(model: Transformer, prompt: list[int], max_new_tokens: int, tempera
                           use_cache)[0]
 
 
+def reorder_caches(caches: list[tuple[torch.Tensor, torch.Tensor]], rows: torch.Tensor, length: int) -> None:
+    """Cache rows 0…len(rows)-1 take the keys and values of `rows` (may repeat) at the first `length` positions."""
+    for cache_k, cache_v in caches:
+        cache_k[:len(rows), :length] = cache_k[rows, :length]
+        cache_v[:len(rows), :length] = cache_v[rows, :length]
+
+
+Finished = tuple[float, float, list[int]]  # a hypothesis that ended: (ranking score, log-probability, generated ids)
+
+
+def beam_rank(logprob: float, length: int, length_penalty: float) -> float:
+    """How beam search ranks a hypothesis of `length` generated tokens."""
+    return logprob / length ** length_penalty
+
+
+def best_reachable(logprob: float, length: int, steps: int, length_penalty: float) -> float:
+    """The best rank a live hypothesis can still reach: log-probabilities only fall as it grows, and a positive
+    penalty divides by the longest length (`steps`)."""
+    return beam_rank(logprob, steps if length_penalty > 0 else length, length_penalty)
+
+
+def extend_beams(scores: torch.Tensor, logprobs: torch.Tensor, sequences: torch.Tensor, beams: int, eos_id: int | None,
+                 length_penalty: float) -> tuple[list[int], list[int], list[float], list[Finished]]:
+    """The `beams` best extensions of the hypotheses by summed log-probability, best first: (parent rows, tokens,
+    scores) of those that go on, and (ranking score, log-probability, generated ids) of those that end in `eos_id`."""
+    vocab = logprobs.shape[-1]
+    candidates = (scores[:, None] + logprobs).flatten()
+    top_scores, top_index = candidates.topk(min(2 * beams, candidates.numel()))
+    rows, tokens, kept_scores, finished = [], [], [], []
+    for score, index in zip(top_scores.tolist(), top_index.tolist()):
+        row, token = divmod(index, vocab)
+        if token == eos_id:
+            ids = sequences[row].tolist() + [token]
+            finished.append((beam_rank(score, len(ids), length_penalty), score, ids))
+        else:
+            rows.append(row)
+            tokens.append(token)
+            kept_scores.append(score)
+        if len(rows) == beams:
+            break
+    return rows, tokens, kept_scores, finished
+
+
 @torch.no_grad()
 def beam_search(model: Transformer, prompt: list[int], max_new_tokens: int, beams: int,
                 length_penalty: float = 1.0, eos_id: int | None = None) -> tuple[list[int], float]:
@@ -122,52 +165,27 @@ def beam_search(model: Transformer, prompt: list[int], max_new_tokens: int, beam
         return list(prompt), 0.0
     caches = model.new_kv_cache(beams, total)
     prompt_logits = model(torch.tensor([prompt], device=device), caches=caches)
-    for cache_k, cache_v in caches:  # every beam starts from the prompt's keys and values
-        cache_k[1:, :len(prompt)] = cache_k[:1, :len(prompt)]
-        cache_v[1:, :len(prompt)] = cache_v[:1, :len(prompt)]
+    # Every beam starts from the prompt's keys and values.
+    reorder_caches(caches, torch.zeros(beams, dtype=torch.long, device=device), len(prompt))
     logprobs = prompt_logits[:, -1].float().log_softmax(-1)  # (1, vocab): one live hypothesis at first
     scores = torch.zeros(1, device=device)
     sequences = torch.empty(1, 0, dtype=torch.long, device=device)
-    finished: list[tuple[float, float, list[int]]] = []  # (ranking score, log-probability, generated ids)
-
-    def rank(logprob: float, length: int) -> float:
-        return logprob / length ** length_penalty
-
-    def best_reachable(logprob: float, length: int) -> float:
-        # Log-probabilities only fall as a hypothesis grows; a positive penalty divides by the longest length.
-        return rank(logprob, steps if length_penalty > 0 else length)
-
+    finished: list[Finished] = []
     for step in range(steps):
-        candidates = (scores[:, None] + logprobs).flatten()
-        vocab = logprobs.shape[-1]
-        top_scores, top_index = candidates.topk(min(2 * beams, candidates.numel()))
-        keep_rows, keep_tokens, keep_scores = [], [], []
-        for score, index in zip(top_scores.tolist(), top_index.tolist()):
-            row, token = divmod(index, vocab)
-            if token == eos_id:
-                ids = sequences[row].tolist() + [token]
-                finished.append((rank(score, len(ids)), score, ids))
-            else:
-                keep_rows.append(row)
-                keep_tokens.append(token)
-                keep_scores.append(score)
-            if len(keep_rows) == beams:
-                break
-        if finished and keep_rows and max(finished)[0] >= best_reachable(keep_scores[0], step + 1):
+        rows, tokens, kept_scores, ended = extend_beams(scores, logprobs, sequences, beams, eos_id, length_penalty)
+        finished += ended
+        if finished and rows and max(finished)[0] >= best_reachable(kept_scores[0], step + 1, steps, length_penalty):
             break  # no live hypothesis can overtake the best finished one
-        if not keep_rows or step == steps - 1:
-            finished += [(rank(s, step + 1), s, sequences[r].tolist() + [t])
-                         for r, t, s in zip(keep_rows, keep_tokens, keep_scores)]
+        if not rows or step == steps - 1:
+            finished += [(beam_rank(s, step + 1, length_penalty), s, sequences[r].tolist() + [t])
+                         for r, t, s in zip(rows, tokens, kept_scores)]
             break
-        rows = torch.tensor(keep_rows, device=device)
-        sequences = torch.cat([sequences[rows], torch.tensor(keep_tokens, device=device)[:, None]], dim=1)
-        scores = torch.tensor(keep_scores, device=device)
+        parents = torch.tensor(rows, device=device)
+        sequences = torch.cat([sequences[parents], torch.tensor(tokens, device=device)[:, None]], dim=1)
+        scores = torch.tensor(kept_scores, device=device)
         pos = len(prompt) + step
-        for cache_k, cache_v in caches:  # each kept hypothesis carries on its parent's cache
-            cache_k[:len(rows), :pos] = cache_k[rows, :pos]
-            cache_v[:len(rows), :pos] = cache_v[rows, :pos]
-        logits = model(sequences[:, -1:], caches=caches, start_pos=pos)
-        logprobs = logits[:, -1].float().log_softmax(-1)
+        reorder_caches(caches, parents, pos)  # each kept hypothesis carries on its parent's cache
+        logprobs = model(sequences[:, -1:], caches=caches, start_pos=pos)[:, -1].float().log_softmax(-1)
     _, logprob, ids = max(finished)
     return list(prompt) + ids, logprob
 
@@ -178,7 +196,7 @@ def default_device_and_dtype() -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="runs/local/pretrain/model.pt",
                         help="our checkpoint or weights file, a Meta directory or a Hugging Face directory")
@@ -201,16 +219,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", help="default: cuda when present, else cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                         help="default: bfloat16 on a GPU, float32 on the CPU")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    weights = read(args.checkpoint, tokenizer=args.tokenizer)
-    if weights.tokenizer is None:
-        raise SystemExit(f"no tokenizer for {args.checkpoint}: pass --tokenizer")
-    device, dtype = default_device_and_dtype()
-    device = torch.device(args.device) if args.device else device
-    dtype = getattr(torch, args.dtype) if args.dtype else dtype
-    model = weights.model(device, dtype)
-    sp = spm.SentencePieceProcessor(model_file=str(weights.tokenizer))
+
+def prompt_texts(args: argparse.Namespace) -> tuple[list[str], int]:
+    """The texts to continue (--prompt, --prompt-file's lines, then each --instruction in Alpaca's template)
+    and how many of them, at the end, are instructions."""
     texts = list(args.prompt or [])
     if args.prompt_file:
         with open(args.prompt_file, encoding="utf-8") as f:
@@ -220,10 +234,23 @@ def main(argv: list[str] | None = None) -> None:
     if len(inputs) > len(instructions):
         raise SystemExit("--input without its --instruction")
     texts += [alpaca_prompt(text, inputs[i] if i < len(inputs) else "") for i, text in enumerate(instructions)]
-    texts = texts or [""]
+    return texts or [""], len(instructions)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    weights = read(args.checkpoint, tokenizer=args.tokenizer)
+    if weights.tokenizer is None:
+        raise SystemExit(f"no tokenizer for {args.checkpoint}: pass --tokenizer")
+    device, dtype = default_device_and_dtype()
+    device = torch.device(args.device) if args.device else device
+    dtype = getattr(torch, args.dtype) if args.dtype else dtype
+    model = weights.model(device, dtype)
+    sp = spm.SentencePieceProcessor(model_file=str(weights.tokenizer))
+    texts, instructions = prompt_texts(args)
     prompts = [[sp.bos_id()] + sp.encode(t) for t in texts]
     # An instruction's template is not printed back: only the response.
-    shown = [1] * (len(texts) - len(instructions)) + [len(p) for p in prompts[len(texts) - len(instructions):]]
+    shown = [1] * (len(texts) - instructions) + [len(p) for p in prompts[len(texts) - instructions:]]
     eos_id = sp.eos_id() if sp.eos_id() >= 0 else None
     if args.beams:
         outputs = [beam_search(model, p, args.max_new_tokens, args.beams, args.length_penalty, eos_id)[0]

@@ -39,6 +39,7 @@ import uuid
 from pathlib import Path
 
 from bench.common import REPO_ROOT, SHARED_DATA
+from curation.model_paths import LM_DIR
 
 WET = SHARED_DATA / "wet" / "CC-MAIN-2019-30-697-docs.warc.wet.gz"
 CC_HEADERS = ("WARC-Type", "WARC-Target-URI", "WARC-Date", "WARC-Record-ID", "WARC-Refers-To", "WARC-Block-Digest",
@@ -179,6 +180,8 @@ def run_ours(files: list[Path], models: Path, dedup: bool) -> tuple[int, float, 
     seconds, and seconds: Spark's session start, the run, and each stage's own (summed over tasks)."""
     import shutil
 
+    from curation.langid import LanguageIdStage
+    from curation.perplexity import PerplexityStage
     from curation.settings import load_settings
     from jobs import curate
     from jobs.spark import spark_session
@@ -191,22 +194,17 @@ def run_ours(files: list[Path], models: Path, dedup: bool) -> tuple[int, float, 
     spark = spark_session("bench-ccnet", master=f"local[{OUR_CORES}]", log_file=WORK / "spark.log",
                           conf={"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"})
     seconds = {"session start": time.perf_counter() - started}
-    enabled = {"perplexity": True, "wikiref": False, "c4": False}
+    stages = (LanguageIdStage, PerplexityStage)  # cc_net's model steps (no C4, no wikiref)
     try:
-        try:  # as `python -m jobs.curate` does: the report is drawn while Spark stops
-            stats = curate.run(spark, settings, run_dir, enabled, report=False)
-        except BaseException:
-            spark.stop()
-            raise
-        cpu = tree_cpu_seconds()  # now: Spark's JVM and Python workers are gone once it has stopped
-        seconds["run (wall)"] = stats["seconds"]
+        stats = curate.run(spark, settings, run_dir, stages)
+        seconds["run (wall, report included)"] = stats["seconds"]
         seconds.update((name, stage["seconds"]) for name, stage in stats["stages"].items()
                        if stage.get("seconds") and stage.get("in"))  # not a stage that no document reached
-        report_started, report_cpu = time.perf_counter(), time.process_time()
-        curate.report_while_stopping(spark, settings, str(run_dir), enabled)
-        seconds["report and stop"] = time.perf_counter() - report_started
-        cpu += time.process_time() - report_cpu  # the report's
+        cpu = tree_cpu_seconds()  # now: Spark's Python workers are gone once it has stopped
     finally:
+        stop_started = time.perf_counter()
+        spark.stop()
+        seconds["stop"] = time.perf_counter() - stop_started
         shutil.rmtree(run_dir, ignore_errors=True)
     return stats["documents_out"], cpu, seconds
 
@@ -235,7 +233,7 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=60, help="copies of the 697-document WET file")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each engine per mode; the best counts")
     parser.add_argument("--modes", default="off,on", help="line dedup modes to run: off,on")
-    parser.add_argument("--models", type=Path, default=REPO_ROOT / "models" / "lm")
+    parser.add_argument("--models", type=Path, default=Path(LM_DIR))
     parser.add_argument("--profile", action="store_true", help="cProfile each run's driver process "
                         "(runs/bench-ccnet/profile-*.txt)")
     parser.add_argument("--before", type=Path, help="an export of an older commit: its `jobs.curate` runs too, "
@@ -256,10 +254,6 @@ def main() -> None:
             pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(30)
             pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(25)
         print(json.dumps({"out": out, "cpu": cpu, "seconds": seconds}))
-        if args.one == "ours":  # as `python -m jobs.curate` ends
-            from jobs.spark import exit_now
-
-            exit_now(0)
         return
 
     files = build_corpus(args.copies, WORK / f"wet-{args.copies}")

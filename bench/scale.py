@@ -8,7 +8,7 @@ Botchan), recombined: an original is 3 to 6 paragraphs cut from random places of
 known share (BENCH_SCALE_DUPS, default 0.2) of the documents are near-duplicates of an original (one
 word of each paragraph replaced: Jaccard ≈ 0.9, no line in common, so line dedup keeps them and
 MinHash removes them). The corpus is written as phase 1's Parquet
-and `jobs.curate.write_curated` runs phase 2 on it in local mode (line dedup, the row-wise stages
+and `jobs.curate.selection.curate_groups` runs phase 2 on it in local mode (line dedup, the row-wise stages
 whose models are present, MinHash), as `make curate` would. The single-process `MinHashDedupStage`
 runs on the same documents as the reference for Spark's `minhash_dedup`.
 Targets: total docs/s at the largest N ≥ at the one before; Spark MinHash ≥ 0.5× the single-process
@@ -29,7 +29,12 @@ from bench.common import SHARED_DATA
 from bench.corpus import real_texts
 from curation.minhash import MinHashDedupStage
 from curation.settings import load_settings
-from jobs import curate
+from jobs.curate import CurateSettings, model_stages
+from jobs.curate.layout import ROW_GROUP_DOCS, RunDirectory
+from jobs.curate.phase1 import segment_table
+from jobs.curate.run import Run
+from jobs.curate.selection import curate_groups
+from jobs.curate.units import dedup_groups
 from jobs.spark import spark_session
 
 SIZES = [int(n) for n in os.environ.get("BENCH_SCALE_N", "10000,40000,160000").split(",")]
@@ -75,16 +80,15 @@ def corpus(n: int, words: list[str], seed: int = 0) -> list[dict]:
 
 def run_phase2(spark, docs: list[dict], work: Path) -> tuple[dict, float]:
     sources = [f"bench-segment-{k // FILE_DOCS:05d}" for k in range(0, len(docs), FILE_DOCS)]
+    directory = RunDirectory(str(work))
     (work / "segments").mkdir()
     for source, k in zip(sources, range(0, len(docs), FILE_DOCS)):
-        pq.write_table(curate.segment_table(docs[k:k + FILE_DOCS], hashed=True),  # as phase 1 writes them
-                       curate.segment_file(str(work), source), row_group_size=curate.ROW_GROUP_DOCS,
-                       compression="zstd")
-    settings = load_settings(curate.CurateSettings)
-    enabled = curate.model_stages(settings)
+        pq.write_table(segment_table(docs[k:k + FILE_DOCS], hashed=True),  # as phase 1 writes them
+                       directory.segment_file(source), row_group_size=ROW_GROUP_DOCS, compression="zstd")
+    settings = load_settings(CurateSettings)
+    run = Run(spark, settings, directory, model_stages(settings), sources)
     started = time.perf_counter()
-    groups = curate.dedup_groups(sources, sources, settings.line_dedup.group_size)
-    stats = curate.write_curated(spark, str(work), groups, settings, enabled)
+    stats = curate_groups(run, dedup_groups(sources, sources, settings.line_dedup.group_size))
     return stats, time.perf_counter() - started
 
 

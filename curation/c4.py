@@ -261,6 +261,7 @@ class C4Stage(Stage):
 
     name = "c4"
     writes = (*schema.written_by("c4"), "raw_content", "length", "nlines")  # the text only when filtering
+    settings_class = C4Settings
 
     def __init__(self, settings: C4Settings = C4Settings()):
         super().__init__()

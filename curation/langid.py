@@ -16,7 +16,7 @@ from pathlib import Path
 
 import fasttext
 
-from curation.pipeline import Stage
+from curation.pipeline import ModelFiles, Stage
 from curation.settings import setting
 
 LABEL_PREFIX = "__label__"
@@ -69,6 +69,8 @@ class LanguageIdStage(Stage):
 
     name = "langid"
     writes = ("language", "language_score")
+    settings_class = LanguageIdSettings
+    models = (ModelFiles("model", lambda path: [p for p in [Path(path or default_model_path())] if p.is_file()]),)
 
     def __init__(self, settings: LanguageIdSettings = LanguageIdSettings(), batch_size: int = BATCH_SIZE):
         super().__init__()

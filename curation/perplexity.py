@@ -28,7 +28,7 @@ import sentencepiece as spm
 from curation import storage
 from curation.model_paths import LM_DIR
 from curation.normalize import normalize
-from curation.pipeline import Stage
+from curation.pipeline import ModelFiles, Stage
 from curation.settings import setting
 
 HEAD_PERCENTILE = 30
@@ -119,6 +119,13 @@ def available_languages(models_dir: str | Path) -> list[str]:
                   if (Path(models_dir) / p.name.replace(".arpa.bin", ".sp.model")).exists())
 
 
+def model_files(models_dir: str | Path) -> list[Path]:
+    """Every file of a models directory that holds a language's model (cutoffs included), else []."""
+    if not Path(models_dir).is_dir() or not available_languages(models_dir):
+        return []
+    return sorted(path for path in Path(models_dir).rglob("*") if path.is_file())
+
+
 def read_cutoffs(path: str | Path) -> dict[str, list[float]]:
     """CCNet's cutoff.csv (a local path or URI): {lang: [p0, …, p99]}."""
     rows = list(csv.reader(io.StringIO(storage.read_text(path), newline="")))
@@ -175,6 +182,8 @@ class PerplexityStage(Stage):
 
     name = "perplexity"
     writes = ("perplexity", "bucket")
+    settings_class = PerplexitySettings
+    models = (ModelFiles("models", model_files, train="make lm"),)
 
     def __init__(self, settings: PerplexitySettings = PerplexitySettings(), cutoffs: str | Path | None = None,
                  field: str = "raw_content", batch_size: int = 256):

@@ -9,15 +9,29 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """A model a stage reads, located by one of its settings."""
+    setting: str  # the field of the stage's settings that says where the model is
+    files: Callable[[str | None], list[Path]]  # its files at that location; [] when no usable model is there
+    train: str | None = None  # the make target that trains it; None: it ships with a package, the stage needs it
 
 
 class Stage:
     """One step of the pipeline. Subclasses implement `process`, call `self.drop(reason)` for each
-    document they do not yield, and list in `writes` the fields (of `curation.schema`) they set."""
+    document they do not yield, and list in `writes` the fields (of `curation.schema`) they set.
+    A stage that a job registers (`curation.stages`) also names its `settings_class` (built from
+    the settings section of its `name`) and the `models` it reads."""
 
     name = "stage"
     writes: tuple[str, ...] = ()
+    settings_class: type | None = None
+    models: tuple[ModelFiles, ...] = ()
 
     def __init__(self) -> None:
         self.stats: Counter = Counter()

@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from curation.langid import load_model as load_fasttext_model
 from curation.model_paths import WIKIREF_MODEL
-from curation.pipeline import Stage
+from curation.pipeline import ModelFiles, Stage
 from curation.settings import setting
 from curation.wikipedia import read_wikitext
 
@@ -245,6 +245,8 @@ class WikirefStage(Stage):
 
     name = "wikiref"
     writes = ("wikiref_score", "wikiref_keep")
+    settings_class = WikirefSettings
+    models = (ModelFiles("model", lambda path: [p for p in [Path(path)] if p.is_file()], train="make classifier"),)
 
     def __init__(self, settings: WikirefSettings = WikirefSettings(), batch_size: int = BATCH_SIZE,
                  text_field: str = "raw_content"):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib
-import logging
 import os
 import subprocess
 import sys
@@ -16,7 +15,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
 
 from pyspark import SparkContext
 from pyspark.sql import SparkSession
@@ -37,7 +35,7 @@ LEAN_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 # classes of the jobs' path from it instead of loading and verifying them from Spark's jars (spark_session() to a
 # first job's end about halves: 13.3 s → 6.4 s and 15.9 s → 8.7 s on 2 busy cores).
 CLASS_ARCHIVE = REPO_ROOT / "build" / "spark-driver.jsa"
-JVM_EXIT_SECONDS = 120  # how long the end of a local run waits for its JVM to stop Spark and exit
+JVM_EXIT_SECONDS = 120  # how long end_jvm waits for the JVM to run its shutdown hooks and exit
 
 
 def launched_by_spark_submit() -> bool:
@@ -154,26 +152,10 @@ def spark_session(app_name: str, master: str | None = None, log_file: str | os.P
     return builder.getOrCreate()
 
 
-@contextmanager
-def stopping(spark: SparkSession) -> Iterator[None]:
-    """The end of a job's use of Spark: Spark stops in a thread while the block runs work that needs
-    none (the report). Under spark-submit, `spark.stop()`. From `python -m jobs.X`, the JVM that
-    pyspark started is told to exit by closing its stdin (pyspark's own way to end it with the
-    driver): its shutdown hook stops Spark (SparkContext.stop, which ends the Python workers and
-    deletes Spark's temporary files). That skips pyspark's stop, which then waits ~0.9 s for its
-    accumulator server's 1-s poll to notice, and the JVM's exit after this process ends (~0.4 s).
-    Spark cannot be used in this process afterwards."""
-    stopper = threading.Thread(target=spark.stop if launched_by_spark_submit() else end_jvm, name="spark-stop")
-    stopper.start()
-    try:
-        yield
-    finally:
-        stopper.join()
-
-
 def end_jvm(timeout: float = JVM_EXIT_SECONDS) -> int:
-    """Closes the stdin of pyspark's JVM (it exits, running its shutdown hooks) and waits for it,
-    killing it after `timeout` seconds; returns its exit status."""
+    """Closes the stdin of pyspark's JVM after its Spark stopped (it exits, running its shutdown hooks:
+    the class archive's dump) and waits for it, killing it after `timeout` seconds; returns its exit
+    status."""
     jvm = SparkContext._gateway.proc
     jvm.stdin.close()
     try:
@@ -184,14 +166,10 @@ def end_jvm(timeout: float = JVM_EXIT_SECONDS) -> int:
         return jvm.wait()
 
 
-def exit_now(code: int) -> NoReturn:
-    """Ends a job's process with `code` once its work is done and its Spark stopped (`stopping`):
-    its output and log flushed, without Python's teardown of every module (0.4-0.7 s with pandas and
-    matplotlib loaded) and what it would run at exit."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    logging.shutdown()
-    os._exit(code)
+def import_pandas_before_fork() -> None:
+    """pyarrow imports pandas at its first array made from Python objects (0.6 s of CPU): a phase-1
+    task imports it before it forks its child, instead of every child importing it again."""
+    import pandas  # noqa: F401
 
 
 @contextmanager

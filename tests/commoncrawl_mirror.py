@@ -1,18 +1,24 @@
 """A mirror of CommonCrawl's layout on 127.0.0.1, built from ../shared/data, for the ingest tests.
 
 Every path answers 503 on its first request (as the real service does under load); files named in
-`slow` are served in small chunks with pauses, so a test can kill a run while they download."""
+`slow` are served in small chunks with pauses, so a test can kill a run while they download; the
+process that asks for a file named in `killing` is killed with SIGKILL from outside, as the kernel's
+OOM killer would (the fault a run must survive: its code knows nothing of the test)."""
 
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
+import signal
 import threading
 import time
 from collections import Counter
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+import psutil
 
 SNAPSHOT = "CC-MAIN-2020-05"
 SEGMENT = "1579250589560.16"
@@ -42,15 +48,25 @@ def build_mirror(root: Path, files: list[Path], listed_but_missing: list[str] = 
 class MirrorHandler(SimpleHTTPRequestHandler):
     requests_seen: Counter
     slow: set
+    killing: set
 
     def do_GET(self):
         self.requests_seen[self.path] += 1
         if self.requests_seen[self.path] == 1:
             self.send_error(503, "Slow Down")
             return
+        if Path(self.path).name in self.killing:
+            return self.kill_requester()
         if Path(self.path).name in self.slow:
             return self.send_slowly()
         super().do_GET()
+
+    def kill_requester(self):
+        """SIGKILL to the process whose socket is the other end of this request's connection."""
+        port = self.client_address[1]
+        for connection in psutil.net_connections(kind="tcp"):
+            if connection.laddr and connection.laddr.port == port and connection.pid:
+                os.kill(connection.pid, signal.SIGKILL)
 
     def send_slowly(self):
         body = Path(self.translate_path(self.path)).read_bytes()
@@ -66,8 +82,9 @@ class MirrorHandler(SimpleHTTPRequestHandler):
 
 
 class Mirror:
-    def __init__(self, root: Path, slow: set[str] = frozenset()):
-        handler = type("Handler", (MirrorHandler,), {"requests_seen": Counter(), "slow": set(slow)})
+    def __init__(self, root: Path, slow: set[str] = frozenset(), killing: set[str] = frozenset()):
+        handler = type("Handler", (MirrorHandler,), {"requests_seen": Counter(), "slow": set(slow),
+                                                      "killing": set(killing)})
         self.requests_seen = handler.requests_seen
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(root)))
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -408,7 +408,7 @@ def test_curate_keeps_every_good_document_and_lists_every_bad_input(spark, share
     overrides = ["input.backoff_seconds=0.01", "input.retries=1"]
     config = load_settings(curate.CurateSettings, None, [f"input.paths={json.dumps(real)}", *overrides])
     started = time.perf_counter()
-    curate.run(spark, config, tmp_path / "run", {"perplexity": False, "wikiref": False})
+    curate.run(spark, config, tmp_path / "run")
     kept_before = set(pq.read_table(tmp_path / "run" / "curated", columns=["url"]).column("url").to_pylist())
     print(f"good files alone: {time.perf_counter() - started:.0f} s")
 
@@ -417,7 +417,7 @@ def test_curate_keeps_every_good_document_and_lists_every_bad_input(spark, share
         mixed = [*real, *sorted(str(p) for p in bad.iterdir()), url]
         config = load_settings(curate.CurateSettings, None, [f"input.paths={json.dumps(mixed)}", *overrides])
         started = time.perf_counter()
-        stats = curate.run(spark, config, tmp_path / "run", {"perplexity": False, "wikiref": False})
+        stats = curate.run(spark, config, tmp_path / "run")
         print(f"with the bad input: {time.perf_counter() - started:.0f} s")
     kept = set(pq.read_table(tmp_path / "run" / "curated", columns=["url"]).column("url").to_pylist())
     assert kept_before and kept_before <= kept

@@ -8,15 +8,16 @@ import pytest
 from curation.minhash import MinHashDedupStage, MinHashSettings
 from curation.settings import load_settings
 from jobs import curate
-
-NO_MODELS = {"perplexity": False, "wikiref": False}
+from jobs.curate.layout import RunDirectory
+from jobs.curate.phase1 import guided_size, input_chunks
+from jobs.curate.units import plan_units
 
 
 def test_tiny_partition_size_runs_annotate_on_several_tasks(spark, shared_data, tmp_path):
     inputs = [str(shared_data / "wet/CC-MAIN-2019-30-697-docs.warc.wet.gz")]
     config = load_settings(curate.CurateSettings, None, [f"input.paths={json.dumps(inputs)}",
                                                          "partitions.text_bytes=200000", "minhash.enabled=false"])
-    stats = curate.run(spark, config, tmp_path / "run", NO_MODELS)
+    stats = curate.run(spark, config, tmp_path / "run")
 
     written = json.loads((tmp_path / "run" / "stats.json").read_text())
     partitions, tasks = written["partitions"], written["tasks"]
@@ -38,18 +39,18 @@ def test_inputs_with_no_document_left_make_an_empty_result(spark, shared_data, t
     inputs = [str(shared_data / "wet/CC-MAIN-2019-30-697-docs.warc.wet.gz")]
     config = load_settings(curate.CurateSettings, None, [f"input.paths={json.dumps(inputs)}",
                                                          "extract.min_length=1000000000", "minhash.enabled=false"])
-    stats = curate.run(spark, config, tmp_path / "run", NO_MODELS)
+    stats = curate.run(spark, config, tmp_path / "run")
     assert stats["documents_out"] == 0 and stats["partitions"]["annotate"] == 0
     assert stats["stages"]["extract"]["dropped"]["too_short"] == 697
 
 
 def test_units_cover_every_row_once_in_order_within_groups():
-    run = "/run"
+    run = RunDirectory("/run")
     groups = {0: ["a", "b"], 3: ["c"]}
-    files = {source: curate.segment_file(run, source) for source in "abc"}
+    files = {source: run.segment_file(source) for source in "abc"}
     sizes = {files["a"]: [(1000, 1_000_000), (500, 250_000)], files["b"]: [(0, 0), (10, 10)],
              files["c"]: [(3, 900_000)]}
-    units = curate.plan_units(run, groups, sizes, lambda remaining: 400_000)
+    units = plan_units(run, groups, sizes, lambda remaining: 400_000)
     # Group 0: 1,250,010 bytes in units of 400 kB (rows of 1 kB, then 0.5 kB); group 3 in whole rows,
     # a unit closed by the row that takes it past 400 kB.
     assert [group for group, _ in units] == [0, 0, 0, 0, 3, 3]
@@ -67,14 +68,14 @@ def test_units_cover_every_row_once_in_order_within_groups():
 def test_tasks_shrink_towards_the_end_of_a_stage_and_cover_its_work():
     # Phase 1: 60 inputs on 2 cores, a quarter of what is left per task, down to 60/32 inputs.
     inputs = [f"input-{i}" for i in range(60)]
-    chunks = curate.input_chunks(inputs, cores=2)
+    chunks = input_chunks(inputs, cores=2)
     assert [len(chunk) for chunk in chunks] == [15, 12, 9, 6, 5, 4, 3, 2, 2, 2]
     assert [source for chunk in chunks for source in chunk] == inputs
-    assert curate.input_chunks(inputs[:3], cores=2) == [[source] for source in inputs[:3]]
+    assert input_chunks(inputs[:3], cores=2) == [[source] for source in inputs[:3]]
     # Phase 2: 64 MB of text in rows of 1 kB, at most 10 MB a unit, at least 1 MB.
-    sizes = {curate.segment_file("/run", "a"): [(64_000, 64_000_000)]}
-    units = curate.plan_units("/run", {0: ["a"]}, sizes,
-                              lambda remaining: curate.guided_size(remaining, 2, 10_000_000, 1_000_000))
+    run = RunDirectory("/run")
+    sizes = {run.segment_file("a"): [(64_000, 64_000_000)]}
+    units = plan_units(run, {0: ["a"]}, sizes, lambda remaining: guided_size(remaining, 2, 10_000_000, 1_000_000))
     rows = [stop - first for _, pieces in units for _, _, first, stop in pieces]
     assert sum(rows) == 64_000 and rows == sorted(rows, reverse=True)
     assert rows[:4] == [10_000, 10_000, 10_000, 8_500]  # 10 MB at most, then a quarter of the 34 MB left

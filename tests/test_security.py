@@ -212,14 +212,20 @@ def test_a_local_run_listens_on_loopback_only(secret_run):
     assert ui and any(port == int(ui[1]) for _, _, port in secret_run.sockets)  # the UI was on, and seen
 
 
-def test_a_local_run_ends_after_its_jvm_has_stopped_spark(secret_run):
-    """`python -m jobs.curate` ends its JVM itself (not pyspark's stop) and exits without Python's
-    teardown: by then the JVM has exited and its shutdown hook has deleted Spark's files, and the
-    summary was flushed."""
+def test_a_local_run_ends_quietly_and_leaves_nothing_running(secret_run):
+    """What a user sees of `python -m jobs.curate`: progress and our own lines (the failed input's one
+    line among them), no traceback, no Java stack trace; when it has ended, its JVM has too, and
+    Spark's files are gone; stats.json holds numbers, not `***` (no secret is a statistic)."""
     assert secret_run.returncode == 0, secret_run.stderr[-3000:]
+    for console in (secret_run.stderr, secret_run.stdout):
+        assert "Traceback" not in console and "Exception" not in console and "\tat " not in console, console
+    deadline = time.monotonic() + 30  # the JVM exits when it reads the end of its stdin, the driver's end
+    while time.monotonic() < deadline and [pid for pid in secret_run.jvms if os.path.exists(f"/proc/{pid}")]:
+        time.sleep(0.1)
     assert secret_run.jvms and not [pid for pid in secret_run.jvms if os.path.exists(f"/proc/{pid}")]
     assert secret_run.spark_files.is_dir() and not list(secret_run.spark_files.iterdir())
     assert "curated " in secret_run.stdout and "report:" in secret_run.stdout
+    assert "***" not in (secret_run.run / "stats.json").read_text().replace(secret_run.missing, "")
 
 
 def test_a_run_fetches_the_real_url_and_writes_no_secret(secret_run, server):

@@ -1,4 +1,4 @@
-"""Training throughput: our trainer's step (trainer.train.train) against a plain nanoGPT-style loop
+"""Training throughput: our trainer's step (trainer.pretrain.train) against a plain nanoGPT-style loop
 (the same model, AdamW, batches sliced from the memory-mapped tokens) on the same config.
 
 Shards come from botchan.en.txt under ../shared/data, tokenized by a SentencePiece BPE model trained
@@ -19,9 +19,10 @@ import torch
 
 from bench.common import SHARED_DATA
 from tokenizer.shards import ShardReader, ShardWriter, tokenizer_hash
+from trainer.config import TrainConfig
 from trainer.data import find_shards
 from trainer.model import Transformer, preset
-from trainer.train import PEAK_FLOPS, TrainConfig, peak_flops, train
+from trainer.pretrain import PEAK_FLOPS, peak_flops, train
 
 
 def make_shards(root: Path, vocab_size: int) -> Path:

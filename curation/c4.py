@@ -151,6 +151,10 @@ def badword_matcher(language: str) -> Callable[[str], bool] | None:
     return matcher
 
 
+# What `C4Rules.apply` reports of a document: the `c4_*` fields, in the schema's order (apply's order too).
+SIGNALS = schema.written_by("c4")
+
+
 class C4Rules:
     """The rules of one `C4Settings`, applied to texts: `apply(text, language) -> (cleaned text, signals)`.
     Language-dependent parts are built once per language."""
@@ -223,19 +227,8 @@ class C4Rules:
         if has_badword is not None:
             badword = bool(kept_lower) and has_badword("\n".join(kept_lower))
         keep = bool(kept) and not lorem and not curly and not badword and sentences >= s.min_sentences
-        return "\n".join(kept), {
-            "c4_lines_removed_long_word": long_word,
-            "c4_lines_removed_punctuation": punctuation,
-            "c4_lines_removed_short": short,
-            "c4_lines_removed_javascript": javascript,
-            "c4_lines_removed_policy": policy,
-            "c4_citations_removed": citations,
-            "c4_sentences": sentences,
-            "c4_lorem_ipsum": lorem,
-            "c4_curly_bracket": curly,
-            "c4_badword": badword,
-            "c4_keep": keep,
-        }
+        return "\n".join(kept), dict(zip(SIGNALS, (long_word, punctuation, short, javascript, policy, citations,
+                                                   sentences, lorem, curly, badword, keep)))
 
     def page_failures(self, signals: dict) -> list[str]:
         """The page rules a document fails, in the order they are reported (the first is the drop reason)."""

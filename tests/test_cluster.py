@@ -119,7 +119,7 @@ def test_shard_job_on_the_standalone_cluster(standalone_cluster, shared_data, tm
         [SPARK_HOME / "bin" / "spark-submit", "--master", master, "--executor-memory", "1g",
          "--conf", f"spark.pyspark.python={BIN / 'python'}", "--py-files", str(REPO_ROOT / "dist/ccurate.zip"),
          str(REPO_ROOT / "jobs/shards.py"), "--input", str(tmp_path / "curated"),
-         "--tokenizer", str(tmp_path / "tokenizer"), "--output", str(tmp_path / "shards"), "--shard-tokens", "200000"],
+         "--tokenizer", str(tmp_path / "tokenizer"), "--output", str(tmp_path / "shards"), "shard_tokens=200000"],
         cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
     stats = json.loads((tmp_path / "shards" / "stats.json").read_text())

@@ -251,9 +251,9 @@ def test_cutoffs_from_web_documents_and_score_cli(lm_dir, shared_data, tmp_path)
     models = tmp_path / "models"
     shutil.copytree(lm_dir, models)
     wet = str(shared_data / "wet" / "CC-MAIN-2019-30-697-docs.warc.wet.gz")
-    assert cutoffs_job.main(["--models", str(models), "--input", wet, "--min-docs", "50"]) == 0
+    assert cutoffs_job.main(["--models", str(models), "--input", wet, "min_docs=50"]) == 0
     table = read_cutoffs(models / "cutoff.csv")
-    assert set(table) == {"en"}  # de (15 documents) and zh (0) are under --min-docs
+    assert set(table) == {"en"}  # de (15 documents) and zh (0) are under min_docs
     assert table["en"] == sorted(table["en"]) and len(table["en"]) == 100
     manifest = json.loads((models / "manifest.json").read_text())
     assert manifest["cutoffs"]["en"]["documents"] == 203 and manifest["cutoffs"]["en"]["p30"] == table["en"][30]
@@ -274,3 +274,35 @@ def test_cutoffs_from_web_documents_and_score_cli(lm_dir, shared_data, tmp_path)
     assert clean["file"] == str(wiki) and clean["language"] == "en" and clean["language_score"] >= 0.5
     assert clean["perplexity"] == ppl.load_model(models, "en").perplexity(wiki.read_text())
     assert clean["bucket"] == "head" and shuffled["bucket"] == "tail"
+
+
+@pytest.mark.parametrize("command, bad, message", [
+    ("jobs.cutoffs", "sample=0", "sample=0: expected a value in [1, ∞]"),
+    ("jobs.cutoffs", "per_line=maybe", "per_line='maybe': expected true or false"),
+    ("curation.score", "per_line=maybe", "per_line='maybe': expected true or false"),
+    ("curation.score", "lid_modle=x", "unknown setting lid_modle"),
+])
+def test_commands_refuse_a_bad_setting_at_once(command, bad, message, tmp_path):
+    import subprocess
+    import sys
+
+    refused = subprocess.run([sys.executable, "-m", command, "--models", str(tmp_path), "--input", "x.wet.gz", bad]
+                             if command == "jobs.cutoffs" else
+                             [sys.executable, "-m", command, "--models", str(tmp_path), "x.txt", bad],
+                             capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent.parent)
+    assert refused.returncode == 2 and refused.stderr.startswith(f"error: {message}")
+    assert len(refused.stderr.splitlines()) == 1 and refused.stdout == "" and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("command", ["jobs.cutoffs", "curation.score"])
+def test_commands_print_the_settings_they_would_run_with(command):
+    import subprocess
+    import sys
+
+    shown = subprocess.run([sys.executable, "-m", command, "--print-settings", "a.txt", "-", "per_line=true"]
+                           if command == "curation.score" else
+                           [sys.executable, "-m", command, "--print-settings", "--input", "a.txt", "-",
+                            "per_line=true"], capture_output=True, text=True, check=True,
+                           cwd=Path(__file__).resolve().parent.parent).stdout
+    assert "\nper_line: true " in shown
+    assert "\nfiles: [a.txt, '-'] " in shown if command == "curation.score" else "\ninput: [a.txt, '-'] " in shown

@@ -10,7 +10,7 @@ import pytest
 
 from curation import schema
 from curation.pipeline import Stage, run_stages
-from curation.settings import SettingsError, load_settings, parse_command, setting
+from curation.settings import SettingsError, load_settings, parse_command, part_of, setting
 from jobs.curate import ANNOTATED, CurateSettings
 from jobs.dedup import DedupSettings
 
@@ -66,9 +66,46 @@ def test_job_refuses_bad_settings_with_exit_2_before_spark(tmp_path):
         assert result.returncode == 2 and result.stderr.startswith("error: "), result.stderr
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 3
         assert time.monotonic() - started < 20 and not (tmp_path / "run").exists()  # no Spark, nothing written
-    dedup = subprocess.run([sys.executable, "-m", "jobs.dedup", "--input", "x", "--output", str(tmp_path / "d"),
-                            "minhash.num_perm=many"], cwd=REPO_ROOT, capture_output=True, text=True)
-    assert dedup.returncode == 2 and "minhash.num_perm='many': expected an integer" in dedup.stderr
+    for bad, message in (("minhash.num_perm=many", "minhash.num_perm='many': expected an integer"),
+                         ("steps=[lines,fuzzy]", "steps='fuzzy': expected one of lines, minhash")):
+        started = time.monotonic()
+        dedup = subprocess.run([sys.executable, "-m", "jobs.dedup", "--input", "x", "--output", str(tmp_path / "d"),
+                                bad], cwd=REPO_ROOT, capture_output=True, text=True)
+        assert dedup.returncode == 2 and dedup.stderr == f"error: {message}\n"  # one line, no traceback
+        assert time.monotonic() - started < 5 and not (tmp_path / "d").exists()
+    shown = subprocess.run([sys.executable, "-m", "jobs.dedup", "--print-settings", "steps=[minhash]",
+                            "group=cc_segment"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    assert "\nsteps: [minhash] " in shown and "\ngroup: [cc_segment] " in shown
+
+
+@dataclasses.dataclass(frozen=True)
+class Scoring:
+    """A command that reads files named as its arguments, with a mapping setting."""
+    files: list[str] = setting([], "files to score")
+    shares: dict[str, float] = setting({}, "shares by name", minimum=0)
+    per_line: bool = setting(False, "score each line")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringCommand(Scoring):
+    output: str = setting("out", "where the scores go")
+
+
+def test_mapping_settings_arguments_and_the_library_part_of_a_command(capsys):
+    assert load_settings(Scoring, None, ["shares.en=0.7", "shares.ja/head=3"]).shares == {"en": 0.7, "ja/head": 3.0}
+    assert load_settings(Scoring, None, ["shares={en: 1}"]).shares == {"en": 1.0}
+    assert Scoring().shares == {} and Scoring().shares is not Scoring().shares
+    for override, message in (("shares.en=-1", r"shares.en=-1.0: expected a value in \[0, ∞\]"),
+                              ("shares=3", "shares=3: expected a mapping")):
+        with pytest.raises(SettingsError, match=message):
+            load_settings(Scoring, None, [override])
+    settings = parse_command(Scoring, ["a.txt", "-", "per_line=true", "./b=c.txt"], prog="t", description="",
+                             arguments="files")
+    assert settings == Scoring(files=["a.txt", "-", "./b=c.txt"], per_line=True)
+    with pytest.raises(SystemExit) as refused:  # a misspelt setting is named, not read as a file
+        parse_command(Scoring, ["a.txt", "per_lin=true"], prog="t", description="", arguments="files")
+    assert refused.value.code == 2 and capsys.readouterr().err.startswith("error: unknown setting per_lin;")
+    assert part_of(ScoringCommand(files=["a"], per_line=True, output="o"), Scoring) == Scoring(["a"], {}, True)
 
 
 def test_readme_column_table_is_the_schema():

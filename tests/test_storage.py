@@ -176,8 +176,8 @@ def test_shards_on_s3_feed_the_trainer(s3, s3_run, shared_data, tmp_path):
     shards = f"s3://{BUCKET}/shards"
     env = {**os.environ, **s3, "OMP_NUM_THREADS": "1"}
     made = subprocess.run([sys.executable, "-m", "jobs.shards", "--input", f"{s3_run[0]}/curated", "--tokenizer",
-                           str(tmp_path / "tok.model"), "--output", shards, "--shard-tokens", "20000",
-                           "--val-fraction", "0.2", "--master", "local[2]"], cwd=REPO_ROOT, env=env,
+                           str(tmp_path / "tok.model"), "--output", shards, "shard_tokens=20000",
+                           "val_fraction=0.2", "--master", "local[2]"], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert made.returncode == 0, made.stderr[-3000:]
     names = [name[len(shards) + 1:] for name in storage.list_files(shards, recursive=True)]

@@ -128,7 +128,7 @@ def test_sample_is_seeded_and_follows_the_mix(curated, tmp_path):
     assert (tmp_path / "c.txt").read_bytes() != (tmp_path / "a.txt").read_bytes()
     assert 200_000 < first["characters"] < 400_000
     mixed = train.write_sample(curated[0], tmp_path / "d.txt", seed=1, max_chars=300_000,
-                               mix=train.parse_mix("zh=3,en/head=1"))
+                               mix={"zh": 3, "en/head": 1})
     taken = {g: c["characters"] for g, c in mixed["groups"].items() if c["characters"]}
     assert set(taken) == {"zh/head", "zh/middle", "en/head"}
     assert 2 < (taken["zh/head"] + taken["zh/middle"]) / taken["en/head"] < 4
@@ -155,7 +155,7 @@ META_SPEC = dict(model_type="bpe", character_coverage=0.99995, input_sentence_si
 
 
 def test_trainer_settings_are_those_of_meta_tokenizer():
-    options = train.trainer_options("sample.txt", "prefix", 32000, train.CHARACTER_COVERAGE, 1)
+    options = train.trainer_options("sample.txt", "prefix", 32000, train.TokenizerSettings.character_coverage, 1)
     ours = {k: v for k, v in options.items() if k not in ("input", "model_prefix", "vocab_size", "num_threads",
                                                          "minloglevel")}
     assert set(ours) <= set(META_SPEC)
@@ -204,6 +204,34 @@ def test_vocabulary_is_reduced_for_a_small_sample(curated, tmp_path, capsys):
     assert "supports at most" in capsys.readouterr().err
     sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "tokenizer.model"))
     assert sp.get_piece_size() == manifest["vocab_size"]
+
+
+def test_command_line_settings_reach_the_trainer(curated, tmp_path, capsys):
+    train.main(["--input", str(curated[0]), "--output", str(tmp_path), "vocab_size=1000", "seed=3",
+                "max_chars=200000", "mix.en=1", "character_coverage=0.99", "threads=2"])
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["requested_vocab_size"] == manifest["vocab_size"] == 1000
+    assert manifest["seed"] == 3 and manifest["max_chars"] == 200_000 and manifest["mix"] == {"en": 1.0}
+    assert {g for g, c in manifest["sample"]["groups"].items() if c["documents"]} == {"en/head", "en/middle"}
+    assert manifest["settings"]["character_coverage"] == 0.99 and manifest["settings"]["num_threads"] == 2
+    assert json.loads(capsys.readouterr().out)["sha256"] == manifest["sha256"]
+
+
+@pytest.mark.parametrize("command, bad, message", [
+    ("tokenizer.train", "vocab_size=many", "vocab_size='many': expected an integer"),
+    ("tokenizer.train", "mix.en=-1", "mix.en=-1.0: expected a value in [0, ∞]"),
+    ("jobs.shards", "val_fraction=1.5", "val_fraction=1.5: expected a value in [0, 1]"),
+    ("jobs.shards", "add_bos=maybe", "add_bos='maybe': expected true or false"),
+])
+def test_commands_refuse_a_bad_setting_at_once_and_print_the_effective_ones(command, bad, message, tmp_path):
+    started = time.monotonic()
+    refused = subprocess.run([sys.executable, "-m", command, "--input", "in", "--output", str(tmp_path / "out"), bad],
+                             cwd=REPO_ROOT, capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr == f"error: {message}\n"  # one line, no traceback
+    assert time.monotonic() - started < 5 and not (tmp_path / "out").exists()  # before Spark or any work
+    shown = subprocess.run([sys.executable, "-m", command, "--print-settings", "seed=5", "--input", "in"],
+                           cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    assert "\nseed: 5 " in shown and "\ninput: in " in shown
 
 
 def test_large_row_groups_are_cut_into_units_that_cover_them_once(curated, model_dir, tmp_path):
@@ -342,7 +370,7 @@ def test_killed_run_resumes_to_identical_bytes(spark, curated, model_dir, tmp_pa
     units = shard_job.run(spark, str(small_row_groups), model_dir, reference, **JOB)["units"]["total"]
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "jobs.shards", "--input", str(small_row_groups), "--tokenizer", str(model_dir),
-               "--output", str(out), "--master", "local[2]", *(f"--{k.replace('_', '-')}={v}" for k, v in JOB.items())]
+               "--output", str(out), "--master", "local[2]", *(f"{k}={v}" for k, v in JOB.items())]
     job = subprocess.Popen(command, cwd=REPO_ROOT, start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120

@@ -118,11 +118,25 @@ def test_train_lm_command_line(shared_data, tmp_path):
     """The CLI on two German articles: CCNet's 65536 vocabulary is shrunk, and it says so."""
     folder = shared_data / "wikipedia" / "wikitext"
     result = subprocess.run(
-        [sys.executable, "-m", "jobs.train_lm", "--lang", "de", "--output", str(tmp_path / "lm"), "--memory", "32M",
-         "--input", str(folder / "BBDO.txt"), str(folder / "Bazooka.txt")],
+        [sys.executable, "-m", "jobs.train_lm", "--lang", "de", "--output", str(tmp_path / "lm"),
+         "--input", str(folder / "BBDO.txt"), str(folder / "Bazooka.txt"), "memory=32M", "keep_arpa=true"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "too small for a 65536-piece vocabulary" in result.stderr
     manifest = json.loads((tmp_path / "lm" / "manifest.json").read_text())["languages"]["de"]
     assert manifest["articles"] == 2 and manifest["vocab_size"] < 65536
-    assert sorted(p.name for p in (tmp_path / "lm").iterdir()) == ["de.arpa.bin", "de.sp.model", "manifest.json"]
+    assert sorted(p.name for p in (tmp_path / "lm").iterdir()) == ["de.arpa", "de.arpa.bin", "de.sp.model",
+                                                                   "manifest.json"]
+
+
+@pytest.mark.parametrize("bad, message", [("order=five", "order='five': expected an integer"),
+                                          ("threads=0", "threads=0: expected a value in [1, ∞]"),
+                                          ("vocabulary=8000", "unknown setting vocabulary")])
+def test_train_lm_refuses_a_bad_setting_at_once_and_prints_the_effective_ones(bad, message, tmp_path):
+    refused = subprocess.run([sys.executable, "-m", "jobs.train_lm", "--lang", "de", "--output", str(tmp_path / "lm"),
+                              bad], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
+    assert refused.returncode == 2 and refused.stderr.startswith(f"error: {message}")
+    assert len(refused.stderr.splitlines()) == 1 and not (tmp_path / "lm").exists()
+    shown = subprocess.run([sys.executable, "-m", "jobs.train_lm", "--print-settings", "--lang", "en,de", "vocab=8000"],
+                           cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    assert "\nvocab: 8000 " in shown and "\nlang: en,de " in shown

@@ -133,6 +133,29 @@ def test_too_few_positives_stops_with_a_count(shared_data, tmp_path):
     assert result.returncode == 3 and "--allow-wikipedia-fallback" in result.stderr
 
 
+@pytest.mark.parametrize("bad, message", [
+    (["fasttext.epoch=0"], "fasttext.epoch=0: expected a value in [1, ∞]"),
+    (["test_fraction=half"], "test_fraction='half': expected a number"),
+    (["min_positive=5"], "unknown setting min_positive"),
+    ([], "give the snapshot as --curated PARQUET_DIR and/or --pages WARC/WET…"),
+])
+def test_command_refuses_a_bad_setting_at_once(bad, message, tmp_path):
+    pages = ["--pages", "x.warc.gz"] if bad else []
+    refused = subprocess.run([sys.executable, "-m", "jobs.train_wikiref", "--wikipedia", "a.txt", *pages,
+                              "--output", str(tmp_path / "m"), *bad], capture_output=True, text=True, cwd=REPO,
+                             timeout=5)
+    assert refused.returncode == 2 and refused.stderr.startswith(f"error: {message}")
+    assert len(refused.stderr.splitlines()) == 1 and not (tmp_path / "m").exists()
+
+
+def test_command_prints_the_settings_it_would_run_with():
+    shown = subprocess.run([sys.executable, "-m", "jobs.train_wikiref", "--print-settings", "--wikipedia", "a.txt",
+                            "b.txt", "--allow-wikipedia-fallback", "fasttext.epoch=20", "min_positives=50"],
+                           capture_output=True, text=True, cwd=REPO, check=True).stdout
+    assert "\n  epoch: 20 " in shown and "\nmin_positives: 50 " in shown
+    assert "\nwikipedia: [a.txt, b.txt] " in shown and "\nallow_wikipedia_fallback: true " in shown
+
+
 def test_roc_auc_with_ties():
     assert roc_auc(np.array([1, 0, 1, 0]), np.array([0.9, 0.1, 0.8, 0.2])) == 1.0
     assert roc_auc(np.array([1, 0]), np.array([0.5, 0.5])) == 0.5

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 import sentencepiece as spm
 
 from curation import storage
+from curation.settings import setting
 from tokenizer.shards import ShardReader, ShardWriter
 
 SPLITS = ("train", "val")
@@ -46,11 +47,13 @@ UNIT_TEXT_BYTES = 128 << 20
 
 @dataclass(frozen=True)
 class ShardSettings:
-    seed: int = 0  # draws the validation documents and the order of units in the shards
-    val_fraction: float = 0.01  # share of documents held out for validation
-    shard_tokens: int = 100_000_000  # target tokens per shard (a shard ends at a document boundary)
-    add_bos: bool = True  # BOS before each document (LLaMA)
-    add_eos: bool = True  # EOS after each document
+    """How documents become token shards (recorded in plan.json: a rerun with others is refused)."""
+    seed: int = setting(0, "draws the validation documents and the order of units in the shards")
+    val_fraction: float = setting(0.01, "share of documents held out for validation", minimum=0, maximum=1)
+    shard_tokens: int = setting(100_000_000, "target tokens per shard (a shard ends at a document boundary)",
+                                minimum=1)
+    add_bos: bool = setting(True, "BOS before each document (LLaMA)")
+    add_eos: bool = setting(True, "EOS after each document")
 
 
 @dataclass(frozen=True)

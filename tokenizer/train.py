@@ -1,4 +1,6 @@
-"""Train the SentencePiece BPE tokenizer on curated Parquet: `python -m tokenizer.train`.
+"""Train the SentencePiece BPE tokenizer on curated Parquet:
+
+    python -m tokenizer.train --input DIR [--output DIR] [KEY=VALUE…]   (--print-settings: them all)
 
 Sampling is two streaming passes over the `raw_content` column: the first counts characters per
 (language, bucket) group, the second keeps a document when a seeded hash of its text falls under the
@@ -13,7 +15,6 @@ vocabulary. They are recorded in the manifest beside the model."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -21,18 +22,37 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.dataset as ds
 import sentencepiece as spm
 
+from curation.model_paths import TOKENIZER_DIR
+from curation.settings import parse_command, setting
 from tokenizer.encode import UNKNOWN, open_dataset, write_json_atomically
 from tokenizer.shards import tokenizer_hash
 
 SPECIAL_IDS = {"unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": -1}  # -1: no pad piece (LLaMA pads with eos or masks)
-CHARACTER_COVERAGE = 0.99995  # LLaMA's: the rarest 0.005 % of characters are left to byte fallback
 MAX_SENTENCE_BYTES = 4192  # LLaMA's max_sentence_length; SentencePiece skips longer lines when training
 BATCH_ROWS = 1024
+
+
+@dataclass(frozen=True)
+class TokenizerSettings:
+    """Settings of `python -m tokenizer.train`."""
+    input: str | None = setting(None, "curated Parquet file or directory (needs raw_content)", required=True)
+    output: str = setting(TOKENIZER_DIR, "directory for tokenizer.model and manifest.json")
+    vocab_size: int = setting(32000, "pieces (fewer, with a message, when the sample is too small for them)",
+                              minimum=260)
+    seed: int = setting(0, "draws the sample and SentencePiece's sentence order: same seed, same model")
+    max_chars: int = setting(200_000_000, "character budget of the sample", minimum=1)
+    mix: dict[str, float] = setting({}, "shares of the sample by language or language/bucket (mix.en=0.7 "
+                                        "mix.ja/head=0.3); {}: the input's own proportions", minimum=0)
+    character_coverage: float = setting(0.99995, "LLaMA's: the rarest 0.005 % of characters are left to byte "
+                                                 "fallback (lower it for a small vocabulary over CJK text)",
+                                        minimum=0, maximum=1)
+    threads: int | None = setting(None, "training threads (null: every core)", minimum=1)
 
 
 def iter_documents(dataset: ds.Dataset):
@@ -52,19 +72,6 @@ def doc_fraction(text: str, seed: int) -> float:
     """A stable number in [0, 1) for a document: the same text and seed always give the same one."""
     digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8, key=str(seed).encode()).digest()
     return int.from_bytes(digest, "little") / 2**64
-
-
-def parse_mix(spec: str | None) -> dict[str, float]:
-    """`en=0.6,ja=0.2,zh/head=0.2` → weights by language or language/bucket (normalised later)."""
-    if not spec:
-        return {}
-    mix = {}
-    for item in spec.split(","):
-        key, _, weight = item.partition("=")
-        if not weight:
-            raise ValueError(f"mix item {item!r} is not KEY=WEIGHT (KEY: language or language/bucket)")
-        mix[key.strip()] = float(weight)
-    return mix
 
 
 def group_budgets(chars: dict[tuple[str, str], int], mix: dict[str, float],
@@ -146,8 +153,9 @@ def fitted_vocab_size(requested: int, sample_chars: int) -> int:
     return limit
 
 
-def train(input_path, output_dir, vocab_size: int = 32000, seed: int = 0, max_chars: int = 200_000_000,
-          mix: dict[str, float] | None = None, character_coverage: float = CHARACTER_COVERAGE,
+def train(input_path, output_dir, vocab_size: int = TokenizerSettings.vocab_size,
+          seed: int = TokenizerSettings.seed, max_chars: int = TokenizerSettings.max_chars,
+          mix: dict[str, float] | None = None, character_coverage: float = TokenizerSettings.character_coverage,
           threads: int | None = None) -> dict:
     """Samples, trains and publishes `tokenizer.model` + `manifest.json` in output_dir; returns the manifest."""
     output_dir = Path(output_dir)
@@ -178,19 +186,10 @@ def train(input_path, output_dir, vocab_size: int = 32000, seed: int = 0, max_ch
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input", required=True, help="curated Parquet file or directory (needs raw_content)")
-    parser.add_argument("--output", required=True, help="directory for tokenizer.model and manifest.json")
-    parser.add_argument("--vocab-size", type=int, default=32000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-chars", type=int, default=200_000_000, help="character budget of the sample")
-    parser.add_argument("--mix", help="shares by language or language/bucket, e.g. en=0.7,ja/head=0.3")
-    parser.add_argument("--character-coverage", type=float, default=CHARACTER_COVERAGE,
-                        help="LLaMA's 0.99995 (lower it for a small vocabulary over CJK text)")
-    parser.add_argument("--threads", type=int, default=None, help="training threads (default: all cores)")
-    args = parser.parse_args(argv)
-    manifest = train(args.input, args.output, args.vocab_size, args.seed, args.max_chars,
-                     parse_mix(args.mix), args.character_coverage, args.threads)
+    settings = parse_command(TokenizerSettings, argv, prog="python -m tokenizer.train", description=__doc__,
+                             flags={"--input": "input", "--output": "output"})
+    manifest = train(settings.input, settings.output, settings.vocab_size, settings.seed, settings.max_chars,
+                     settings.mix, settings.character_coverage, settings.threads)
     print(json.dumps({k: manifest[k] for k in ("sha256", "vocab_size", "requested_vocab_size")}
                      | {"documents": manifest["sample"]["documents"], "characters": manifest["sample"]["characters"]}))
 

@@ -2,11 +2,15 @@
 
 `normalize` is what the perplexity models see; `normalize_for_dedup` is what line dedup hashes.
 They differ on purpose: dedup keeps accents and drops unicode punctuation, perplexity strips
-accents and maps unicode punctuation to ASCII.
+accents and maps unicode punctuation to ASCII. `dedup_words_utf8` gives the words of
+`normalize_for_dedup` of many texts at once as UTF-8 bytes, for MinHash's native shingles.
 """
 
 import re
 import unicodedata
+from collections.abc import Sequence
+
+import numpy as np
 
 # Unicode punctuation and its ASCII stand-in, as in cc_net (including its "１" → '"' quirk).
 UNICODE_PUNCT = {
@@ -84,3 +88,93 @@ def normalize_for_dedup(line: str) -> str:
         return line
     line = DIGIT_RE.sub("0", line.lower())
     return PUNCT_OR_NON_PRINTING_CHARS_RE.sub("", line)
+
+
+# ---------------------------------------------------------------------------------------------
+# normalize_for_dedup's words at the byte level, for a batch of texts (MinHash's native scheme)
+
+KEEP, SPACE, DIGIT, DELETE = 0, 1, 2, 3
+_UNKNOWN = 255
+_REMOVED = frozenset(UNICODE_PUNCT) | frozenset(NON_PRINTING_CHARS)
+
+
+def dedup_char_class(char: str) -> int:
+    """What `normalize_for_dedup` (after `str.split`) does with a lowercased character: SPACE (a
+    word boundary: str.split's whitespace), DIGIT (→ "0": re's \\d), DELETE (unicode punctuation,
+    control characters), or KEEP. Digits first, as normalize_for_dedup maps them before removing."""
+    if char.isspace():
+        return SPACE
+    if DIGIT_RE.match(char):
+        return DIGIT
+    return DELETE if char in _REMOVED else KEEP
+
+
+# ASCII in one bytes.translate per text (UTF-8 continuation bytes are never ASCII): whitespace → " ",
+# digits → "0", the other control characters deleted; bytes ≥ 0x80 pass through to numpy.
+_ASCII_CLASS = [dedup_char_class(chr(c)) for c in range(128)]
+_ASCII_MAP = bytes(32 if c < 128 and _ASCII_CLASS[c] == SPACE else 48 if c < 128 and _ASCII_CLASS[c] == DIGIT
+                   else c for c in range(256))
+_ASCII_DELETE = bytes(c for c in range(128) if _ASCII_CLASS[c] == DELETE)
+
+
+class _CodepointClasses:
+    """`dedup_char_class` of every code point as one uint8 table, each filled when first met (the
+    distinct non-ASCII characters of a process are few; classifying all 1.1 million costs seconds)."""
+
+    def __init__(self):
+        self.table: np.ndarray | None = None
+
+    def __call__(self, codepoints: np.ndarray) -> np.ndarray:
+        if self.table is None:
+            self.table = np.full(0x110000, _UNKNOWN, np.uint8)
+        classes = self.table[codepoints]
+        unknown = classes == _UNKNOWN
+        if unknown.any():
+            for code in np.unique(codepoints[unknown]).tolist():
+                self.table[code] = dedup_char_class(chr(code))
+            classes = self.table[codepoints]
+        return classes
+
+
+_CODEPOINT_CLASSES = _CodepointClasses()
+
+
+def _utf8_codepoints(data: np.ndarray, lead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(code point, length in bytes) of the multi-byte UTF-8 characters starting at `lead`."""
+    last = len(data) - 1
+    b0 = data[lead].astype(np.uint32)
+    b1, b2, b3 = ((data[np.minimum(lead + k, last)] & 0x3F).astype(np.uint32) for k in (1, 2, 3))
+    size = 2 + (b0 >= 0xE0) + (b0 >= 0xF0)
+    code = np.where(size == 2, (b0 & 0x1F) << 6 | b1,
+                    np.where(size == 3, (b0 & 0x0F) << 12 | b1 << 6 | b2,
+                             (b0 & 0x07) << 18 | b1 << 12 | b2 << 6 | b3))
+    return code, size
+
+
+def _apply_non_ascii_classes(data: np.ndarray) -> np.ndarray:
+    """`data` with its non-ASCII whitespace made b" ", digits b"0", punctuation and controls deleted."""
+    lead = np.flatnonzero(data >= 0xC0)
+    if not len(lead):
+        return data
+    codes, size = _utf8_codepoints(data, lead)
+    classes = _CODEPOINT_CLASSES(codes)
+    special = classes != KEEP
+    if not special.any():
+        return data
+    at, size, classes = lead[special], size[special], classes[special]
+    data = data.copy()
+    data[at[classes == SPACE]] = 32
+    data[at[classes == DIGIT]] = 48
+    tails = size - 1  # every special character keeps at most its first byte
+    tail_positions = np.repeat(at + 1 - (np.cumsum(tails) - tails), tails) + np.arange(int(tails.sum()))
+    return np.delete(data, np.concatenate([at[classes == DELETE], tail_positions]))
+
+
+def dedup_words_utf8(texts: Sequence[str]) -> np.ndarray:
+    """The words of `normalize_for_dedup(" ".join(text.split()))` of every text, as one uint8 array of
+    UTF-8: words separated by runs of b" ", each text followed by b"\\n" (so `bytes(result).split(b"\\n")`
+    holds each text's words). A few C-level string calls per text and numpy over the batch; no Python
+    step per word or character. Lone surrogates pass through (encoded as by "surrogatepass")."""
+    parts = [text.lower().encode("utf-8", "surrogatepass").translate(_ASCII_MAP, _ASCII_DELETE) for text in texts]
+    parts.append(b"")
+    return _apply_non_ascii_classes(np.frombuffer(b"\n".join(parts), np.uint8))

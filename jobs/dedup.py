@@ -49,7 +49,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 from curation import storage
 from curation.dedup_lines import GroupDedup, LineDedupSettings
 from curation.extract import ExtractSettings
-from curation.minhash import MinHasher, MinHashSettings, band_key_bytes, document_signatures
+from curation.minhash import MinHasher, MinHashSettings, band_key_bytes, document_signatures, make_hasher
 from curation.settings import exit_with_error, parse_command, section, setting
 from jobs.storage_io import read_parquet, write_parquet
 
@@ -157,13 +157,13 @@ def line_dedup(df: DataFrame, group: str | list[str] | None = None, settings: Li
 # MinHash
 
 
-def signature_column(texts: list[str], params: MinHashSettings, hasher: MinHasher) -> pa.Array:
-    """The MinHash signatures of `texts` as a list<int32> column (the uint32 values' bits): null for a
-    text with no shingles, which is never a candidate. `params` resolved."""
+def signature_column(texts: list[str], params: MinHashSettings, hasher: MinHasher | None = None) -> pa.Array:
+    """The MinHash signatures of `texts` (by `params.scheme`) as a list<int32> column (the uint32
+    values' bits): null for a text with no shingles, which is never a candidate. `hasher`:
+    `curation.minhash.make_hasher(params)`, made once for many batches (one of other settings: ValueError)."""
     sigs, has_shingles = document_signatures(texts, params, hasher)
     offsets = pa.array(np.arange(len(texts) + 1, dtype=np.int32) * params.num_perm)
-    return pa.ListArray.from_arrays(offsets, pa.array(sigs.reshape(-1).view(np.int32)),
-                                    mask=pa.array([not has for has in has_shingles]))
+    return pa.ListArray.from_arrays(offsets, pa.array(sigs.reshape(-1).view(np.int32)), mask=pa.array(~has_shingles))
 
 
 def with_signatures(df: DataFrame, settings: MinHashSettings) -> DataFrame:
@@ -171,7 +171,7 @@ def with_signatures(df: DataFrame, settings: MinHashSettings) -> DataFrame:
     params = settings.resolved()
 
     def fn(batches):
-        hasher = MinHasher(params.num_perm, params.seed, params.ngram)
+        hasher = make_hasher(params)
         for batch in batches:
             texts = [t or "" for t in batch.column("raw_content").to_pylist()]
             yield pa.RecordBatch.from_arrays([batch.column(ID), signature_column(texts, params, hasher)],
@@ -339,7 +339,8 @@ def minhash_clusters(df: DataFrame, settings: MinHashSettings = MinHashSettings(
                  .withColumn("minhash_cluster", F.coalesce(F.col("component"), F.col(ID)))
                  .withColumn("_linked", F.col("component").isNotNull())
                  .drop("node", "component"))
-    stats = {"bands": params.bands, "rows": params.rows, "ngram": params.ngram, "num_perm": params.num_perm,
+    stats = {"scheme": params.scheme, "bands": params.bands, "rows": params.rows, "ngram": params.ngram,
+             "num_perm": params.num_perm,
              "threshold": params.threshold, "verify": params.verify, "cc_iterations": iterations}
     return clustered, stats
 
@@ -362,7 +363,7 @@ def minhash_dedup(df: DataFrame, settings: MinHashSettings = MinHashSettings(), 
     documents' keys (partial aggregation first, so a cluster of a million copies is a few rows per
     task, never one task holding the cluster), joined back to the documents on `_doc_id`.
     Returns the kept documents (persisted; `_doc_id` added) and {"in", "out", "dropped":
-    {"near_duplicate"}, "clusters" (of size > 1), "cluster_sizes": {size: clusters}, "bands",
+    {"near_duplicate"}, "clusters" (of size > 1), "cluster_sizes": {size: clusters}, "scheme", "bands",
     "rows", "ngram", "num_perm", "threshold", "verify", "cc_iterations", "seconds"}.
     With drop_duplicates=False, every document comes back with a boolean `minhash_keep` instead.
     `signatures`: as in `minhash_clusters`."""

@@ -54,8 +54,9 @@ $(VENV)/bin/lmplz: $(VENV)/.installed
 $(CLASS_ARCHIVE).size: $(VENV)/.installed $(LIBJVM)
 	$(PY) -m jobs.spark
 
+# The suite, then its 15 slowest tests (what to look at when it grows past its 10 minutes).
 test:
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 lint:
 	$(VENV)/bin/ruff check .

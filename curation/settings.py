@@ -244,7 +244,7 @@ def parse_command(cls, argv: list[str] | None = None, *, prog: str, description:
     parser.add_argument("overrides", nargs="*", metavar=f"{arguments.upper()}|KEY=VALUE" if arguments else "KEY=VALUE",
                         help=(f"{_field_at(cls, arguments)[1]}, and " if arguments else "") +
                         "settings, e.g. a.b=1 (see --print-settings)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # flags before or after the KEY=VALUE settings
     for key in flags.values():  # `--input A B key=value`: the list flag took the settings after it
         values = getattr(args, key)
         if isinstance(values, list):

@@ -51,6 +51,7 @@ from curation.dedup_lines import GroupDedup, LineDedupSettings
 from curation.extract import ExtractSettings
 from curation.minhash import MinHasher, MinHashSettings, band_key_bytes, document_signatures, make_hasher
 from curation.settings import exit_with_error, parse_command, section, setting
+from jobs.spark import master_setting
 from jobs.storage_io import read_parquet, write_parquet
 
 log = logging.getLogger("dedup")
@@ -408,7 +409,7 @@ class DedupSettings:
     steps: list[Literal["lines", "minhash"]] = setting(["lines", "minhash"], "what runs: lines (line dedup), "
                                                        "minhash (near-duplicates), lines first")
     group: list[str] = setting([], "column(s) whose values are line dedup's groups ([]: the input is one group)")
-    master: str | None = setting(None, "Spark master of a local run (null: local[*]); spark-submit's stands")
+    master: str | None = master_setting()
     extract: ExtractSettings = section(ExtractSettings)
     line_dedup: LineDedupSettings = section(LineDedupSettings)
     minhash: MinHashSettings = section(MinHashSettings)

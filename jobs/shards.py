@@ -29,7 +29,7 @@ from pyspark.sql import SparkSession
 from curation import storage
 from curation.model_paths import TOKENIZER_DIR
 from curation.settings import exit_with_error, parse_command, part_of, setting
-from jobs.spark import claimed_session
+from jobs.spark import claimed_session, master_setting
 from tokenizer.encode import (
     SPLITS,
     ShardSettings,
@@ -219,7 +219,7 @@ class ShardsCommand(ShardSettings):
                                 required=True)
     tokenizer: str = setting(TOKENIZER_DIR, "directory holding tokenizer.model, or the model file")
     output: str | None = setting(None, "shard directory, local or a URI (rerunning resumes it)", required=True)
-    master: str | None = setting(None, "Spark master of a local run (null: local[*]); spark-submit's stands")
+    master: str | None = master_setting()
 
 
 FLAGS = {"--input": "input", "--tokenizer": "tokenizer", "--output": "output", "--master": "master"}

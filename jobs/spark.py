@@ -21,21 +21,30 @@ from pyspark.sql import SparkSession
 
 from curation import storage
 from curation.redact import SPARK_REDACTION_REGEX, install_redaction
+from curation.settings import setting
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOG4J_CONFIG = Path(__file__).resolve().parent / "log4j2.properties"
 LOOPBACK = "127.0.0.1"
 UI_SETTING = "CCURATE_SPARK_UI"  # environment variable: 1 turns Spark's web UI on for a local run
-FULL_JIT_SETTING = "CCURATE_SPARK_FULL_JIT"  # environment variable: 1 gives a local run's JVM its default JIT and GC
-# A local run's JVM compiles with C1 only and collects with the serial GC: it moves Arrow batches and
-# Parquet pages while Python does the work, and C2's compiler threads and G1's concurrent ones cost
-# more than they save (bench/ccnet.py, 20,910 documents: the JVM's CPU 45 s → 21 s).
-LEAN_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
-# A class-data sharing archive of a local run's JVM (`make setup` writes it: write_class_archive): the JVM maps the
-# classes of the jobs' path from it instead of loading and verifying them from Spark's jars (spark_session() to a
-# first job's end about halves: 13.3 s → 6.4 s and 15.9 s → 8.7 s on 2 busy cores).
+# Environment variable: speed devices of a local run to leave off (comma-separated names of DEVICES, or
+# `all`): how the benchmarks measure what each one is worth, and how to rule one out.
+DEVICES_OFF_SETTING = "CCURATE_DEVICES_OFF"
+DEVICES = ("lean_jvm", "class_archive", "bytecode_daemon", "pandas_while_jvm_starts", "pandas_before_fork")
+# A class-data sharing archive of a local run's JVM (`make setup` writes it: write_class_archive).
 CLASS_ARCHIVE = REPO_ROOT / "build" / "spark-driver.jsa"
 JVM_EXIT_SECONDS = 120  # how long end_jvm waits for the JVM to run its shutdown hooks and exit
+
+
+def master_setting():
+    """The `master` setting of every Spark job's settings (one meaning, written once)."""
+    return setting(None, "Spark master of a local run (null: local[*]); under spark-submit, the cluster's")
+
+
+def device_on(name: str) -> bool:
+    """Whether the speed device `name` (one of DEVICES) is on: unless CCURATE_DEVICES_OFF names it."""
+    off = {item.strip() for item in os.environ.get(DEVICES_OFF_SETTING, "").split(",")}
+    return name not in off and "all" not in off
 
 
 def launched_by_spark_submit() -> bool:
@@ -75,22 +84,12 @@ def local_conf(log_file: Path, dump_class_archive: Path | None = None) -> dict[s
     """Spark settings of a local run: its log in `log_file`, and nothing reachable from another
     machine. The driver's RPC server and its block manager (local mode has no other) listen on
     127.0.0.1; the web UI is off unless CCURATE_SPARK_UI=1, and then on 127.0.0.1 without its
-    kill links. The JVM runs with `LEAN_JVM_OPTIONS` unless CCURATE_SPARK_FULL_JIT=1, and maps
-    `CLASS_ARCHIVE` when it is whole; with `dump_class_archive` it writes there, when it exits, the
-    classes it loaded instead. Then its CDS messages go to `jvm_log_file`, not to the console. Its
-    Python workers are forked by `jobs.worker_daemon` (the installed pyspark, not Spark's zip)."""
-    ui, full_jit = env_flag(UI_SETTING), env_flag(FULL_JIT_SETTING)
-    java_options = [f"-Dlog4j2.configurationFile=file:{LOG4J_CONFIG}", f"-Dccurate.log.file={log_file}"]
-    if not full_jit:
-        java_options.append(LEAN_JVM_OPTIONS)
-    class_options = (f"-XX:ArchiveClassesAtExit={dump_class_archive}" if dump_class_archive
-                     else f"-XX:SharedArchiveFile={CLASS_ARCHIVE} -XX:+VerifySharedSpaces"
-                     if whole_class_archive(CLASS_ARCHIVE) else "")
-    if class_options:
-        # The JVM's own log file (it empties the file when it opens it): quoted for -Xlog (a ':' or ',' in the
-        # path), and the quotes escaped for Spark's launcher, which strips them.
-        java_options += [class_options,
-                         f'-Xlog:cds*=off -Xlog:cds*=warning:file=\\"{jvm_log_file(log_file)}\\"::filecount=0']
+    kill links. With `dump_class_archive`, the JVM writes there, when it exits, the classes it loaded
+    (`write_class_archive`). The speed devices: `lean_jvm_options`, `class_archive_options`,
+    `bytecode_daemon_conf`."""
+    java_options = [f"-Dlog4j2.configurationFile=file:{LOG4J_CONFIG}", f"-Dccurate.log.file={log_file}",
+                    *lean_jvm_options(), *class_archive_options(log_file, dump_class_archive)]
+    ui = env_flag(UI_SETTING)
     return {
         "spark.driver.extraJavaOptions": " ".join(java_options),
         "spark.ui.showConsoleProgress": "true",
@@ -101,11 +100,59 @@ def local_conf(log_file: Path, dump_class_archive: Path | None = None) -> dict[s
         "spark.ui.enabled": str(ui).lower(),
         "spark.ui.killEnabled": "false",
         "spark.redaction.regex": SPARK_REDACTION_REGEX,
-        "spark.python.daemon.module": "jobs.worker_daemon",
         # Hadoop's local file system sets the mode of the files it writes from its own umask (022
         # by default), not the process's: give it the user's.
         "spark.hadoop.fs.permissions.umask-mode": f"{process_umask():03o}",
+        **bytecode_daemon_conf(),
     }
+
+
+# ---- the speed devices of a local run: each measured, each switchable (CCURATE_DEVICES_OFF) --------
+
+def lean_jvm_options() -> list[str]:
+    """The JVM compiles with C1 only and collects with the serial GC: it moves Arrow batches and
+    Parquet pages while Python does the work, and C2's compiler threads and G1's concurrent ones cost
+    more than they save on a few cores. Measured: see README (Speed devices)."""
+    return ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"] if device_on("lean_jvm") else []
+
+
+def class_archive_options(log_file: Path, dump: Path | None = None) -> list[str]:
+    """The JVM maps the classes of the jobs' path from `CLASS_ARCHIVE` (`make setup` dumps it from a
+    small real session) instead of loading and verifying them from Spark's jars; a stale or damaged
+    archive the JVM merely leaves unused (its CDS messages go to `jvm_log_file`). Measured: see README
+    (Speed devices)."""
+    if dump:
+        options = f"-XX:ArchiveClassesAtExit={dump}"
+    elif device_on("class_archive") and whole_class_archive(CLASS_ARCHIVE):
+        options = f"-XX:SharedArchiveFile={CLASS_ARCHIVE} -XX:+VerifySharedSpaces"
+    else:
+        return []
+    # The JVM's own log file (it empties the file when it opens it): quoted for -Xlog (a ':' or ',' in the
+    # path), and the quotes escaped for Spark's launcher, which strips them.
+    return [options, f'-Xlog:cds*=off -Xlog:cds*=warning:file=\\"{jvm_log_file(log_file)}\\"::filecount=0']
+
+
+def bytecode_daemon_conf() -> dict[str, str]:
+    """Python workers forked by `jobs.worker_daemon`, which imports the installed pyspark (with its
+    bytecode) instead of Spark's zip of its sources, compiled again by every worker. Measured: see
+    README (Speed devices)."""
+    return {"spark.python.daemon.module": "jobs.worker_daemon"} if device_on("bytecode_daemon") else {}
+
+
+def import_pandas_while_jvm_starts() -> None:
+    """pyspark imports pandas as it builds the session (its Py4J converters look for it): 0.3-0.6 s of
+    CPU while the JVM waits. Imported in a thread meanwhile, it is there when pyspark asks. Measured:
+    see README (Speed devices)."""
+    if device_on("pandas_while_jvm_starts"):
+        threading.Thread(target=importlib.import_module, args=("pandas",), name="import-pandas", daemon=True).start()
+
+
+def import_pandas_before_fork() -> None:
+    """pyarrow imports pandas at its first array made from Python objects (0.6 s of CPU): a phase-1
+    task imports it before it forks its child, instead of every child importing it again. Measured:
+    see README (Speed devices)."""
+    if device_on("pandas_before_fork"):
+        import pandas  # noqa: F401
 
 
 def run_log_file(output: str, job: str) -> str:
@@ -146,9 +193,7 @@ def spark_session(app_name: str, master: str | None = None, log_file: str | os.P
         conf = {**local_conf(log_file), **(conf or {})}
     for key, value in (conf or {}).items():
         builder = builder.config(key, value)
-    # pyspark imports pandas as it builds the session (its Py4J converters look for it): 0.3-0.6 s of
-    # CPU while the JVM waits. Imported in a thread meanwhile, it is there when pyspark asks.
-    threading.Thread(target=importlib.import_module, args=("pandas",), name="import-pandas", daemon=True).start()
+    import_pandas_while_jvm_starts()
     return builder.getOrCreate()
 
 
@@ -164,12 +209,6 @@ def end_jvm(timeout: float = JVM_EXIT_SECONDS) -> int:
         print(f"warning: Spark's JVM did not exit in {timeout} s: killed", file=sys.stderr)
         jvm.kill()
         return jvm.wait()
-
-
-def import_pandas_before_fork() -> None:
-    """pyarrow imports pandas at its first array made from Python objects (0.6 s of CPU): a phase-1
-    task imports it before it forks its child, instead of every child importing it again."""
-    import pandas  # noqa: F401
 
 
 @contextmanager

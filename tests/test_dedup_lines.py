@@ -186,7 +186,7 @@ def test_cli(spark, shared_data, tmp_path):
     copy = dict(docs[5], url=docs[5]["url"] + "?copy")            # an exact copy of a page body
     pq.write_table(pa.Table.from_pylist(docs + [copy]), tmp_path / "in.parquet")
     stats = main(["--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "out"),
-                  "--steps", "minhash", "--master", "local[2]"])
+                  "steps=[minhash]", "--master", "local[2]"])
     written = pq.read_table(tmp_path / "out" / "data").to_pylist()
     assert json.loads((tmp_path / "out" / "stats.json").read_text())["minhash"]["in"] == len(docs) + 1
     assert stats["minhash"]["out"] == len(written) <= len(docs)

@@ -1,6 +1,7 @@
 """Typed settings, the document schema and stage timing: one place for each rule."""
 
 import dataclasses
+import os
 import subprocess
 import sys
 import time
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from curation import schema
+from curation.model_paths import LM_DIR, WIKIREF_MODEL
 from curation.pipeline import Stage, run_stages
 from curation.settings import SettingsError, load_settings, parse_command, part_of, setting
 from jobs.curate import ANNOTATED, CurateSettings
@@ -21,10 +23,13 @@ def test_defaults_live_in_the_stage_modules_and_config_file_is_their_listing():
     settings = load_settings(CurateSettings)
     assert settings.extract.min_length == 300 and settings.langid.threshold == 0.5
     assert settings.wikiref.threshold == 0.25 and settings.minhash.num_perm == 128
-    listing = subprocess.run([sys.executable, "-m", "jobs.curate", "--print-settings"], cwd=REPO_ROOT,
+    environment = {name: value for name, value in os.environ.items() if name != "CCURATE_MODELS"}  # the defaults
+    listing = subprocess.run([sys.executable, "-m", "jobs.curate", "--print-settings"], cwd=REPO_ROOT, env=environment,
                              capture_output=True, text=True, check=True).stdout
-    assert (REPO_ROOT / "config" / "curate.yaml").read_text() == listing  # regenerate it when this fails
-    assert load_settings(CurateSettings, REPO_ROOT / "config" / "curate.yaml") == settings
+    # Regenerate it when this fails: `python -m jobs.curate --print-settings > config/curate.yaml`.
+    assert (REPO_ROOT / "config" / "curate.yaml").read_text() == listing
+    assert load_settings(CurateSettings, REPO_ROOT / "config" / "curate.yaml", [
+        f"perplexity.models={LM_DIR}", f"wikiref.model={WIKIREF_MODEL}"]) == settings
 
 
 def test_yaml_file_and_overrides_are_typed(tmp_path):
@@ -115,7 +120,7 @@ def test_readme_column_table_is_the_schema():
 def test_every_field_a_stage_writes_is_in_the_schema():
     from curation.extract import ExtractStage
     from curation.minhash import MinHashDedupStage
-    from jobs.curate import ROW_STAGES
+    from curation.stages import ROW_STAGES
 
     for stage in (ExtractStage, *ROW_STAGES, MinHashDedupStage):
         assert stage.writes and set(stage.writes) <= set(schema.BY_NAME), stage

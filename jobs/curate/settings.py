@@ -13,11 +13,12 @@ from curation.minhash import MinHashSettings
 from curation.settings import InputSettings, PartitionSettings, RunSettings, section, setting
 from curation.stages import ROW_STAGES
 from curation.warc import ReadSettings
+from jobs.spark import master_setting
 
 CurateSettings = dataclasses.make_dataclass("CurateSettings", [
     ("output", str | None, setting(None, "the run directory, a local path or URI (re-using one resumes it)",
                                    required=True)),
-    ("master", str | None, setting(None, "Spark master of a local run (null: local[*]); spark-submit sets its own")),
+    ("master", str | None, master_setting()),
     ("input", InputSettings, section(InputSettings)),
     ("read", ReadSettings, section(ReadSettings)),
     ("extract", ExtractSettings, section(ExtractSettings)),

@@ -171,3 +171,31 @@ def test_exponent_numbers_are_numbers_and_a_repeated_list_flag_adds(tmp_path):
     settings = parse_command(Listing, ["--path", "a", "--path", "b", "c", "rate=1e-2"], prog="t", description="",
                              flags={"--path": "paths"})
     assert settings == Listing(paths=["a", "b", "c"], rate=0.01)
+
+
+# Every command's front door, one bad value each: the name, type or range of a setting it has.
+BAD_VALUES = {
+    "jobs.curate": "langid.threshold=high", "jobs.dedup": "minhash.num_perm=-3", "jobs.shards": "val_fraction=2",
+    "jobs.train_lm": "order=five", "jobs.cutoffs": "sample=-1", "jobs.train_wikiref": "min_positives=many",
+    "tokenizer.train": "vocab_size=12", "trainer.train": "batch_size=0", "trainer.finetune": "lora_r=x",
+    "trainer.ablate": "max_tokens=none", "curation.score": "no_such_setting=1",
+}
+
+
+@pytest.mark.parametrize("command", sorted(BAD_VALUES))
+def test_every_command_refuses_a_bad_value_in_one_line_with_exit_2_quickly(command, tmp_path):
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", command, BAD_VALUES[command]], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    seconds = time.monotonic() - started
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert BAD_VALUES[command].split("=")[0] in result.stderr and "Traceback" not in result.stderr
+    assert seconds < 5, f"{command} took {seconds:.1f} s to refuse a bad value"
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_print_settings_read_in_part_ends_quietly():
+    result = subprocess.run(f"{sys.executable} -m jobs.curate --print-settings | head -1", shell=True, cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.stdout.startswith("# The settings of") and result.stderr == ""  # no BrokenPipeError

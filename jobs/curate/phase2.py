@@ -32,7 +32,7 @@ from curation.dedup_lines import (
     duplicated_hashes,
     hashes_of,
 )
-from curation.minhash import MinHasher
+from curation.minhash import make_hasher, signature_settings
 from curation.pipeline import Stage, merge_stats, run_stages, stage_stats
 from curation.settings import as_dict
 from curation.stages import ROW_STAGES, model_files
@@ -64,9 +64,8 @@ def fingerprint(settings, stages: tuple[type[Stage], ...], direct: bool) -> str:
     registered stage's (whether it runs, its settings, its models' files by size and modification
     time), the signatures' parameters, and where the documents went (`direct`: straight into the
     curated layout). A group stored under another fingerprint is made again."""
-    minhash = settings.minhash
     made_by: dict = {"line_dedup": as_dict(settings.line_dedup), "curated_directly": direct,
-                     "signatures": [minhash.enabled, minhash.num_perm, minhash.seed, minhash.ngram, minhash.max_chars]}
+                     "signatures": signature_settings(settings.minhash)}
     for stage in ROW_STAGES:
         section = getattr(settings, stage.name)
         made_by[stage.name] = {"runs": stage in stages, "settings": as_dict(section), "models": {
@@ -166,7 +165,7 @@ def write_with_signatures(batches, location: str, minhash, counts: dict) -> dict
     the signatures' seconds go to counts["minhash"]."""
     # Only with MinHash on: resolving its bands imports datasketch and scipy (0.7 s of CPU a worker).
     params = minhash.resolved() if minhash.enabled else None
-    hasher = MinHasher(params.num_perm, params.seed, params.ngram) if params else None
+    hasher = make_hasher(params) if params else None
     seconds, rows = 0.0, 0
     with storage.atomic_output(location) as stream, pq.ParquetWriter(stream, STORED, compression="zstd") as out:
         for docs in batches:

@@ -94,7 +94,8 @@ bench:
 	for b in $(BENCHES); do echo "== bench.$$b"; $(PY) -m bench.$$b || exit 1; done
 
 # --- trainer ---
-# `make pretrain` trains the tiny CPU preset on the shards of `make shards` for a few minutes.
+# `make pretrain` trains the tiny CPU preset on the shards of `make shards` for a few minutes (MIXTURE=FILE: on
+# LLaMA's mixture that `make mixture MIXTURE=FILE` built).
 # PRETRAIN_CONFIG picks another JSON config; ARGS passes KEY=VALUE settings (e.g. max_steps=1000; the list:
 # `python -m trainer.train --print-settings`);
 # NPROC=8 runs that many processes on this machine under torchrun (the config says DDP or FSDP), e.g.
@@ -107,9 +108,19 @@ PRETRAIN_DATA ?= runs/local/shards
 NPROC ?= 1
 PRETRAIN_LAUNCH := $(if $(filter 1,$(NPROC)),$(PY),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC))
 pretrain:
-	@if ! ls $(PRETRAIN_DATA)/train-*.idx >/dev/null 2>&1; then \
+	@if [ -z "$(MIXTURE)" ] && ! ls $(PRETRAIN_DATA)/train-*.idx >/dev/null 2>&1; then \
 		echo "no token shards in $(PRETRAIN_DATA): run \`make shards\` first"; exit 2; fi
-	$(PRETRAIN_LAUNCH) -m trainer.train --config $(PRETRAIN_CONFIG) data_dir=$(PRETRAIN_DATA) $(ARGS)
+	$(PRETRAIN_LAUNCH) -m trainer.train --config $(PRETRAIN_CONFIG) \
+		$(if $(MIXTURE),mixture=$(MIXTURE),data_dir=$(PRETRAIN_DATA)) $(ARGS)
+
+# `make mixture` builds LLaMA's mixture of MIXTURE (default config/mixture.yaml: every setting, Table 1's shares):
+# one tokenizer over a sample of every source, token shards per source and mixture.json in its output
+# (runs/local/mixture; rerunning resumes); `make pretrain MIXTURE=config/mixture.yaml` then draws each batch from
+# the sources by their shares. ARGS passes KEY=VALUE settings (missing=drop tokenizer.vocab_size=8000
+# github.proportion=0.1; the list: `python -m jobs.mixture --print-settings`).
+.PHONY: mixture
+mixture:
+	$(PY) -m jobs.mixture --config $(or $(MIXTURE),config/mixture.yaml) $(ARGS)
 
 # `make finetune DATA=alpaca_data.json CHECKPOINT=runs/local/pretrain/model.pt`: instruction tuning with LoRA
 # adapters (alpaca-lora's settings) into FINETUNE_OUT; MODE=full trains every weight (Alpaca's recipe; with

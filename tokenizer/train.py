@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,7 +94,8 @@ def group_budgets(chars: dict[tuple[str, str], int], mix: dict[str, float],
 
 
 def write_sample(input_path, sample_file, seed: int, max_chars: int, mix: dict[str, float]) -> dict:
-    """Writes the sampled documents line by line (SentencePiece trains on lines); returns counts."""
+    """Writes the sampled documents line by line (SentencePiece trains on lines); returns counts (of nothing
+    when the budget is below the size of the few documents it could draw)."""
     dataset = open_dataset(input_path)
     chars = Counter()
     for lang, bucket, text in iter_documents(dataset):
@@ -117,8 +119,6 @@ def write_sample(input_path, sample_file, seed: int, max_chars: int, mix: dict[s
                 elif line.strip():
                     out.write(line + "\n")
                     sentences += 1
-    if not sentences:
-        raise ValueError(f"{input_path}: the sample is empty (mix {mix or 'natural'}, budget {max_chars} chars)")
     return {"documents": sum(docs.values()), "characters": sum(kept_chars.values()), "sentences": sentences,
             "long_lines_left_out": {"lines": long_lines["lines"], "characters": long_lines["characters"]},
             "groups": {f"{lang}/{b}": {"input_characters": chars[(lang, b)], "documents": docs[(lang, b)],
@@ -157,14 +157,29 @@ def train(input_path, output_dir, vocab_size: int = TokenizerSettings.vocab_size
           seed: int = TokenizerSettings.seed, max_chars: int = TokenizerSettings.max_chars,
           mix: dict[str, float] | None = None, character_coverage: float = TokenizerSettings.character_coverage,
           threads: int | None = None) -> dict:
-    """Samples, trains and publishes `tokenizer.model` + `manifest.json` in output_dir; returns the manifest."""
+    """Samples `input_path`, trains and publishes `tokenizer.model` + `manifest.json` in output_dir; returns the
+    manifest."""
+    def sample(sample_file: str) -> dict:
+        return write_sample(input_path, sample_file, seed, max_chars, mix or {})
+
+    return train_on_sample(sample, output_dir, vocab_size, seed, character_coverage, threads,
+                           {"input": str(input_path), "max_chars": max_chars, "mix": mix or {}})
+
+
+def train_on_sample(write: Callable[[str], dict], output_dir, vocab_size: int, seed: int, character_coverage: float,
+                    threads: int | None, about: dict) -> dict:
+    """Trains on the lines `write(path)` puts in a file (returning their counts, as `write_sample` does) and
+    publishes `tokenizer.model` + `manifest.json` (with `about`: what the sample was drawn from) in output_dir;
+    returns the manifest. `jobs.mixture` writes a sample of several sources this way."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     threads = threads or os.cpu_count() or 1
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=output_dir, prefix=".train-") as tmp:
         sample_file = os.path.join(tmp, "sample.txt")
-        sample = write_sample(input_path, sample_file, seed, max_chars, mix or {})
+        sample = write(sample_file)
+        if not sample["sentences"]:
+            raise ValueError(f"the tokenizer's sample is empty (drawn from {about})")
         trained_size = fitted_vocab_size(vocab_size, sample["characters"] - sample["long_lines_left_out"]["characters"])
         options = trainer_options(sample_file, os.path.join(tmp, "tokenizer"), trained_size,
                                   character_coverage, threads)
@@ -176,8 +191,7 @@ def train(input_path, output_dir, vocab_size: int = TokenizerSettings.vocab_size
     manifest = {
         "model": "tokenizer.model", "sha256": tokenizer_hash(model_path).hex(),
         "model_type": "bpe", "vocab_size": trained_size, "requested_vocab_size": vocab_size,
-        **SPECIAL_IDS, "input": str(input_path), "seed": seed, "max_chars": max_chars, "mix": mix or {},
-        "sample": sample,
+        **SPECIAL_IDS, **about, "seed": seed, "sample": sample,
         "settings": {k: v for k, v in options.items() if k not in ("input", "model_prefix", "minloglevel")},
         "sentencepiece_version": spm.__version__, "seconds": round(time.perf_counter() - started, 2),
     }

@@ -25,7 +25,9 @@ class TrainConfig:
     preset: PresetName = setting("tiny", "model size from trainer.model.PRESETS")
     data_dir: str = setting("runs/local/shards", "directory (local path or URI, e.g. s3://) of train-*.idx / "
                                                  "val-*.idx shards")
-    out_dir: str = setting("runs/local/pretrain", "checkpoint, log and loss curve go here")
+    mixture: str | None = setting(None, "LLaMA's mixture instead of data_dir: its settings file (config/mixture.yaml) "
+                                        "once `make mixture` built it; each batch draws from its sources by share")
+    out_dir: str = setting("runs/local/pretrain", "checkpoint, log, loss curve and report.html go here")
     seq_len: int = setting(128, "tokens of context per training window", minimum=1)
     batch_size: int = setting(16, "windows per micro-batch per process", minimum=1)
     grad_accum: int = setting(1, "micro-batches summed into one optimizer step (unless global_batch_tokens is set)",

@@ -4,7 +4,8 @@ The token stream of each shard (documents back to back, each starting with BOS) 
 windows of `seq_len + 1` tokens that overlap by one, so every token is a target exactly once per
 epoch. An epoch visits all windows of all shards in a pseudo-random order drawn from (seed, epoch);
 the position in that order is the data cursor. The cursor and the shard list go into checkpoints, so
-a resumed run reads exactly the tokens the uninterrupted run would have read.
+a resumed run reads exactly the tokens the uninterrupted run would have read. (LLaMA's mixture of several
+shard folders, one per source, is trainer.mixture.)
 
 Scale: each shard's header is validated once, then its tokens file is opened only for the duration
 of a read, so thousands of shards hold no file handles between reads (`ulimit -n` stays irrelevant).
@@ -150,6 +151,7 @@ class TrainLoader:
 
     def __init__(self, directory: str | Path, seq_len: int, batch_size: int, seed: int = 0,
                  rank: int = 0, world_size: int = 1, expected_tokenizer_sha256: bytes | None = None):
+        self.directory = directory
         self.shards = find_shards(directory, "train", expected_tokenizer_sha256)
         self.windows = TokenWindows(self.shards, seq_len)
         self.vocab_size = self.shards[0].vocab_size
@@ -157,6 +159,14 @@ class TrainLoader:
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.epoch, self.position = 0, 0
         self._order = WindowOrder(len(self.windows), seed, self.epoch)
+
+    @property
+    def num_windows(self) -> int:
+        return len(self.windows)
+
+    def validation_sets(self) -> dict[str, tuple[float, str]]:
+        """{name: (weight, shard folder)} of the validation sets: the one of the shard folder."""
+        return {"all": (1.0, self.directory)}
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next `batch_size` windows for this rank; all ranks advance the cursor together."""
@@ -177,6 +187,9 @@ class TrainLoader:
     def load_state_dict(self, state: dict, allow_shard_change: bool = False) -> None:
         """Continue from `state`. Another shard list would silently change the order of everything that
         follows, so it is an error unless `allow_shard_change` (then the cursor goes on over the new list)."""
+        if "sources" in state:
+            raise ValueError("the checkpoint was trained on a mixture (trainer.mixture), not on one shard folder: "
+                             "train into another out_dir")
         saved, now = [tuple(s) for s in state["shards"]], [tuple(s) for s in shard_list(self.shards)]
         if saved != now and not allow_shard_change:
             added = sorted({name for name, _ in now} - {name for name, _ in saved})

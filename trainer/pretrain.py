@@ -6,11 +6,12 @@ activation checkpointing per block. The model is built on the `meta` device and 
 each rank's share, then initialised from the seed (the same weights at any world size).
 
 The run directory holds `checkpoint/step-N/` (a `torch.distributed.checkpoint` written by all ranks,
-loadable at another world size, plus `train_state.json`: step, data cursor, shard list; a rerun
-resumes from the newest), `model.pt` (consolidated weights for inference, written at the end:
+loadable at another world size, plus `train_state.json`: step, data cursor (per source, from a mixture),
+shard list; a rerun resumes from the newest), `model.pt` (consolidated weights for inference, written at the end:
 `{"model": state dict, "model_config", "train_config", "tokenizer_sha256", "step"}`, read by
-`load_checkpoint` / `model_from_checkpoint`), `log.jsonl` and `loss.png`. `out_dir` must be a
-filesystem every rank sees.
+`load_checkpoint` / `model_from_checkpoint`), `log.jsonl`, `loss.png` and `report.html` (trainer.report).
+`out_dir` must be a filesystem every rank sees. The data is one shard folder (`data_dir`, trainer.data) or
+LLaMA's mixture of sources (`mixture`, trainer.mixture).
 """
 
 from __future__ import annotations
@@ -43,7 +44,17 @@ from torch.nn.parallel import DistributedDataParallel
 
 from trainer.config import TrainConfig
 from trainer.data import TrainLoader, val_batches
+from trainer.mixture import MixtureLoader
 from trainer.model import ModelConfig, Transformer, preset
+from trainer.report import (
+    log_step,
+    log_validation,
+    mixture_table,
+    open_log,
+    plot_losses,
+    print_mixture,
+    write_report,
+)
 
 # DCP warns on every save and load by one process that it assumes one process: that is the intent here.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
@@ -97,7 +108,7 @@ class Run:
     model: Transformer  # the model itself (sharded in place under FSDP): evaluation, state dicts
     step_model: nn.Module  # what training steps run through: DDP's wrapper, or `model`
     optimizer: torch.optim.AdamW
-    loader: TrainLoader
+    loader: TrainLoader | MixtureLoader
     device: torch.device
     rank: int
     world: int
@@ -177,7 +188,8 @@ def grad_accumulation(cfg: TrainConfig, world: int) -> int:
 def setup(cfg: TrainConfig) -> Run:
     rank, world, device = init_processes(cfg)
     torch.manual_seed(cfg.seed)
-    loader = TrainLoader(cfg.data_dir, cfg.seq_len, cfg.batch_size, cfg.seed, rank, world)
+    loader = (MixtureLoader(cfg.mixture, cfg.seq_len, cfg.batch_size, cfg.seed, rank, world) if cfg.mixture
+              else TrainLoader(cfg.data_dir, cfg.seq_len, cfg.batch_size, cfg.seed, rank, world))
     base = preset(cfg.preset)
     model_cfg = preset(cfg.preset, vocab_size=loader.vocab_size, max_seq_len=max(cfg.seq_len, base.max_seq_len))
     bf16 = cfg.mixed_precision and device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -236,7 +248,8 @@ def restore_state(run: Run, checkpoint: Path) -> None:
     """Load a checkpoint written at any world size: DCP reshards the model and AdamW state to this one."""
     state = train_state(checkpoint)
     if state["tokenizer_sha256"] != run.loader.tokenizer_sha256.hex():
-        raise ValueError(f"{checkpoint} was trained with another tokenizer than the shards in {run.cfg.data_dir}")
+        raise ValueError(f"{checkpoint} was trained with another tokenizer than the shards of "
+                         f"{run.cfg.mixture or run.cfg.data_dir}")
     run.loader.load_state_dict(state["data"], allow_shard_change=run.cfg.allow_shard_change)
     model_state, optimizer_state = get_state_dict(run.model, run.optimizer)  # templates, filled in place
     loaded = {"model": model_state, "optimizer": optimizer_state, "rng": torch.get_rng_state()}
@@ -299,72 +312,28 @@ def train_step(run: Run, lr: float) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def evaluate(run: Run) -> float:
-    """Mean loss on the fixed validation batches. Every rank runs it: under FSDP each forward gathers
-    parameters from all ranks."""
+def evaluate(run: Run) -> dict[str, float]:
+    """Mean loss on the fixed validation batches of each validation set (a mixture: each source's), and under
+    "all" their mean weighted by share. Every rank runs it: under FSDP each forward gathers parameters from all
+    ranks."""
     run.model.eval()
-    losses = []
-    for x, y in val_batches(run.cfg.data_dir, run.cfg.seq_len, run.cfg.batch_size, run.cfg.eval_batches):
+    losses, weights = {}, {}
+    for name, (weight, directory) in run.loader.validation_sets().items():
+        batches = val_batches(directory, run.cfg.seq_len, run.cfg.batch_size, run.cfg.eval_batches,
+                              run.loader.tokenizer_sha256)
         with run.autocast:
-            losses.append(run.model(x.to(run.device), y.to(run.device))[1].item())
+            values = [run.model(x.to(run.device), y.to(run.device))[1].item() for x, y in batches]
+        losses[name], weights[name] = sum(values) / len(values), weight
     run.model.train()
-    return sum(losses) / len(losses)
-
-
-def plot_losses(log_path: Path, png_path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    rows = [json.loads(line) for line in log_path.read_text().splitlines()]
-    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(*zip(*train), label="train", linewidth=0.8)
-    if val:
-        ax.plot(*zip(*val), "o-", label="validation")
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats/token)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=120)
-    plt.close(fig)
-
-
-def open_log(run: Run):
-    """Rank 0's log.jsonl (a resumed run continues it) and its opening line; None on the other ranks."""
-    if not run.master:
-        return None
-    out = Path(run.cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    layout = "FSDP" if run.fsdp else "DDP" if run.world > 1 else "one process"
-    print(f"{run.cfg.preset}: {run.model.num_params():,} parameters, {len(run.loader.windows):,} training windows, "
-          f"{run.tokens_per_step:,} tokens/step ({run.grad_accum} accumulated), {run.world} × {run.device}, {layout}"
-          f"{', activation checkpointing' if run.cfg.activation_checkpointing else ''}")
-    return open(out / "log.jsonl", "a" if run.step else "w")
-
-
-def log_step(run: Run, log, loss: float, lr: float, grad_norm: float, seconds: float) -> None:
-    row = {"step": run.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-           "tokens_per_s": run.tokens_per_step / seconds, "dt": seconds}
-    peak = peak_flops(run.device)
-    if peak:
-        row["mfu"] = run.model.flops_per_token(run.cfg.seq_len) * row["tokens_per_s"] / (peak * run.world)
-    log.write(json.dumps(row) + "\n")
-    log.flush()
-    if run.step % run.cfg.log_interval == 0 or run.step == run.cfg.max_steps:
-        mfu = f", MFU {row['mfu']:.1%}" if peak else ""
-        print(f"step {run.step}/{run.cfg.max_steps}: loss {loss:.4f}, lr {lr:.2e}, grad norm {grad_norm:.2f}, "
-              f"{row['tokens_per_s']:,.0f} tokens/s{mfu}")
+    if "all" not in losses:
+        losses["all"] = sum(weights[n] * loss for n, loss in losses.items()) / sum(weights.values())
+    return losses
 
 
 def validate(run: Run, log) -> tuple[int, float]:
-    loss = evaluate(run)
-    if log:
-        log.write(json.dumps({"step": run.step, "val_loss": loss}) + "\n")
-        log.flush()
-        print(f"step {run.step}: validation loss {loss:.4f}")
-    return run.step, loss
+    losses = evaluate(run)
+    log_validation(run, log, losses)
+    return run.step, losses["all"]
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -386,17 +355,19 @@ def train(cfg: TrainConfig) -> dict:
         loss, grad_norm = train_step(run, lr)
         losses.append(loss)
         if log:
-            log_step(run, log, loss, lr, grad_norm, time.perf_counter() - started)
+            log_step(run, log, loss, lr, grad_norm, time.perf_counter() - started, peak_flops(run.device))
         if (cfg.eval_interval and run.step % cfg.eval_interval == 0) or run.step == cfg.max_steps:
             val_losses.append(validate(run, log))
         if run.step % cfg.ckpt_interval == 0 or run.step == end:
             save_state(run)
     weights = export_model(run)
     out = Path(cfg.out_dir)
+    print_mixture(run)
     if log:
         log.close()
         plot_losses(out / "log.jsonl", out / "loss.png")
+        write_report(out, mixture_table(run), getattr(run.loader, "left_out", {}), run.step)
     if dist.is_initialized():
         dist.destroy_process_group()
     return {"losses": losses, "val_losses": val_losses, "checkpoint": checkpoints(out)[-1], "model": weights,
-            "loss_curve": out / "loss.png"}
+            "loss_curve": out / "loss.png", "report": out / "report.html"}

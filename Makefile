@@ -93,7 +93,7 @@ BENCHES = $(basename $(notdir $(filter-out bench/common.py bench/corpus.py bench
 bench:
 	for b in $(BENCHES); do echo "== bench.$$b"; $(PY) -m bench.$$b || exit 1; done
 
-# --- trainer ---
+# ---- trainer: pretrain, finetune ---------------------------------------------------------------
 # `make pretrain` trains the tiny CPU preset on the shards of `make shards` for a few minutes (MIXTURE=FILE: on
 # LLaMA's mixture that `make mixture MIXTURE=FILE` built).
 # PRETRAIN_CONFIG picks another JSON config; ARGS passes KEY=VALUE settings (e.g. max_steps=1000; the list:
@@ -132,9 +132,8 @@ finetune:
 	$(PRETRAIN_LAUNCH) -m trainer.finetune $(if $(DATA),--data $(DATA)) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
 		--tokenizer $(TOKENIZER_DIR)/tokenizer.model $(if $(FINETUNE_OUT),--out-dir $(FINETUNE_OUT)) \
 		$(if $(MODE),mode=$(MODE)) $(ARGS)
-# --- trainer ---
 
-# --- perplexity ---
+# ---- perplexity: lm, cutoffs -------------------------------------------------------------------
 # `make lm LANGS=en,de WIKI="PATH…"`: SentencePiece + KenLM 5-gram per language into LM_DIR. WIKI
 # holds dumps/wikitext/text (LANG=PATH to give a path to one language only); without it, the latest
 # Wikimedia dump (WIKIMEDIA_BASE_URL), or offline the text under $(SHARED)/wikipedia.
@@ -149,8 +148,7 @@ lm:
 	$(PY) -m jobs.train_lm --lang $(LANGS) --output $(LM_DIR) $(if $(WIKI),--input $(WIKI)) $(ARGS)
 cutoffs:
 	$(PY) -m jobs.cutoffs --models $(LM_DIR) --output $(LM_DIR)/cutoff.csv --input $(INPUT) $(ARGS)
-# --- perplexity ---
-# --- wikiref ---
+# ---- wikiref: classifier ------------------------------------------------------------------------
 # `make classifier` trains the Wikipedia-reference classifier (fastText) into models/wikiref/:
 # positives are pages at URLs cited by WIKI_INPUT found in WIKIREF_PAGES or, Spark-joined, in the curated
 # Parquet at CURATED when it exists (runs/local/curated); with CC_INDEX set, also via
@@ -168,8 +166,7 @@ classifier:
 		$(if $(wildcard $(CURATED)),--curated $(CURATED)) $(if $(REFERENCES),--references $(REFERENCES)) $(if $(CC_INDEX),--cc-index $(CC_INDEX)) \
 		$(if $(CC_DATA),--cc-data $(CC_DATA)) $(if $(filter 1 yes true,$(WIKIREF_FALLBACK)),--allow-wikipedia-fallback) \
 		$(ARGS) || { rc=$$?; [ $$rc = 3 ] && echo "make classifier WIKIREF_FALLBACK=1 uses Wikipedia text as positives"; exit $$rc; }
-# --- wikiref ---
-# --- tokenizer ---
+# ---- tokenizer: tokenizer, shards ---------------------------------------------------------------
 # `make tokenizer` trains the SentencePiece BPE model on curated Parquet; `make shards` encodes that
 # Parquet into token shards (rerunning resumes: published shards are skipped). ARGS passes KEY=VALUE settings
 # (tokenizer: mix.en=0.7 max_chars=…; shards: shard_tokens=… seed=…; each command's --print-settings lists them).
@@ -183,9 +180,8 @@ tokenizer:
 shards:
 	@test -f $(TOKENIZER_DIR)/tokenizer.model || { echo "no $(TOKENIZER_DIR)/tokenizer.model: run \`make tokenizer\` first"; exit 2; }
 	$(PY) -m jobs.shards --input $(CURATED) --tokenizer $(TOKENIZER_DIR) --output $(SHARDS_DIR) $(ARGS)
-# --- tokenizer ---
 
-# --- dedup ---
+# ---- dedup ---------------------------------------------------------------------------------------
 # `make dedup DEDUP_INPUT=DIR DEDUP_OUTPUT=DIR`: CCNet line dedup then MinHash near-duplicate removal
 # over any Parquet with url and raw_content; ARGS passes KEY=VALUE settings (e.g. minhash.threshold=0.85
 # group=cc_segment steps=[minhash]; the list: `python -m jobs.dedup --print-settings`).
@@ -194,9 +190,8 @@ dedup:
 	@if [ -z "$(DEDUP_INPUT)" ] || [ -z "$(DEDUP_OUTPUT)" ]; then \
 		echo "usage: make dedup DEDUP_INPUT=DIR DEDUP_OUTPUT=DIR [ARGS=...]"; exit 2; fi
 	$(PY) -m jobs.dedup --input $(DEDUP_INPUT) --output $(DEDUP_OUTPUT) $(ARGS)
-# --- dedup ---
 
-# --- pipeline ---
+# ---- pipeline, ablate ----------------------------------------------------------------------------
 # `make pipeline` (INPUT=… or SNAPSHOT=YYYY-WW, OUTPUT=run directory): lm → classifier → curate → tokenizer →
 # shards → pretrain, each a file target that make skips while its output exists and is newer than its input.
 # Offline, the models learn from the shared Wikipedia text, less WIKI_HELDOUT (the articles `make ablate`
@@ -248,4 +243,3 @@ ABLATE_OUT ?= $(RUN)/ablate
 ablate:
 	$(PY) -m trainer.ablate --run $(RUN) --output $(ABLATE_OUT) --lm $(LM_DIR) --wikiref $(WIKIREF_DIR) \
 		--wikipedia $(WIKI_HELDOUT) $(ARGS)
-# --- pipeline ---

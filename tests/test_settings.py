@@ -178,7 +178,7 @@ BAD_VALUES = {
     "jobs.curate": "langid.threshold=high", "jobs.dedup": "minhash.num_perm=-3", "jobs.shards": "val_fraction=2",
     "jobs.train_lm": "order=five", "jobs.cutoffs": "sample=-1", "jobs.train_wikiref": "min_positives=many",
     "tokenizer.train": "vocab_size=12", "trainer.train": "batch_size=0", "trainer.finetune": "lora_r=x",
-    "trainer.ablate": "max_tokens=none", "curation.score": "no_such_setting=1",
+    "trainer.ablate": "max_tokens=none", "curation.score": "no_such_setting=1", "jobs.mixture": "seed=first",
 }
 
 

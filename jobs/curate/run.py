@@ -26,6 +26,7 @@ from jobs.curate.layout import RunDirectory
 from jobs.curate.phase1 import extract_inputs
 from jobs.curate.selection import curate_groups
 from jobs.curate.units import dedup_groups
+from jobs.spark import launched_by_spark_submit
 
 LIBRARIES = ["pyspark", "fasttext", "warcio", "resiliparse", "pyarrow", "numpy"]
 
@@ -43,17 +44,24 @@ class Run:
 def model_stages(settings) -> tuple[type[Stage], ...]:
     """The registered stages that run: those whose models are there. A model path that the user set
     and that is empty is an error, as is a missing model that no make target trains; a missing
-    default of a trainable one leaves its stage out, with a note (its columns stay empty)."""
+    default of a trainable one leaves its stage out, with a note (its columns stay empty). Under
+    spark-submit, a path the user set that the driver does not see is the executors' to find (a
+    model shipped with --archives is unpacked beside them only)."""
     running = []
     for stage in ROW_STAGES:
         section = getattr(settings, stage.name)
         missing = [model for model in stage.models if not model.files(getattr(section, model.setting))]
-        for model in missing:
+        for model in list(missing):
             location = getattr(section, model.setting)
-            if model.train is None or location != getattr(stage.settings_class(), model.setting):
+            user_set = location != getattr(stage.settings_class(), model.setting)
+            if user_set and launched_by_spark_submit():
+                print(f"note: {stage.name}.{model.setting}={location} is not on the driver: the executors read it")
+                missing.remove(model)
+            elif user_set or model.train is None:
                 how = f" (train one with `{model.train}`)" if model.train else ""
                 raise FileNotFoundError(f"{stage.name}.{model.setting}={location}: no model there{how}")
-            print(f"note: no {stage.name} model at {location}: stage skipped (`{model.train}` trains one)")
+            else:
+                print(f"note: no {stage.name} model at {location}: stage skipped (`{model.train}` trains one)")
         if not missing:
             running.append(stage)
     return tuple(running)

@@ -79,6 +79,13 @@ SOURCE_FIELDS: tuple[Field, ...] = (
           "outside the paper or in a cycle"),
     Field("book_id", pa.string(), "books", "the book's file name without .txt"),
     Field("gutenberg_id", pa.int64(), "books", "its Project Gutenberg ebook number, from the header (null: none)"),
+    Field("site", pa.string(), "stackexchange", "the Stack Exchange site, as the dump names it (superuser.com)"),
+    Field("question_id", pa.int64(), "stackexchange", "the question's post id on its site"),
+    Field("score", pa.int64(), "stackexchange", "the question's score (up votes less down votes)"),
+    Field("tags", pa.list_(pa.string()), "stackexchange", "the question's tags"),
+    Field("answer_ids", pa.list_(pa.int64()), "stackexchange", "its answers' post ids, in the document's order"),
+    Field("answer_scores", pa.list_(pa.int64()), "stackexchange", "its answers' scores, in the document's order "
+          "(highest first)"),
 )
 BY_NAME = {field.name: field for field in (*FIELDS, *SOURCE_FIELDS)}
 

@@ -7,7 +7,7 @@ The job runs as users run it (`python -m jobs.sources.NAME`, local[N]), timed fr
 exit: Spark's start-up, the run-wide steps, the Parquet, the report included. Ratio = (job's
 documents/s / N) / (loop's documents/s); the goal is ≥ 0.5. On a machine that others share, wall time
 per core says as much about their load as about the job: the CPU seconds of the job's processes
-against the loop's say what the job costs.
+(sampled) against the loop's say what the job costs.
 
 Stack Exchange's input is built from the real Posts.xml of beer and coffee (../shared/data): 4·K
 sites, each the two files' rows K times over with new ids and a copy number in each title (so that no
@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,14 +27,16 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import psutil
+
 from bench.common import REPO_ROOT, SHARED_DATA
-from bench.pipeline import become_subreaper, reap_descendants
 from curation.pipeline import run_stages
 from curation.sources import load
 
 ID_ATTRIBUTES = re.compile(rb' (Id|ParentId|AcceptedAnswerId)="(\d+)"')
 TITLE = re.compile(rb' Title="')
 ID_STEP = 1_000_000  # ids of copy k: the real ids + k · ID_STEP
+POLL_SECONDS = 0.1
 
 
 def renumbered(rows: list[bytes], k: int) -> list[bytes]:
@@ -90,18 +91,28 @@ def bare_loop(name: str, inputs: list[str]) -> tuple[int, float, float]:
 
 def job(name: str, inputs: list[str], output: Path, cores: int) -> tuple[int, float, float, dict]:
     """(documents the stages gave, seconds from start to exit, CPU seconds of all its processes, stats) of
-    `python -m jobs.sources.NAME` (its JVM, Python workers and their children: this process is their
-    subreaper, and waits for them)."""
-    before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-    subprocess.run([sys.executable, "-m", f"jobs.sources.{name}", "--input", *inputs, "--output", str(output),
-                    f"master=local[{cores}]"], cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL)
+    `python -m jobs.sources.NAME`. Its processes (the JVM, Python workers, their forked children) are
+    sampled every POLL_SECONDS, their last instant missed: RUSAGE_CHILDREN, even as their subreaper
+    (bench.pipeline), gets the JVM's and not the Python workers', which the JVM's daemon never waits for."""
+    started, cpu = time.perf_counter(), {}
+    command = [sys.executable, "-m", f"jobs.sources.{name}", "--input", *inputs, "--output", str(output),
+               f"master=local[{cores}]"]
+    with subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL) as running:
+        root = psutil.Process(running.pid)
+        while running.poll() is None:
+            for process in [root, *root.children(recursive=True)]:
+                try:
+                    times = process.cpu_times()
+                    cpu[process.pid] = times.user + times.system
+                except psutil.Error:
+                    pass
+            time.sleep(POLL_SECONDS)
     seconds = time.perf_counter() - started
-    reap_descendants()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    if running.returncode:
+        raise SystemExit(f"the job failed ({running.returncode})")
     stats = json.loads((output / "stats.json").read_text())
     last_stage = [stage for name, stage in stats["stages"].items() if name != "read"][-1]
-    return last_stage["in"], seconds, cpu, stats
+    return last_stage["in"], seconds, sum(cpu.values()), stats
 
 
 def main(argv=None) -> None:
@@ -111,7 +122,6 @@ def main(argv=None) -> None:
     parser.add_argument("--scale", type=int, default=4, help="volume: 4·K inputs of K copies each")
     parser.add_argument("--archive", action="store_true", help="inputs packed as the dump ships them (.7z)")
     args = parser.parse_args(argv)
-    become_subreaper()
     with tempfile.TemporaryDirectory(prefix="bench-sources-") as work:
         inputs = BUILDERS[args.source](Path(work) / "in", args.scale, args.archive)
         size = sum(Path(location).stat().st_size for location in inputs)

@@ -18,7 +18,8 @@ each text → MinHash signatures (curation.minhash.MinHasher) of each text, in o
 `--before DIR` (an export of an older commit: `git archive REV | tar -x -C DIR`) runs that checkout's
 `jobs.curate` on the same files too, alternating with ours (the same load for both); KEY=VALUE
 arguments go to both runs. Each run's line: wall time, pages/s per core, the CPU of its process tree
-(user + sys of every process it waited for: the JVM and the Python workers) and where it went (each
+(user + sys of every process of its tree: the driver, the JVM, the Python workers, their children) and
+where it went (each
 stage's seconds summed over tasks, from stats.json; MinHash's share of the CPU). The peer corpus of
 issue 32 is `BENCH_PIPELINE_PAGES=27360 BENCH_PIPELINE_FILES=12` (180 copies of each of the 152 pages).
 """
@@ -30,16 +31,17 @@ import ctypes
 import json
 import os
 import random
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from io import BytesIO
 from pathlib import Path
 
 import fasttext
+import psutil
 from resiliparse.extract.html2text import extract_plain_text
 from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 from resiliparse.parse.html import HTMLTree
@@ -131,35 +133,58 @@ def bare_loop(paths: list[str]) -> int:
 
 def become_subreaper() -> None:
     """This process adopts its descendants whose parent ends first (prctl PR_SET_CHILD_SUBREAPER): a
-    curate run's JVM outlives its driver by a moment, and waiting for it counts its CPU in ours."""
+    curate run's JVM and Python workers outlive its driver by a moment, and stay ours to measure."""
     ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
 
 
-def reap_descendants() -> None:
-    """Waits for every adopted descendant, so that RUSAGE_CHILDREN holds their CPU."""
-    while True:
-        try:
-            os.wait()
-        except ChildProcessError:
-            return
+class TreeCPU:
+    """The CPU seconds (user + sys) of every descendant of this process, sampled every 0.2 s while the
+    block runs and until the last descendant has ended: each process counted once, as last seen (a
+    process shorter than a sample is missed; phase 1's children and Spark's workers live for seconds)."""
+
+    def __enter__(self) -> TreeCPU:
+        self.seen: dict[tuple[int, float], float] = {}
+        self.running = True
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def sample(self) -> None:
+        while self.running or psutil.Process().children():
+            for process in psutil.Process().children(recursive=True):
+                try:
+                    with process.oneshot():
+                        times = process.cpu_times()
+                        self.seen[(process.pid, process.create_time())] = times.user + times.system
+                except psutil.NoSuchProcess:
+                    continue
+            for _ in range(10):  # reap what has ended (adopted processes are ours to wait for)
+                try:
+                    if os.waitpid(-1, os.WNOHANG) == (0, 0):
+                        break
+                except ChildProcessError:
+                    break
+            time.sleep(0.2)
+
+    def __exit__(self, *exc) -> None:
+        self.running = False
+        self.thread.join()
+        self.seconds = sum(self.seen.values())
 
 
 def run_curate(code: Path, paths: list[str], output: Path, settings: list[str]) -> dict:
     """`python -m jobs.curate` of the checkout at `code` on `paths`: its wall and CPU seconds and stats."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    run = subprocess.run([sys.executable, "-m", "jobs.curate", "--output", str(output), "--master", f"local[{CORES}]",
-                          *settings, "--input", *paths], cwd=code, capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=str(code)))
-    wall = time.perf_counter() - started
-    reap_descendants()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with TreeCPU() as cpu:
+        run = subprocess.run([sys.executable, "-m", "jobs.curate", "--output", str(output), "--master",
+                              f"local[{CORES}]", *settings, "--input", *paths], cwd=code, capture_output=True,
+                             text=True, env=dict(os.environ, PYTHONPATH=str(code)))
+        wall = time.perf_counter() - started
     if run.returncode != 0:
         raise SystemExit(f"jobs.curate of {code} failed ({run.returncode}):\n{run.stderr[-3000:]}")
-    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     stats = json.loads((output / "stats.json").read_text())
     shutil.rmtree(output)
-    return {"wall": wall, "cpu": cpu, "stats": stats}
+    return {"wall": wall, "cpu": cpu.seconds, "stats": stats}
 
 
 def describe(name: str, result: dict) -> str:

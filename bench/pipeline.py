@@ -18,8 +18,7 @@ each text → MinHash signatures (curation.minhash.MinHasher) of each text, in o
 `--before DIR` (an export of an older commit: `git archive REV | tar -x -C DIR`) runs that checkout's
 `jobs.curate` on the same files too, alternating with ours (the same load for both); KEY=VALUE
 arguments go to both runs. Each run's line: wall time, pages/s per core, the CPU of its process tree
-(user + sys of every process of its tree: the driver, the JVM, the Python workers, their children) and
-where it went (each
+(user + sys of the driver, the JVM, the Python workers and their children) and where it went (each
 stage's seconds summed over tasks, from stats.json; MinHash's share of the CPU). The peer corpus of
 issue 32 is `BENCH_PIPELINE_PAGES=27360 BENCH_PIPELINE_FILES=12` (180 copies of each of the 152 pages).
 """

@@ -93,6 +93,33 @@ BENCHES = $(basename $(notdir $(filter-out bench/common.py bench/corpus.py bench
 bench:
 	for b in $(BENCHES); do echo "== bench.$$b"; $(PY) -m bench.$$b || exit 1; done
 
+# ---- sources: LLaMA's other sources ------------------------------------------------------------
+# `make sources [SOURCES="github wikipedia"]` runs each source's job (jobs/sources/NAME.py) into SOURCES_DIR/NAME
+# (its documents in SOURCES_DIR/NAME/documents, where config/mixture.yaml reads them; rerunning resumes).
+# Inputs per source (paths, globs, folders or URIs; by default the shared data): GITHUB=… WIKIPEDIA=… BOOKS=…
+# ARXIV=… STACKEXCHANGE=…. ARGS passes KEY=VALUE settings: a source's own (github.licenses=[MIT]) to its job
+# alone, the others (run.skip_after_failures=2) to every job. Globs are quoted: the jobs expand them.
+.PHONY: sources
+SOURCE_NAMES := github wikipedia books arxiv stackexchange
+SOURCES ?= $(SOURCE_NAMES)
+SOURCES_DIR ?= runs/sources
+GITHUB ?= '$(SHARED)/github/*.tar.gz'
+WIKIPEDIA ?= $(SHARED)/wikipedia/en/enwiki-pages-articles-sample.xml.bz2 '$(SHARED)/wikipedia/wikitext/*.txt'
+BOOKS ?= '$(SHARED)/books/*.txt'
+ARXIV ?= $(SHARED)/arxiv
+STACKEXCHANGE ?= $(SHARED)/stackexchange
+# A source's inputs are its variable in capitals (github: $(GITHUB)); its ARGS are the others' settings less.
+source_inputs = $($(shell echo $(1) | tr a-z A-Z))
+source_args = $(filter-out $(addsuffix .%,$(filter-out $(1),$(SOURCE_NAMES))),$(ARGS))
+define source_job
+	$(PY) -m jobs.sources.$(1) --input $(call source_inputs,$(1)) --output $(SOURCES_DIR)/$(1) $(call source_args,$(1))
+
+endef
+sources:
+	@unknown="$(filter-out $(SOURCE_NAMES),$(SOURCES))"; if [ -n "$$unknown" ]; then \
+		echo "unknown source(s):$$unknown (SOURCES: $(SOURCE_NAMES))"; exit 2; fi
+	$(foreach name,$(SOURCES),$(call source_job,$(name)))
+
 # ---- trainer: pretrain, finetune ---------------------------------------------------------------
 # `make pretrain` trains the tiny CPU preset on the shards of `make shards` for a few minutes (MIXTURE=FILE: on
 # LLaMA's mixture that `make mixture MIXTURE=FILE` built).

@@ -68,11 +68,13 @@ SOURCE_FIELDS: tuple[Field, ...] = (
     Field("repository", pa.string(), "github", "the repository a file comes from (an archive's top folder, "
           "`name-ref` as GitHub serves it, or an export's repo)"),
     Field("path", pa.string(), "github", "the file's path inside its repository"),
+    Field("programming_language", pa.string(), "github", "the file's language by its extension or name (GitHub "
+          "Linguist's names: C, Python, Markdown, Makefile, …)"),
     Field("license", pa.string(), "github", "the repository's licence, an SPDX id (export field, or its licence file "
           "by askalono); NOASSERTION: a licence file no licence matched"),
     Field("content_hash", pa.string(), "github", "XXH3-128 of the cleaned text (hex): the key of exact file "
           "dedup"),
-    Field("page_id", pa.int64(), "wikipedia", "the page's id in its wiki (`<page><id>`)"),
+    Field("page_id", pa.int64(), "wikipedia", "the page's id in its wiki (`<page><id>`; null: a wikitext file's page)"),
     Field("arxiv_id", pa.string(), "arxiv", "the paper's id: its bulk-tar member's, archive's or folder's name"),
     Field("arxiv_main_file", pa.string(), "arxiv", "the paper's main file (the one with \\documentclass)"),
     Field("arxiv_unresolved_inputs", pa.int64(), "arxiv", "\\input/\\include left as written: a file missing, "

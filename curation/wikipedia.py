@@ -12,148 +12,33 @@ newlines):
 - SQuAD-format JSON (cmrc2018): one article per distinct `context`;
 - plain text files (one article per file).
 
-Wikitext becomes plain text with mwparserfromhell: templates, `<ref>`s, tables, galleries,
-file/category/interlanguage links and the reference/link sections at the end are removed.
+Wikitext becomes plain text by `curation.wikitext.wikitext_to_text` (templates, `<ref>`s, tables,
+galleries, file/category/interlanguage links and the reference/link sections at the end removed).
 """
 
 from __future__ import annotations
 
 import bz2
 import gzip
-import html
 import json
 import re
 import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO
 from xml.parsers import expat
 
-import mwparserfromhell
-from mwparserfromhell.nodes import Argument, Comment, ExternalLink, Heading, HTMLEntity, Tag, Template, Text, Wikilink
-
 from curation import storage
+from curation.wikitext import wikitext_to_text
 
 DEFAULT_WIKIMEDIA_BASE_URL = "https://dumps.wikimedia.org"
-
-# Namespaces whose links are media or metadata, not running text (en, de, fr, es, zh, and a few more).
-NON_TEXT_LINK_NAMESPACES = {
-    "file", "image", "media", "category", "datei", "bild", "kategorie", "fichier", "catégorie",
-    "archivo", "imagen", "categoría", "immagine", "categoria", "bestand", "categorie", "plik",
-    "kategoria", "файл", "категория", "文件", "檔案", "档案", "图像", "分类", "分類", "ファイル",
-    "カテゴリ", "画像",
-}  # fmt: skip
-INTERLANGUAGE_RE = re.compile(r"^:?[a-z]{2,3}(-[a-z]{2,8})?$")
-
-# Trailing sections that hold references and link lists, not prose.
-DROPPED_SECTIONS = {
-    "references", "notes", "footnotes", "external links", "see also", "further reading",
-    "bibliography", "sources", "citations", "notes and references", "references and notes",
-    "einzelnachweise", "weblinks", "literatur", "siehe auch", "anmerkungen", "quellen",
-    "références", "liens externes", "voir aussi", "notes et références", "referencias",
-    "enlaces externos", "véase también", "参考文献", "外部链接", "外部連結", "参见", "參見", "注释",
-}  # fmt: skip
-DROPPED_TAGS = {"ref", "references", "table", "gallery", "math", "timeline", "imagemap", "score",
-                "syntaxhighlight", "source", "pre", "code", "graph", "mapframe", "templatedata"}
-
-
-_REF_RE = re.compile(r"<ref\b[^>/]*/>|<ref\b[^>]*>.*?</ref\s*>", re.DOTALL | re.IGNORECASE)
-_URL_RE = re.compile(r"\b(?:https?|ftp)://\S+")
-# What survives of markup the parser could not see as such (a table not at a line's start, an
-# unbalanced template or tag in a damaged page): table brackets, stray template braces and tags.
-_INNERMOST_TABLE_RE = re.compile(r"\{\|(?:(?!\{\|).)*?\|\}", re.DOTALL)
-_LEFTOVER_RE = re.compile(r"\{\{|\}\}|\[\[|\]\]|\{\||\|\}|\|-|\|\||<!--|-->|</?[A-Za-z][\w:-]*(?:\s[^<>]*)?/?>")
 
 
 @dataclass
 class Article:
     title: str
     text: str
-
-
-# --- wikitext → plain text ---------------------------------------------------------------------
-
-
-def _is_non_text_link(link: Wikilink) -> bool:
-    title = str(link.title).strip()
-    if ":" not in title:
-        return False
-    prefix = title.split(":", 1)[0].strip().lower().lstrip(":")
-    return prefix in NON_TEXT_LINK_NAMESPACES or bool(INTERLANGUAGE_RE.match(prefix))
-
-
-def _plain(nodes, out: list[str]) -> None:
-    """Appends the visible text of `nodes` to `out` (one pass, linear in the size of the page)."""
-    for node in nodes:
-        if isinstance(node, Text):
-            out.append(node.value)
-        elif isinstance(node, (Template, Comment, Argument)):
-            continue
-        elif isinstance(node, Wikilink):
-            if not _is_non_text_link(node):
-                _plain((node.text or node.title).nodes, out)
-        elif isinstance(node, ExternalLink):
-            if node.title:  # a bare URL is no prose
-                _plain(node.title.nodes, out)
-        elif isinstance(node, Heading):
-            out.append("\n")
-            _plain(node.title.nodes, out)
-            out.append("\n")
-        elif isinstance(node, Tag):
-            tag = str(node.tag).strip().lower()
-            if tag in DROPPED_TAGS:
-                continue
-            if tag == "br":
-                out.append("\n")
-            elif node.contents is not None and not node.self_closing:
-                _plain(node.contents.nodes, out)
-        elif isinstance(node, HTMLEntity):
-            out.append(node.normalize())
-        else:
-            stripped = node.__strip__(normalize=True, collapse=True, keep_template_params=False)
-            if stripped:
-                out.append(str(stripped))
-
-
-def _without_tables(text: str) -> str:
-    """`text` less every balanced `{| … |}`, innermost first: tables the parser did not see as such."""
-    while (fewer := _INNERMOST_TABLE_RE.sub("", text)) != text:
-        text = fewer
-    return text  # an unclosed table's brackets go with the leftovers
-
-
-def wikitext_to_text(wikitext: str) -> str:
-    """Plain article text from wikitext: one paragraph per line, headings kept as their own line,
-    templates, refs, tables, media/category links and reference sections removed."""
-    if "&lt;ref" in wikitext or "&lt;/" in wikitext:  # XML-escaped wikitext, copied out of a dump
-        wikitext = html.unescape(wikitext)
-    # <ref>s first, by pattern: an unbalanced construct elsewhere can make the parser keep them as text.
-    wikitext = _REF_RE.sub("", wikitext)
-    code = mwparserfromhell.parse(wikitext, skip_style_tags=True)
-    # Drop reference/link sections at the top level: from their heading to the next heading of the
-    # same or a higher level.
-    kept, skip_level = [], None
-    for node in code.nodes:
-        if isinstance(node, Heading):
-            if skip_level is not None and node.level <= skip_level:
-                skip_level = None
-            if skip_level is None and node.title.strip_code().strip().lower() in DROPPED_SECTIONS:
-                skip_level = node.level
-        if skip_level is None:
-            kept.append(node)
-    out: list[str] = []
-    _plain(kept, out)
-    text = _without_tables("".join(out).replace("\'\'\'", "").replace("\'\'", ""))
-    lines = []
-    for line in text.split("\n"):
-        line = re.sub(r"[ \t\u00a0]+", " ", _LEFTOVER_RE.sub("", _URL_RE.sub("", line))).strip()
-        # Leftovers of removed markup: empty brackets, list markers, table pipes.
-        line = re.sub(r"\(\s*[,;]?\s*\)", "", line).strip()
-        line = line.lstrip("*#:;|!").strip()
-        if line and re.search(r"\w", line):
-            lines.append(line)
-    return "\n".join(lines)
 
 
 # --- readers -------------------------------------------------------------------------------------
@@ -180,7 +65,7 @@ class UnsafeXMLError(ValueError):
 
 @dataclass
 class Page:
-    page_id: int
+    page_id: int | None  # None: a wikitext file's page
     title: str
     namespace: int
     redirect: bool  # a <redirect/> element, or wikitext starting with #REDIRECT
@@ -230,7 +115,7 @@ class _PageCollector:
             self.fields = {}
         elif name == "page":
             wikitext = self.fields.get("text", "")
-            redirect = self.redirect or wikitext.lstrip().lower().startswith("#redirect")
+            redirect = self.redirect or is_redirect(wikitext)
             self.pages.append(Page(int(self.fields.get("id", 0)), self.fields.get("title", ""),
                                    int(self.fields.get("ns", 0)), redirect, wikitext, self.language or None))
             self.fields, self.redirect = {}, False
@@ -265,23 +150,39 @@ def read_xml_dump(source: str | Path, limit: int | None = None, namespaces: tupl
                     return
 
 
+def is_xml_dump(name: str) -> bool:
+    """A dump by its name (`.xml`, `.xml.bz2`, `.xml.gz`); any other file is read as one article's wikitext."""
+    return bool(re.search(r"\.xml(\.bz2|\.gz)?$", name))
+
+
+def is_redirect(wikitext: str) -> bool:
+    return wikitext.lstrip().lower().startswith("#redirect")
+
+
+def read_wikitext_page(location: str | Path) -> Page:
+    """A raw-wikitext file (one article) as a page: its title from the file's name (`Raith-Rovers.txt`:
+    `Raith Rovers`), namespace 0, no id and no language (a file does not say its wiki)."""
+    with open_maybe_compressed(location) as stream:
+        wikitext = stream.read().decode("utf-8", errors="replace")
+    title = PurePosixPath(str(location)).stem.replace("-", " ").replace("_", " ")
+    return Page(None, title, 0, is_redirect(wikitext), wikitext, None)
+
+
 def read_wikitext_file(path: str | Path, plain: bool = True) -> Iterator[Article]:
     """One raw-wikitext article per file (title from the file name); redirects skipped.
     `plain=False` yields the raw wikitext."""
-    path = Path(path)
-    with open_maybe_compressed(path) as stream:
-        wikitext = stream.read().decode("utf-8", errors="replace")
-    if wikitext.lstrip().lower().startswith("#redirect"):
+    page = read_wikitext_page(path)
+    if page.redirect:
         return
-    text = wikitext_to_text(wikitext) if plain else wikitext
+    text = wikitext_to_text(page.wikitext) if plain else page.wikitext
     if text:
-        yield Article(path.stem.replace("-", " ").replace("_", " "), text)
+        yield Article(page.title, text)
 
 
 def read_wikitext(sources: Iterable[str | Path]) -> Iterator[Article]:
     """The raw wikitext of every article of XML dumps and wikitext files (the cited-URL reader)."""
     for source in sources:
-        if re.search(r"\.xml(\.bz2|\.gz)?$", str(source)):
+        if is_xml_dump(str(source)):
             yield from read_xml_dump(source, plain=False)
         else:
             yield from read_wikitext_file(source, plain=False)
@@ -350,7 +251,7 @@ def read_articles(source: str | Path, limit: int | None = None) -> Iterator[Arti
     if not name.startswith(("http://", "https://")) and path.is_dir():
         articles: Iterable[Article] = (a for p in sorted(path.rglob("*")) if p.is_file()
                                        for a in read_articles(p))
-    elif re.search(r"\.xml(\.bz2|\.gz)?$", name):
+    elif is_xml_dump(name):
         articles = read_xml_dump(name)
     elif re.search(r"\.tokens(\.txt)?$", name):
         articles = read_wikitext_tokens(path)

@@ -2,13 +2,16 @@
 ../shared/data/github: licences (cJSON MIT and python-livereload BSD-3-Clause kept, redshift GPL-3.0
 and akademiet without a licence dropped), licence headers cut, minified and vendored bundles dropped,
 exact duplicates keyed alike, the same files through a zip and through exports; hostile archives
-(built here) counted or failing alone."""
+(built here) counted or failing alone. Then the job on Spark (jobs.sources.github) on the four and
+cJSON's zipball: its counts, each rule on its documents, one file of each text, a rerun reading nothing."""
 
 from __future__ import annotations
 
 import gzip
 import io
 import json
+import subprocess
+import sys
 import tarfile
 import zipfile
 from collections import Counter
@@ -18,9 +21,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation import archives
+from curation import archives, storage
 from curation.pipeline import run_stages, stage_stats
+from curation.settings import load_settings
+from curation.sources import content_hash
 from curation.sources.github import (
+    PROSE_LANGUAGES,
     SOURCE,
     GitHubSettings,
     PathFilter,
@@ -28,7 +34,12 @@ from curation.sources.github import (
     read_files,
     repository_licenses,
     stages,
+    without_license_header,
 )
+from jobs.sources.engine import job_settings, run
+from jobs.sources.inputs import input_id
+from tests.conftest import REPO_ROOT
+from tests.test_sources_engine import documents
 
 ARCHIVES = {"cjson": "cJSON-a29814f", "livereload": "python-livereload-f953928", "redshift": "redshift-490ba2a",
             "akademiet": "akademiet.sensorplotting-21c5f40"}
@@ -47,6 +58,15 @@ def curate(location: str, settings: GitHubSettings = GitHubSettings()) -> tuple[
 
 def real_members(location: str) -> dict[str, bytes]:
     return {m.name: m.data for m in archives.members(location, 1 << 20, Counter())}
+
+
+def zipball(shared_data: Path, folder: Path) -> Path:
+    """cJSON's archive as GitHub's zipball of it: the same members under the same top folder."""
+    as_zip = folder / "cJSON-a29814f.zip"
+    with zipfile.ZipFile(as_zip, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in real_members(github(shared_data, "cjson")).items():
+            archive.writestr(name, data)
+    return as_zip
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +99,7 @@ def test_a_licence_header_is_removed(curated, shared_data):
     (doc,) = [d for d in curated["cjson"][0] if d["path"] == "cJSON.c"]
     assert doc["raw_content"].startswith("/* cJSON */\n/* JSON parser in C. */")
     assert original.endswith(doc["raw_content"])  # only the header went
-    sources = [d for d in curated["cjson"][0] if d["language"] == "C"]
+    sources = [d for d in curated["cjson"][0] if d["programming_language"] == "C"]
     assert not any("Permission is hereby granted" in d["raw_content"][:2000] for d in sources)
     assert curated["cjson"][2]["license_header"]["headers_removed"] >= 30
     # A Python module docstring carrying the licence goes too; the code after it stays.
@@ -105,7 +125,7 @@ def test_minified_and_vendored_bundles_are_dropped(curated, shared_data):
     assert "livereload/vendors/livereload.js" not in {d["path"] for d in curated["livereload"][0]}
     # What is kept is source: whitelisted extensions, no licence file.
     kept = curated["cjson"][0] + curated["livereload"][0]
-    assert {d["language"] for d in kept} >= {"C", "Python", "Markdown", "CMake"}
+    assert {d["programming_language"] for d in kept} >= {"C", "Python", "Markdown", "CMake"}
     assert not {d["path"] for d in kept} & {"LICENSE", "COPYING"}
 
 
@@ -117,15 +137,12 @@ def test_an_exact_duplicate_file_shares_its_key(curated):
     by_key = Counter(d["content_hash"] for d in docs)
     texts = {d["content_hash"]: d["raw_content"] for d in docs}
     assert len(texts) == len(set(texts.values()))  # one key per distinct text
-    assert sum(n - 1 for n in by_key.values()) >= 7  # the engine keeps one of each: 7+ files go
+    assert sum(n - 1 for n in by_key.values()) == 10  # the engine keeps one of each: 10 files go
 
 
 def test_a_zip_archive_and_exports_give_the_same_files(curated, shared_data, tmp_path):
     members = real_members(github(shared_data, "cjson"))
-    as_zip = tmp_path / "cJSON-a29814f.zip"  # GitHub's zipball: the same top folder
-    with zipfile.ZipFile(as_zip, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
+    as_zip = zipball(shared_data, tmp_path)
     expected = sorted((d["path"], d["content_hash"]) for d in curated["cjson"][0])
     assert sorted((d["path"], d["content_hash"]) for d in curate(str(as_zip))[0]) == expected
     # A BigQuery-style JSON-lines export with its own `license` field: no detection needed.
@@ -190,3 +207,84 @@ def test_the_source_declaration(shared_data):
     for doc in docs:
         check_document(doc)
         assert set(SOURCE.fields) | {"raw_content"} == set(doc)
+
+
+# --- the job (jobs.sources.github) on Spark ---------------------------------------------------------
+
+KEPT = {"cjson": 134, "livereload": 27, "redshift": 0, "akademiet": 0}  # files each archive gives the dedup
+
+
+@pytest.fixture(scope="module")
+def job(spark, shared_data, tmp_path_factory):
+    """The job on the four archives, then cJSON's again as a zipball: every file the zip gives is an
+    exact duplicate of one of the tar's, across inputs."""
+    work = tmp_path_factory.mktemp("github-job")
+    inputs = [github(shared_data, name) for name in ARCHIVES] + [str(zipball(shared_data, work))]
+    settings = load_settings(job_settings(SOURCE), None, [f"input={json.dumps(inputs)}", f"output={work / 'run'}"])
+    stats = run(spark, SOURCE, settings, str(work / "run"))
+    return {"run": work / "run", "inputs": inputs, "stats": stats, "documents": documents(work / "run")}
+
+
+def test_the_job_counts_documents_in_and_out_and_drops_by_reason(job, curated):
+    stages = job["stats"]["stages"]
+    assert {name: len(curated[name][0]) for name in ARCHIVES} == KEPT  # the same stages without Spark
+    assert (stages["read"]["in"], stages["read"]["out"], stages["read"]["dropped"]) == (
+        606, 600, {"binary": 4, "not_a_file": 2})
+    assert stages["license"]["dropped"] == {"license_not_allowed": 118, "no_license": 10}  # redshift, akademiet
+    assert stages["paths"]["dropped"] == {"extension_not_allowed": 168, "license_file": 3, "vendored": 1}
+    assert stages["quality"]["dropped"] == {"empty": 3, "mean_line_too_long": 2}
+    read = sum(KEPT.values()) + KEPT["cjson"]
+    assert (stages["exact_dedup"]["in"], stages["exact_dedup"]["out"]) == (read, 151) == (295, 151)
+    assert stages["exact_dedup"]["dropped"] == {"duplicate": KEPT["cjson"] + 10}  # the zip's, and cJSON's own 10
+    assert job["stats"]["documents_out"] == len(job["documents"]) == 151
+    saved = json.loads((job["run"] / "stats.json").read_text())
+    assert saved["stages"] == stages and saved["failed_inputs"] == []
+
+
+def test_the_documents_are_mit_apache_bsd_files_only(job):
+    docs = job["documents"]
+    assert {(d["repository"], d["license"]) for d in docs} == {
+        ("cJSON-a29814f", "MIT"), ("python-livereload-f953928", "BSD-3-Clause")}
+    assert {d["source"] for d in docs} == {"github"}
+    columns = pq.read_schema(sorted(storage.published_files(str(job["run"] / "documents")))[0]).names
+    assert columns == ["raw_content", "source", "repository", "path", "programming_language", "license",
+                       "content_hash"]  # no `language`: that is lid.176's label of a natural language
+    assert Counter(d["programming_language"] for d in docs)["C"] == 88
+
+
+def test_the_documents_have_no_licence_header(job, curated):
+    (doc,) = [d for d in job["documents"] if d["path"] == "cJSON.c"]
+    assert doc["raw_content"].startswith("/* cJSON */\n/* JSON parser in C. */")
+    # Nothing left to cut: no document opens with a comment that speaks of copyright or a licence.
+    sources = [d for d in job["documents"] if d["programming_language"] not in PROSE_LANGUAGES]
+    assert len(sources) == 129
+    assert not [d["path"] for d in sources if without_license_header(d["raw_content"]) != d["raw_content"]]
+    removed = {name: curated[name][2]["license_header"]["headers_removed"] for name in ("cjson", "livereload")}
+    assert removed == {"cjson": 54, "livereload": 4}
+    assert job["stats"]["stages"]["license_header"]["headers_removed"] == 2 * 54 + 4  # cJSON's read twice
+
+
+def test_an_exact_duplicate_file_is_kept_once(job):
+    docs = job["documents"]
+    assert len({d["raw_content"] for d in docs}) == len(docs)
+    assert all(d["content_hash"] == content_hash(d).hex() for d in docs)
+    # Unity's three copies of one header: the first, in the archive's order, is kept.
+    assert [d["path"] for d in docs if d["path"].endswith("/src/ProductionCode.h")] == [
+        "tests/unity/examples/example_1/src/ProductionCode.h"]
+    # The zip came last: the tar's copies are kept and the zip gives no document.
+    published = storage.published_files(str(job["run"] / "documents"))
+    ids = [input_id(location) for location in job["inputs"]]
+    assert {name for name in published if Path(name).name.startswith(ids[-1])} == set()
+    assert sorted(published.values()) == [27, 124]
+
+
+def test_a_rerun_of_the_command_reads_nothing_again(job):
+    done = subprocess.run([sys.executable, "-m", "jobs.sources.github", "--input", *job["inputs"], "--output",
+                           str(job["run"]), "master=local[2]"], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "github: 151 documents from 5/5 inputs (5 already done, 0 left out)" in done.stdout
+    again = json.loads((job["run"] / "stats.json").read_text())
+    assert again["inputs_resumed"] == 5 and again["tasks"] == {}  # no input read, nothing published again
+    assert again["stages"] == job["stats"]["stages"]
+    assert 'id="source-github"' in (job["run"] / "report.html").read_text()

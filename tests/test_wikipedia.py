@@ -20,8 +20,8 @@ from curation.wikipedia import (
     read_squad_json,
     read_wikitext_tokens,
     read_xml_dump,
-    wikitext_to_text,
 )
+from curation.wikitext import wikitext_to_text
 from jobs.train_lm import iter_articles, route_inputs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

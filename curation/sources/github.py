@@ -5,21 +5,19 @@ leaves open: longest line 1,000, mean line 100 characters, alphanumeric share 0.
 
 An input is a repository archive as GitHub serves it (`.tar.gz` or `.zip`, one top folder
 `NAME-REF/`: the `repository`), or an export of files (Parquet or JSON lines: BigQuery's
-`github_repos`, The Stack) with `repo`, `path`, `content` and maybe `license`. A repository's
-licence is the export's field or else detected from its licence file (LICENSE, COPYING, …, at its
-top) by askalono, which scores the text against the SPDX licence list (offline, the list is in the
-package; the detector of cargo-deny and ClearlyDefined): no such file → `no_license`, a file no
-licence matches → NOASSERTION. Archives are read as data, twice (licence files, then every file),
-never extracted: a member's name is a string, and one that climbs (`../x`) or is absolute is
-counted (`unsafe_path`) and skipped. The stages keep allowed licences, allowed paths, cut licence
-headers, drop low-quality files and key each file by its text's hash for the engine's run-wide
-exact dedup.
+`github_repos`, The Stack) with `repo`, `path`, `content` and maybe `license`, read as data by
+`curation.repositories` (never extracted). A repository's licence is the export's field or else
+detected from its licence file (LICENSE, COPYING, …, at its top: an archive's first reading) by
+askalono, which scores the text against the SPDX licence list (offline, the list is in the package;
+the detector of cargo-deny and ClearlyDefined): no such file → `no_license`, a file no licence
+matches → NOASSERTION. The stages keep allowed licences, allowed paths, cut licence headers, drop
+low-quality files and key each file by its text's hash, on which the engine's run-wide step
+`exact_dedup` keeps one file of each text across the inputs (`dedup`). A file's language by its
+extension is `programming_language` (`language` is lid.176's label of a text's natural language).
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 import posixpath
 import re
 from collections import Counter
@@ -27,13 +25,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import askalono
-import pyarrow.parquet as pq
-import xxhash
+import pyarrow as pa
 
-from curation import archives, storage
 from curation.pipeline import Stage
+from curation.repositories import LICENSE_FILE_RE, decoded, licence_texts, repository_files
 from curation.settings import setting
-from curation.sources import Source
+from curation.sources import RunWideStep, Source, content_hash
 
 # RedPajama v1's extension whitelist (data_prep/github), with each one's language (GitHub Linguist's names).
 EXTENSION_LANGUAGES = {
@@ -52,14 +49,9 @@ EXTENSION_LANGUAGES = {
 }  # fmt: skip
 PROSE_LANGUAGES = {"Markdown", "reStructuredText"}  # their `#` lines are headings, not comments
 NOASSERTION = "NOASSERTION"  # SPDX's word for "a licence file, but no licence recognised in it"
-LICENSE_FILE_RE = re.compile(r"(licen[cs]e|copying|unlicense)([.-][\w.-]*)?", re.IGNORECASE)
 # Copies of other projects (GitHub Linguist's vendor.yml, its common entries) and minified bundles.
 VENDORED_RE = re.compile(r"(^|/)(vendors?|third[-_]?party|3rd[-_]?party|node_modules|bower_components)/"
                          r"|\.min\.(js|css)$", re.IGNORECASE)
-# Export columns: BigQuery's github_repos, then The Stack's names.
-EXPORT_COLUMNS = {"repository": ("repo", "repo_name", "max_stars_repo_name"),
-                  "path": ("path", "max_stars_repo_path"), "content": ("content",),
-                  "license": ("license", "licenses", "max_stars_repo_licenses")}
 
 
 @dataclass(frozen=True)
@@ -80,14 +72,8 @@ class GitHubSettings:
     min_alphanumeric_share: float = setting(0.25, "drop a file with a smaller share of alphanumeric characters",
                                             minimum=0, maximum=1)
     remove_license_headers: bool = setting(True, "cut a licence or copyright comment at the top of a file")
-
-
-@dataclass(frozen=True)
-class RepositoryFile:
-    repository: str
-    path: str
-    data: bytes | str
-    license: str | list | None  # an export's licence field, as it gives it; None for archives
+    dedup: bool = setting(True, "keep one file of each text across the inputs (exact_dedup: the first in the order "
+                          "of the inputs given)")
 
 
 # --- reading --------------------------------------------------------------------------------------
@@ -96,68 +82,6 @@ class RepositoryFile:
 def language_of(path: str) -> str | None:
     name = posixpath.basename(path)
     return EXTENSION_LANGUAGES.get(name) or EXTENSION_LANGUAGES.get(posixpath.splitext(name)[1])
-
-
-def is_export(location: str) -> bool:
-    return bool(re.search(r"\.(parquet|jsonl|ndjson|json)(\.gz)?$", location))
-
-
-def repository_files(location: str, settings: GitHubSettings, counts: Counter) -> Iterator[RepositoryFile]:
-    """The files of one input, archive or export, in stored order."""
-    if location.endswith(".parquet"):
-        yield from _parquet_files(location, settings, counts)
-    elif is_export(location):
-        yield from _json_lines_files(location, settings, counts)
-    else:
-        yield from _archive_files(location, settings, counts)
-
-
-def _archive_files(location: str, settings: GitHubSettings, counts: Counter) -> Iterator[RepositoryFile]:
-    for member in archives.members(location, settings.max_file_bytes, counts):
-        parts = member.name.removeprefix("./").split("/")
-        if member.name.startswith("/") or ".." in parts or "" in parts:
-            counts["dropped.unsafe_path"] += 1
-        elif len(parts) < 2:
-            counts["dropped.outside_repository"] += 1  # GitHub's archives hold one top folder
-        else:
-            yield RepositoryFile(parts[0], "/".join(parts[1:]), member.data, None)
-
-
-def _export_row(row: dict, settings: GitHubSettings, counts: Counter) -> RepositoryFile | None:
-    values = {key: next((row[name] for name in names if row.get(name) is not None), None)
-              for key, names in EXPORT_COLUMNS.items()}
-    if values["repository"] is None or values["path"] is None or values["content"] is None:
-        counts["dropped.bad_record"] += 1
-    elif len(values["content"]) > settings.max_file_bytes:
-        counts["dropped.member_too_large"] += 1
-    else:
-        return RepositoryFile(values["repository"], values["path"], values["content"], values["license"])
-    return None
-
-
-def _parquet_files(location: str, settings: GitHubSettings, counts: Counter) -> Iterator[RepositoryFile]:
-    with storage.open_input(location) as stream:
-        parquet = pq.ParquetFile(stream)
-        wanted = {name for names in EXPORT_COLUMNS.values() for name in names}
-        columns = [name for name in parquet.schema_arrow.names if name in wanted]
-        for batch in parquet.iter_batches(batch_size=1024, columns=columns):
-            for row in batch.to_pylist():
-                if (file := _export_row(row, settings, counts)) is not None:
-                    yield file
-
-
-def _json_lines_files(location: str, settings: GitHubSettings, counts: Counter) -> Iterator[RepositoryFile]:
-    with storage.open_input(location) as raw:
-        stream = gzip.open(raw) if location.endswith(".gz") else raw
-        for line in stream:
-            try:
-                row = json.loads(line)
-            except ValueError:
-                row = None
-            if not isinstance(row, dict):
-                counts["dropped.bad_record"] += 1
-            elif (file := _export_row(row, settings, counts)) is not None:
-                yield file
 
 
 def detect_license(text: str, settings: GitHubSettings) -> str:
@@ -170,10 +94,8 @@ def repository_licenses(location: str, settings: GitHubSettings) -> dict[str, st
     """{repository: licence} from the licence files at each repository's top (the first reading of an
     input). With several (LICENSE-MIT, LICENSE-APACHE: a choice), an allowed one wins."""
     found: dict[str, list[str]] = {}
-    for file in repository_files(location, settings, Counter()):  # counted on the second reading
-        if "/" not in file.path and LICENSE_FILE_RE.fullmatch(file.path):
-            text = file.data if isinstance(file.data, str) else file.data.decode("utf-8", "replace")
-            found.setdefault(file.repository, []).append(detect_license(text, settings))
+    for repository, text in licence_texts(location, settings.max_file_bytes):
+        found.setdefault(repository, []).append(detect_license(text, settings))
     allowed = {name.lower() for name in settings.licenses}
     return {repository: next((name for name in names if name.lower() in allowed), names[0])
             for repository, names in found.items()}
@@ -187,27 +109,16 @@ def export_license(value: str | list | None, settings: GitHubSettings) -> str | 
     return next((name for name in names if name in settings.licenses), names[0] if names else None)
 
 
-def decoded(data: bytes | str) -> str | None:
-    """The text of a file, None for a binary one (a NUL byte, or not UTF-8)."""
-    if isinstance(data, str):
-        return data
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    return None if "\x00" in text else text
-
-
 def read_files(location: str, settings: GitHubSettings, counts: Counter) -> Iterator[dict]:
     """The text files of one input as documents (the source's `read`)."""
     licenses = repository_licenses(location, settings)
-    for file in repository_files(location, settings, counts):
+    for file in repository_files(location, settings.max_file_bytes, counts):
         text = decoded(file.data)
         if text is None:
             counts["dropped.binary"] += 1
             continue
         yield {"raw_content": text, "repository": file.repository, "path": file.path,
-               "language": language_of(file.path),
+               "programming_language": language_of(file.path),
                "license": export_license(file.license, settings) or licenses.get(file.repository)}
 
 
@@ -283,7 +194,7 @@ class LicenseHeaderRemover(Stage):
 
     def process(self, docs: Iterable[dict]) -> Iterator[dict]:
         for doc in docs:
-            if doc["language"] not in PROSE_LANGUAGES:
+            if doc["programming_language"] not in PROSE_LANGUAGES:
                 text = without_license_header(doc["raw_content"])
                 if text != doc["raw_content"]:
                     doc["raw_content"] = text
@@ -323,15 +234,15 @@ class QualityFilter(Stage):
 
 
 class ContentHash(Stage):
-    """Keys each file by a 128-bit hash of its final text (XXH3, as the engine's exact dedup): the
-    engine keeps one file per key, run-wide."""
+    """Keys each file by the hash of its final text (`curation.sources.content_hash`, in hex): the
+    engine's exact dedup (`exact_dedup`) keeps one file per key, run-wide."""
 
     name = "content_hash"
     writes = ("content_hash",)
 
     def process(self, docs: Iterable[dict]) -> Iterator[dict]:
         for doc in docs:
-            doc["content_hash"] = xxhash.xxh3_128_hexdigest(doc["raw_content"].encode("utf-8"))
+            doc["content_hash"] = content_hash(doc).hex()
             yield doc
 
 
@@ -340,5 +251,13 @@ def stages(settings: GitHubSettings) -> list[Stage]:
     return [LicenseFilter(settings), PathFilter(settings), *header, QualityFilter(settings), ContentHash()]
 
 
+def run_wide_steps(settings: GitHubSettings) -> list[RunWideStep]:
+    """LLaMA's exact file-level dedup, across every input of the run, on the files' `content_hash`."""
+    if not settings.dedup:
+        return []
+    return [RunWideStep("exact_dedup", "exact_duplicates", key=lambda doc: doc["content_hash"], key_type=pa.string())]
+
+
 SOURCE = Source(name="github", settings=GitHubSettings, read=read_files, stages=stages,
-                fields=("repository", "path", "language", "license", "content_hash"))
+                fields=("repository", "path", "programming_language", "license", "content_hash"),
+                run_wide=run_wide_steps)

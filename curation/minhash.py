@@ -40,6 +40,7 @@ from typing import Literal
 
 import numpy as np
 
+from curation import schema
 from curation.normalize import dedup_words_utf8, normalize_for_dedup
 from curation.pipeline import Stage
 from curation.settings import setting
@@ -343,6 +344,9 @@ class MinHashSettings:
     cc_local_max_edges: int = setting(2_000_000, "a graph of at most this many edges gets its connected components "
                                       "in one process (scipy; 2M edges: ~250 MB, ~3 s) instead of Spark rounds "
                                       "of two jobs each; 0: always Spark", minimum=0)
+    local_max_documents: int = setting(1_000_000, "at most this many documents with shingles: their LSH buckets, "
+                                       "verification and clusters in one process (numpy + scipy; 1M documents: "
+                                       "~0.6 GB) instead of Spark's shuffles and joins; 0: always Spark", minimum=0)
 
     def resolved(self) -> MinHashSettings:
         """The same settings with `bands` and `rows` filled in."""
@@ -365,6 +369,36 @@ def document_signatures(texts: Sequence[str], params: MinHashSettings,
         raise ValueError(f"this MinHasher makes other signatures than {signature_settings(params)}: "
                          "use curation.minhash.make_hasher(settings)")
     return hasher.signatures(texts)
+
+
+def lsh_edges(ids: np.ndarray, signatures: np.ndarray, params: MinHashSettings,
+              chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+    """The LSH graph of documents (`ids`, int64; `signatures`, (n, num_perm) uint32, all with shingles) in
+    one process, as `jobs.dedup.minhash_clusters` builds it on Spark: in each band, the members of a
+    bucket are linked to its smallest id; with `params.verify`, only when their signatures agree on ≥
+    threshold of their values. Returns the distinct (src, dst) edges, src ≠ dst."""
+    params = params.resolved()
+    width = 4 * params.rows
+    keys = band_key_bytes(signatures, params.bands, params.rows)
+    edges = []
+    for band in range(params.bands):
+        band_keys = np.frombuffer(keys, dtype=np.dtype((np.void, width)))[band::params.bands]
+        _, bucket = np.unique(band_keys, return_inverse=True)
+        order = np.lexsort((ids, bucket))  # by bucket, then id: each bucket's first row is its root
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = bucket[order][1:] != bucket[order][:-1]
+        root_row = np.empty(bucket.max() + 1 if len(bucket) else 0, dtype=np.int64)
+        root_row[bucket[order][first]] = order[first]
+        rows = np.flatnonzero(root_row[bucket] != np.arange(len(ids)))
+        roots = root_row[bucket[rows]]
+        if params.verify:
+            agree = np.concatenate([np.count_nonzero(signatures[rows[i:i + chunk]] == signatures[roots[i:i + chunk]],
+                                                     axis=1) for i in range(0, len(rows), chunk)] or [[]])
+            keep = agree / params.num_perm >= params.threshold  # as `similar` decides it
+            rows, roots = rows[keep], roots[keep]
+        edges.append(np.stack([ids[rows], ids[roots]], axis=1))
+    pairs = np.unique(np.concatenate(edges) if edges else np.empty((0, 2), np.int64), axis=0)
+    return pairs[:, 0], pairs[:, 1]
 
 
 def similar(sig_a: np.ndarray, sig_b: np.ndarray, threshold: float) -> bool:
@@ -407,11 +441,12 @@ def local_clusters(texts: Sequence[str], params: MinHashSettings = MinHashSettin
     return [ids[find(i)] for i in range(len(texts))]
 
 
-def keep_order_key(doc: dict, use_perplexity: bool) -> tuple:
+def keep_order_key(doc: dict, use_perplexity: bool, id_field: str = "_doc_id") -> tuple:
     """Which document of a cluster is kept: the smallest key (lowest perplexity when chosen and known,
-    then url, then content)."""
+    then url, then its id: `id_field`, else `curation.schema.doc_id` of its url and text)."""
     ppl = doc.get("perplexity") if use_perplexity else None
-    return (ppl is None, ppl if ppl is not None else 0.0, doc.get("url") or "", doc.get("raw_content") or "")
+    doc_id = doc[id_field] if id_field in doc else schema.doc_id(doc.get("url"), doc.get("raw_content"))
+    return (ppl is None, ppl if ppl is not None else 0.0, doc.get("url") or "", doc_id)
 
 
 class MinHashDedupStage(Stage):
@@ -435,6 +470,6 @@ class MinHashDedupStage(Stage):
         for i, c in enumerate(clusters):
             members.setdefault(c, []).append(i)
         for c, idx in members.items():
-            best = min(idx, key=lambda i: keep_order_key(docs[i], self.use_perplexity))
+            best = min(idx, key=lambda i: keep_order_key(docs[i], self.use_perplexity, self.id_field or "_doc_id"))
             self.drop("near_duplicate", len(idx) - 1)
             yield {**docs[best], "minhash_cluster": c, "minhash_cluster_size": len(idx)}

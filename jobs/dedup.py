@@ -49,7 +49,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 from curation import storage
 from curation.dedup_lines import GroupDedup, LineDedupSettings
 from curation.extract import ExtractSettings
-from curation.minhash import MinHasher, MinHashSettings, band_key_bytes, document_signatures, make_hasher
+from curation.minhash import MinHasher, MinHashSettings, band_key_bytes, document_signatures, lsh_edges, make_hasher
 from curation.settings import exit_with_error, parse_command, section, setting
 from jobs.spark import master_setting
 from jobs.storage_io import read_parquet, write_parquet
@@ -242,16 +242,14 @@ def _materialized(edges: DataFrame, round_dir: str) -> tuple[DataFrame, list[str
     return read_parquet(edges.sparkSession, round_dir, files, EDGES), files
 
 
-def _components_in_one_process(round_dir: str, files: list[str], out_dir: str) -> list[str]:
-    """(node, component) of the edges in `files`, found by scipy in this process and written as one
+def _components_in_one_process(src: np.ndarray, dst: np.ndarray, out_dir: str) -> list[str]:
+    """(node, component) of the edges (src, dst), found by scipy in this process and written as one
     Parquet file under `out_dir`: the component is its smallest node, as the Spark rounds give."""
     # Imported here: every Python worker imports this module (through jobs.curate), none of them
     # needs scipy, and it costs each of them about 0.3 s of CPU.
     import scipy.sparse
     import scipy.sparse.csgraph
 
-    edges = storage.parquet_dataset(round_dir, files).to_table() if files else EDGES.empty_table()
-    src, dst = edges.column("src").to_numpy(), edges.column("dst").to_numpy()
     nodes, index = np.unique(np.concatenate([src, dst]), return_inverse=True)
     graph = scipy.sparse.coo_matrix((np.ones(len(src), np.int8), (index[:len(src)], index[len(src):])),
                                     shape=(len(nodes), len(nodes)))
@@ -260,7 +258,7 @@ def _components_in_one_process(round_dir: str, files: list[str], out_dir: str) -
     np.minimum.at(smallest, labels, nodes)
     location = storage.join(out_dir, "components.parquet")
     with storage.atomic_output(location) as out:
-        pq.write_table(pa.table({"node": nodes, "component": smallest[labels]}), out)
+        pq.write_table(pa.table({"node": nodes.astype(np.int64), "component": smallest[labels]}), out)
     return [location]
 
 
@@ -282,7 +280,9 @@ def connected_components(edges: DataFrame, max_iterations: int = 64, checkpoint_
     edges, files = _materialized(edges.select(F.col("src").cast("long"), F.col("dst").cast("long")), round_dir)
     checksum = _edge_checksum(edges)
     if checksum[0] <= local_max_edges:
-        components = _components_in_one_process(round_dir, files, f"{run_dir}/components")
+        table = storage.parquet_dataset(round_dir, files).to_table() if files else EDGES.empty_table()
+        components = _components_in_one_process(table.column("src").to_numpy(), table.column("dst").to_numpy(),
+                                                f"{run_dir}/components")
         return read_parquet(spark, f"{run_dir}/components", components, COMPONENTS), 0
     for iteration in range(1, max_iterations + 1):
         next_dir = f"{run_dir}/round-{iteration}"
@@ -301,20 +301,10 @@ def connected_components(edges: DataFrame, max_iterations: int = 64, checkpoint_
     return nodes, iteration
 
 
-def minhash_clusters(df: DataFrame, settings: MinHashSettings = MinHashSettings(),
-                     checkpoint_dir: str | None = None, signatures: DataFrame | None = None) -> tuple[DataFrame, dict]:
-    """Every document of `df` with `minhash_cluster` (long: the smallest `_doc_id` of its connected
-    component, its own id when alone) and `_linked` (whether it has a near-duplicate). Members of an
-    LSH bucket are linked to the bucket's smallest `_doc_id`; with `verify`, only when their signatures
-    agree on ≥ threshold of values. Same semantics as curation.minhash.local_clusters. `signatures`:
-    the documents' (`_doc_id`, `_minhash_sig`) when already stored (no text is read for the
-    clustering), else computed from `df`'s text. Returns (DataFrame, partial stats)."""
-    params = settings.resolved()
-    df = with_doc_id(df)
-    computed = signatures is None
-    if computed:
-        signatures = with_signatures(df, params).persist()
-    candidates = signatures.where(F.col(SIGNATURE).isNotNull())
+def _distributed_edges(candidates: DataFrame, params: MinHashSettings) -> tuple[DataFrame, DataFrame]:
+    """The LSH graph on Spark: each document's band keys, members of a bucket linked to its smallest
+    `_doc_id` (a star: n-1 edges for n members), verified on their signatures when `verify`. Returns the
+    edges and the persisted band keys (to unpersist once the edges are materialized)."""
     band_schema = T.StructType([T.StructField(ID, T.LongType()), T.StructField("_band", T.IntegerType()),
                                 T.StructField("_key", T.BinaryType())])
     keyed = candidates.mapInArrow(_band_keys_fn(params), band_schema).persist()
@@ -331,67 +321,102 @@ def minhash_clusters(df: DataFrame, settings: MinHashSettings = MinHashSettings(
         edges = (edges.join(a, on="src").join(b, on="dst")
                  .where(equal / F.lit(float(params.num_perm)) >= F.lit(float(params.threshold)))
                  .select("src", "dst"))
-    components, iterations = connected_components(edges, params.cc_max_iterations, checkpoint_dir,
-                                                  params.cc_local_max_edges)
-    keyed.unpersist()  # the first round's edges are materialized: keys and signatures are read no more
+    return edges, keyed
+
+
+def _components_of_few(candidates: DataFrame, params: MinHashSettings, checkpoint_dir: str | None) -> DataFrame:
+    """(node, component) of at most `local_max_documents` documents' signatures, their LSH graph and its
+    components made in this process (`curation.minhash.lsh_edges`, scipy): the same clusters as the
+    Spark jobs make, without their shuffles and joins (20,000 pages: ~10 s of a 2-core run's 20)."""
+    spark = candidates.sparkSession
+    table = candidates.toArrow()
+    ids = table.column(ID).to_numpy()
+    signatures = table.column(SIGNATURE).combine_chunks().flatten().to_numpy().view("<u4")
+    src, dst = lsh_edges(ids, signatures.reshape(len(ids), params.num_perm), params)
+    out_dir = f"{_checkpoint_root(spark, checkpoint_dir)}/cc-{uuid.uuid4().hex}/components"
+    return read_parquet(spark, out_dir, _components_in_one_process(src, dst, out_dir), COMPONENTS)
+
+
+def minhash_components(df: DataFrame, settings: MinHashSettings = MinHashSettings(),
+                       checkpoint_dir: str | None = None, signatures: DataFrame | None = None,
+                       documents: int | None = None) -> tuple[DataFrame, dict]:
+    """(node, component) of every document of `df` that has a near-duplicate: the component is the
+    smallest `_doc_id` of its connected component. Members of an LSH bucket are linked to the bucket's
+    smallest `_doc_id`; with `verify`, only when their signatures agree on ≥ threshold of values (same
+    semantics as curation.minhash.local_clusters). `signatures`: the documents' (`_doc_id`,
+    `_minhash_sig`) when already stored (no text is read), else computed from `df`'s text; `documents`:
+    how many, when known. Up to `minhash.local_max_documents` documents are clustered in one process,
+    more on Spark. Returns the components and partial stats."""
+    params = settings.resolved()
+    computed = signatures is None
+    if computed:
+        signatures = with_signatures(df, params).persist()
+    candidates = signatures.where(F.col(SIGNATURE).isNotNull())
+    few = (documents if documents is not None else candidates.count()) <= params.local_max_documents
+    if few:
+        components, iterations = _components_of_few(candidates, params, checkpoint_dir), 0
+    else:
+        edges, keyed = _distributed_edges(candidates, params)
+        components, iterations = connected_components(edges, params.cc_max_iterations, checkpoint_dir,
+                                                      params.cc_local_max_edges)
+        keyed.unpersist()  # the first round's edges are materialized: keys and signatures are read no more
     if computed:
         signatures.unpersist()
-    clustered = (df.join(components, df[ID] == components["node"], "left")
-                 .withColumn("minhash_cluster", F.coalesce(F.col("component"), F.col(ID)))
-                 .withColumn("_linked", F.col("component").isNotNull())
-                 .drop("node", "component"))
     stats = {"scheme": params.scheme, "bands": params.bands, "rows": params.rows, "ngram": params.ngram,
-             "num_perm": params.num_perm,
-             "threshold": params.threshold, "verify": params.verify, "cc_iterations": iterations}
-    return clustered, stats
+             "num_perm": params.num_perm, "threshold": params.threshold, "verify": params.verify,
+             "clustered_in": "one process" if few else "spark", "cc_iterations": iterations}
+    return components, stats
 
 
-def keep_order(df: DataFrame, use_perplexity: bool) -> Column:
+def keep_order(keys: DataFrame, use_perplexity: bool) -> Column:
     """`curation.minhash.keep_order_key` as a struct whose smallest value is the kept document: perplexity
-    known first, lowest perplexity, url, content (null url/content as ""), then `_doc_id`."""
-    ppl = F.col("perplexity") if use_perplexity and "perplexity" in df.columns else F.lit(None).cast("double")
+    known first, lowest perplexity, url (null as ""), then `_doc_id`."""
+    ppl = F.col("perplexity") if use_perplexity and "perplexity" in keys.columns else F.lit(None).cast("double")
     return F.struct(ppl.isNull().alias("unknown"), F.coalesce(ppl, F.lit(0.0)).alias("perplexity"),
-                    F.coalesce(F.col("url"), F.lit("")).alias("url"),
-                    F.coalesce(F.col("raw_content"), F.lit("")).alias("content"), F.col(ID).alias("id"))
+                    F.coalesce(F.col("url"), F.lit("")).alias("url"), F.col(ID).alias("id"))
 
 
 def minhash_dedup(df: DataFrame, settings: MinHashSettings = MinHashSettings(), drop_duplicates: bool = True,
-                  checkpoint_dir: str | None = None, signatures: DataFrame | None = None) -> tuple[DataFrame, dict]:
-    """MinHash LSH near-duplicate removal across `df` (see `minhash_clusters`): keeps one document
-    per cluster, with its `minhash_cluster` and `minhash_cluster_size`: the lowest `perplexity`
-    when keep="perplexity" and the column exists (nulls last), then the smallest url, then content.
-    Cluster sizes and the kept document come from one aggregation per cluster over the linked
-    documents' keys (partial aggregation first, so a cluster of a million copies is a few rows per
-    task, never one task holding the cluster), joined back to the documents on `_doc_id`.
-    Returns the kept documents (persisted; `_doc_id` added) and {"in", "out", "dropped":
-    {"near_duplicate"}, "clusters" (of size > 1), "cluster_sizes": {size: clusters}, "scheme", "bands",
-    "rows", "ngram", "num_perm", "threshold", "verify", "cc_iterations", "seconds"}.
-    With drop_duplicates=False, every document comes back with a boolean `minhash_keep` instead.
-    `signatures`: as in `minhash_clusters`."""
+                  checkpoint_dir: str | None = None, signatures: DataFrame | None = None,
+                  documents: int | None = None, keys: DataFrame | None = None) -> tuple[DataFrame, dict]:
+    """MinHash LSH near-duplicate removal across `df` (`minhash_components`): keeps one document per
+    cluster, with its `minhash_cluster` and `minhash_cluster_size`: the lowest `perplexity` when
+    keep="perplexity" and the column exists (nulls last), then the smallest url, then `_doc_id`. The
+    decision is made on the documents' keys alone (`keys`: their `_doc_id`, url and perplexity when
+    already at hand, else selected from `df`): one aggregation per cluster over its linked documents
+    (partial aggregation first, so a cluster of a million copies is a few rows per task, never one task
+    holding the cluster), then a row per linked document joined back to `df` on `_doc_id`: the text is
+    read once, never cached or shuffled for the decision. Returns the kept documents (`_doc_id` added)
+    and {"in", "out", "dropped": {"near_duplicate"}, "clusters" (of size > 1), "cluster_sizes": {size:
+    clusters}, "scheme", "bands", "rows", "ngram", "num_perm", "threshold", "verify", "clustered_in",
+    "cc_iterations", "seconds"}. With drop_duplicates=False, every document comes back with a boolean
+    `minhash_keep` instead. `signatures`, `documents`: as in `minhash_components`."""
     started = time.perf_counter()
-    clustered, stats = minhash_clusters(df, settings, checkpoint_dir, signatures)
-    clustered = clustered.persist()  # read by the aggregation and by the join back
-    linked = clustered.where("_linked").select(ID, "minhash_cluster",
-                                               keep_order(clustered, settings.keep == "perplexity").alias("_key"))
-    per_cluster = linked.groupBy("minhash_cluster").agg(F.count(F.lit(1)).alias("_size"), F.min("_key").alias("_best"))
-    if drop_duplicates:  # only the kept documents need their cluster's size
-        marks = per_cluster.select(F.col("_best.id").alias(ID), "_size", F.lit(True).alias("_winner"))
-    else:
-        marks = (linked.select(ID, "minhash_cluster").join(per_cluster, on="minhash_cluster")
-                 .select(ID, "_size", (F.col(ID) == F.col("_best.id")).alias("_winner")))
-    marked = (clustered.join(marks, on=ID, how="left")
-              .withColumn("minhash_cluster_size", F.coalesce(F.col("_size"), F.lit(1)).cast("long"))
-              .withColumn("minhash_keep", ~F.col("_linked") | F.coalesce(F.col("_winner"), F.lit(False)))
-              .drop("_size", "_winner", "_linked").persist())
+    df = with_doc_id(df)
+    components, stats = minhash_components(df, settings, checkpoint_dir, signatures, documents)
+    if keys is None:
+        keys = df.select(ID, "url", *(["perplexity"] if "perplexity" in df.columns else []))
+    linked = keys.join(components.withColumnRenamed("node", ID), on=ID)
+    linked = linked.select(ID, F.col("component").alias("minhash_cluster"),
+                           keep_order(linked, settings.keep == "perplexity").alias("_key"))
+    per_cluster = (linked.groupBy("minhash_cluster")
+                   .agg(F.count(F.lit(1)).alias("minhash_cluster_size"), F.min("_key")["id"].alias("_kept"))).persist()
+    marks = (linked.join(per_cluster, on="minhash_cluster")
+             .select(ID, "minhash_cluster", "minhash_cluster_size", (F.col(ID) == F.col("_kept")).alias("_keep")))
+    marked = (df.join(marks, on=ID, how="left")
+              .withColumn("minhash_cluster", F.coalesce(F.col("minhash_cluster"), F.col(ID)))
+              .withColumn("minhash_cluster_size", F.coalesce(F.col("minhash_cluster_size"), F.lit(1)).cast("long"))
+              .withColumn("minhash_keep", F.coalesce(F.col("_keep"), F.lit(True))).drop("_keep"))
     kept = marked.where("minhash_keep").drop("minhash_keep") if drop_duplicates else marked
-
-    sizes = marked.where("minhash_keep").groupBy("minhash_cluster_size").count().collect()
-    clustered.unpersist()
-    cluster_sizes = {int(r["minhash_cluster_size"]): int(r["count"]) for r in sizes}
-    docs_in = sum(size * n for size, n in cluster_sizes.items())
+    linked_sizes = {int(row["minhash_cluster_size"]): int(row["count"])
+                    for row in per_cluster.groupBy("minhash_cluster_size").count().collect()}
+    per_cluster.unpersist()
+    docs_in = documents if documents is not None else keys.count()
+    singles = docs_in - sum(size * n for size, n in linked_sizes.items())
+    cluster_sizes = {**({1: singles} if singles else {}), **linked_sizes}
     docs_out = sum(cluster_sizes.values())
     stats = {"in": docs_in, "out": docs_out, "dropped": {"near_duplicate": docs_in - docs_out},
-             "clusters": sum(n for size, n in cluster_sizes.items() if size > 1),
+             "clusters": sum(linked_sizes.values()),
              "cluster_sizes": {str(k): cluster_sizes[k] for k in sorted(cluster_sizes)},
              **stats, "seconds": time.perf_counter() - started}
     return kept, stats

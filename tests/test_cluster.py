@@ -166,8 +166,9 @@ def test_phase_2_survives_an_executor_killed_during_connected_components(standal
     settings = ["line_dedup.enabled=false"]
     output = tmp_path / "run"
     console = tmp_path / "console.log"
-    # Connected components by Spark rounds (not in one process, as a graph this small would be).
-    job = submit_curate(master, env, work, output, inputs, console, [*settings, "minhash.cc_local_max_edges=0"])
+    # LSH on Spark and connected components by Spark rounds (not in one process, as a run this small would be).
+    job = submit_curate(master, env, work, output, inputs, console,
+                        [*settings, "minhash.local_max_documents=0", "minhash.cc_local_max_edges=0"])
     try:
         # Connected components have started once a round's edges are being written.
         wait_for(lambda: list(output.glob("checkpoints/cc-*/round-*")) or job.poll() is not None,

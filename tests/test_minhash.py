@@ -194,14 +194,17 @@ def test_precision_recall_local(corpus, truth):
     assert precision >= 0.95 and recall >= 0.95
 
 
-def test_spark_equals_local_and_meets_targets(spark, corpus, truth):
+@pytest.mark.parametrize("local_max_documents", [0, MinHashSettings().local_max_documents])  # Spark, one process
+def test_spark_equals_local_and_meets_targets(spark, corpus, truth, local_max_documents):
     from jobs.dedup import minhash_dedup
 
     rng = random.Random(3)
     docs = [{**d, "_doc_id": i, "perplexity": float(rng.randrange(50, 500))} for i, d in enumerate(corpus)]
     df = spark.createDataFrame(docs).repartition(3)
 
-    audited, stats = minhash_dedup(df, MinHashSettings(keep="perplexity"), drop_duplicates=False)
+    settings = MinHashSettings(keep="perplexity", local_max_documents=local_max_documents)
+    audited, stats = minhash_dedup(df, settings, drop_duplicates=False)
+    assert stats["clustered_in"] == ("spark" if local_max_documents == 0 else "one process")
     rows = {r["_doc_id"]: r for r in audited.select("_doc_id", "url", "perplexity", "minhash_cluster",
                                                     "minhash_cluster_size", "minhash_keep").collect()}
     labels = [rows[i]["minhash_cluster"] for i in range(len(docs))]

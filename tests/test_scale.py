@@ -91,7 +91,7 @@ def test_cluster_of_identical_pages_kept_once(spark, shared_data, tmp_path):
     docs[123]["perplexity"] = 50.0  # the lowest perplexity wins over the smallest url
     docs += [{"url": f"https://other.example/{i}", "raw_content": text, "perplexity": 10.0}
              for i, text in enumerate(others)]
-    settings = MinHashSettings()
+    settings = MinHashSettings(local_max_documents=0)  # Spark's jobs: no cluster lands on one task
     kept, stats = minhash_dedup(spark.createDataFrame(docs).repartition(4), settings,
                                 checkpoint_dir=str(tmp_path / "checkpoints"))
     rows = sorted((r["url"], r["minhash_cluster_size"]) for r in kept.collect())

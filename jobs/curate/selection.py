@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+import pyarrow as pa
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -27,6 +28,9 @@ from jobs.storage_io import read_parquet, write_parquet
 
 if TYPE_CHECKING:
     from jobs.curate.run import Run
+
+# The columns MinHash's choice of the kept document reads (jobs.dedup.keep_order).
+MINHASH_KEYS = pa.schema([ANNOTATED_WITH_ID.field(name) for name in (DOC_ID, "url", "perplexity")])
 
 # Shuffles start with one partition per `partitions.text_bytes` of input (at least one per core) and
 # AQE coalesces them towards that size without going below the cores (its parallelism-first default).
@@ -68,7 +72,8 @@ def select(run: Run, groups: dict[int, list[str]], sizes: RowGroupSizes) -> dict
         with counting_tasks(run.spark, "bucket_from_run", stats["tasks"]):
             frame, stats["cutoffs_from_run"] = bucket_from_run(frame, run.directory.path("cutoff.csv"))
     if run.settings.minhash.enabled:
-        frame = remove_near_duplicates(run, frame, stored, stats)
+        documents = sum(markers[group]["rows"] for group in markers)
+        frame = remove_near_duplicates(run, frame, stored, documents, stats)
     with counting_tasks(run.spark, "write", stats["tasks"]):
         written = write_parquet(frame.drop(DOC_ID), curated, PARTITIONS)
     storage.delete(run.directory.checkpoints)
@@ -106,13 +111,14 @@ def stored_and_made_groups(run: Run, groups: dict[int, list[str]], sizes: RowGro
     return markers
 
 
-def remove_near_duplicates(run: Run, frame, stored: list[str], stats: dict):
-    """MinHash over every group's stored signatures (no text read for the clustering); the
-    signatures' seconds, spent in the groups' tasks, count as MinHash's."""
+def remove_near_duplicates(run: Run, frame, stored: list[str], documents: int, stats: dict):
+    """MinHash over every group's stored signatures (no text read for the clustering) of `documents`
+    documents; the signatures' seconds, spent in the groups' tasks, count as MinHash's."""
     signatures = read_parquet(run.spark, run.directory.groups, stored, SIGNATURES)
+    keys = read_parquet(run.spark, run.directory.groups, stored, MINHASH_KEYS)  # what decides, without the text
     with counting_tasks(run.spark, "minhash", stats["tasks"]):
         frame, scored = minhash_dedup(frame, run.settings.minhash, checkpoint_dir=run.directory.checkpoints,
-                                      signatures=signatures)
+                                      signatures=signatures, documents=documents, keys=keys)
     stats["processed"]["documents"]["minhash"] = scored["in"]
     signature_seconds = stats["stages"].get("minhash", {}).get("signature_seconds", 0.0)
     stats["stages"]["minhash"] = {**scored, "seconds": scored["seconds"] + signature_seconds,

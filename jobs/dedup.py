@@ -12,15 +12,18 @@ Line dedup: the documents of each group (e.g. of `line_dedup.group_size` segment
 task, which hashes their lines into an in-memory array and rewrites them (curation.dedup_lines,
 cc_net's design): one shuffle of the documents to their group, none of line hashes.
 
-MinHash: signatures and band keys per partition (curation.minhash, vectorised numpy) → shuffle on
-(band, key) → each bucket's members linked to its smallest document id → connected components by
-alternating large-star / small-star (Kiveris et al. 2014) on DataFrames until a round leaves the
-edges unchanged (every component a star around its smallest id), or, for a graph of at most
-`minhash.cc_local_max_edges` edges, scipy's connected components in the driver (one job instead of
-two per round) → per component, one aggregation on
-keys gives its size and the kept document (lowest perplexity if chosen, then url, content), joined
-back on the id; each kept document keeps `minhash_cluster` (the component id) and
-`minhash_cluster_size`. No task ever holds a whole cluster's documents.
+MinHash: signatures per partition (curation.minhash, the scheme of `minhash.scheme`). Up to
+`minhash.local_max_documents` documents, their LSH buckets, verification and connected components are
+made in the driver from the signatures alone (curation.minhash.lsh_edges, scipy: one small collect).
+More: band keys per partition → shuffle on (band, key) → each bucket's members linked to its smallest
+document id (verified on their signatures) → connected components by alternating large-star /
+small-star (Kiveris et al. 2014) on DataFrames until a round leaves the edges unchanged (every
+component a star around its smallest id), or, for a graph of at most `minhash.cc_local_max_edges`
+edges, scipy's in the driver. Then, on the documents' keys alone (`_doc_id`, url, perplexity), one
+aggregation per component gives its size and the kept document (lowest perplexity if chosen, then
+url, then `_doc_id`), and a row per linked document is joined back on the id: each document keeps
+`minhash_cluster` (the component id) and `minhash_cluster_size`. No task ever holds a whole
+cluster's documents, and the text is read once, never cached or shuffled for the decision.
 
 Document identity: `_doc_id` = xxhash64(url, raw_content) unless the DataFrame already has one;
 rows with the same url and content are the same document.

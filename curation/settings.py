@@ -71,9 +71,9 @@ class PartitionSettings:
 @dataclasses.dataclass(frozen=True)
 class RunSettings:
     """How a run ends."""
-    max_failed_share: float = setting(0.0, "exit non-zero when more than this share of segments failed",
+    max_failed_share: float = setting(0.0, "exit non-zero when more than this share of the inputs failed",
                                       minimum=0, maximum=1)
-    skip_after_failures: int = setting(0, "a segment that failed in this many runs in a row is skipped, not "
+    skip_after_failures: int = setting(0, "an input that failed in this many runs in a row is skipped, not "
                                           "retried (0: always retried)", minimum=0)
 
 

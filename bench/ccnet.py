@@ -210,14 +210,16 @@ def run_ours(files: list[Path], models: Path, dedup: bool) -> tuple[int, float, 
 
 
 def measure(engine: str, files: list[Path], models: Path, dedup: bool, profile: bool, code: Path = REPO_ROOT) -> dict:
-    """Runs one engine in a fresh process (ours from the checkout at `code`); its wall time and the
-    CPU time of its process tree."""
+    """Runs one engine in a fresh process (ours from the checkout at `code`; `no-DEVICE`: ours with that
+    speed device off); its wall time and the CPU time of its process tree."""
     cmd = [sys.executable, "-m", "bench.ccnet", "--one", "ccnet" if engine == "ccnet" else "ours",
            "--dedup", str(dedup).lower(),
            "--models", str(models), *(["--profile"] if profile else []), *map(str, files)]
+    devices_off = engine.removeprefix("no-") if engine.startswith("no-") else ""
     load = os.getloadavg()[0]
     started = time.perf_counter()
-    done = subprocess.run(cmd, cwd=code, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(code)))
+    done = subprocess.run(cmd, cwd=code, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(code), CCURATE_DEVICES_OFF=devices_off))
     wall = time.perf_counter() - started
     if done.returncode:
         raise RuntimeError(f"{engine} failed:\n{done.stderr[-3000:]}")
@@ -238,6 +240,8 @@ def main() -> None:
                         "(runs/bench-ccnet/profile-*.txt)")
     parser.add_argument("--before", type=Path, help="an export of an older commit: its `jobs.curate` runs too, "
                         "as `before` (with this file copied into it), for before/after figures")
+    parser.add_argument("--devices", action="store_true", help="instead of cc_net: ours with each speed device of "
+                        "jobs.spark off in turn (CCURATE_DEVICES_OFF), for what each is worth")
     parser.add_argument("--one", choices=["ccnet", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--dedup", default="false", help=argparse.SUPPRESS)
     parser.add_argument("files", nargs="*", type=Path, help=argparse.SUPPRESS)
@@ -261,6 +265,8 @@ def main() -> None:
     docs = 697 * args.copies
     print(f"{docs} WET documents in {len(files)} files; models {models}; {os.cpu_count()} cores, "
           f"load {os.getloadavg()[0]:.1f}")
+    if args.devices:
+        return compare_devices(files, models, args)
     for mode in args.modes.split(","):
         dedup = mode == "on"
         best: dict[str, dict] = {}
@@ -291,6 +297,27 @@ def main() -> None:
             least = models_seconds / OUR_CORES + ours["session start"]
             print(f"  ceiling: our model stages ({models_seconds:.1f} s) over {OUR_CORES} cores after our session "
                   f"start: {least:.1f} s, at most {docs / least / OUR_CORES / cc_core:.2f}x cc_net per core")
+
+
+def compare_devices(files: list[Path], models: Path, args) -> None:
+    """Ours, and ours with each speed device off, alternating, best of `--repeat`: each device's gain."""
+    from jobs.spark import DEVICES
+
+    for mode in args.modes.split(","):
+        best: dict[str, dict] = {}
+        for _ in range(args.repeat):
+            for engine in ("ours", *(f"no-{device}" for device in DEVICES)):
+                result = measure(engine, files, models, mode == "on", False)
+                print(f"  line dedup {mode}, {engine}: {result['wall']:.1f} s wall, {result['cpu']:.1f} s CPU, "
+                      f"load {result['load']:.1f}", flush=True)
+                if engine not in best or result["wall"] < best[engine]["wall"]:
+                    best[engine] = result
+        ours = best["ours"]
+        for device in DEVICES:
+            without = best[f"no-{device}"]
+            print(f"line dedup {mode}: {device}: {without['wall']:.1f} s without, {ours['wall']:.1f} s with: "
+                  f"{(without['wall'] - ours['wall']) / without['wall']:+.1%} of the wall time; CPU "
+                  f"{without['cpu']:.1f} → {ours['cpu']:.1f} s")
 
 
 if __name__ == "__main__":

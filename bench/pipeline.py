@@ -51,6 +51,7 @@ from warcio.warcwriter import WARCWriter
 from bench.common import REPO_ROOT, SHARED_DATA
 from curation.langid import default_model_path
 from curation.minhash import MinHasher
+from jobs.spark import DEVICES
 
 PAGES = int(os.environ.get("BENCH_PIPELINE_PAGES", "20000"))
 CORES = int(os.environ.get("BENCH_PIPELINE_CORES", str(os.cpu_count() or 1)))
@@ -171,13 +172,14 @@ class TreeCPU:
         self.seconds = sum(self.seen.values())
 
 
-def run_curate(code: Path, paths: list[str], output: Path, settings: list[str]) -> dict:
-    """`python -m jobs.curate` of the checkout at `code` on `paths`: its wall and CPU seconds and stats."""
+def run_curate(code: Path, paths: list[str], output: Path, settings: list[str], devices_off: str = "") -> dict:
+    """`python -m jobs.curate` of the checkout at `code` on `paths` (`devices_off`: speed devices left
+    off, CCURATE_DEVICES_OFF): its wall and CPU seconds and stats."""
     started = time.perf_counter()
     with TreeCPU() as cpu:
         run = subprocess.run([sys.executable, "-m", "jobs.curate", "--output", str(output), "--master",
                               f"local[{CORES}]", *settings, "--input", *paths], cwd=code, capture_output=True,
-                             text=True, env=dict(os.environ, PYTHONPATH=str(code)))
+                             text=True, env=dict(os.environ, PYTHONPATH=str(code), CCURATE_DEVICES_OFF=devices_off))
         wall = time.perf_counter() - started
     if run.returncode != 0:
         raise SystemExit(f"jobs.curate of {code} failed ({run.returncode}):\n{run.stderr[-3000:]}")
@@ -205,22 +207,29 @@ def main() -> None:
     parser.add_argument("--before", type=Path, help="an export of an older commit, run on the same files")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each checkout, alternating")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare single-process loop")
+    parser.add_argument("--devices", action="store_true", help="ours with each speed device of jobs.spark off in "
+                        "turn too (CCURATE_DEVICES_OFF), alternating: what each one is worth")
     parser.add_argument("settings", nargs="*", metavar="KEY=VALUE", help="settings of both curate runs")
     args = parser.parse_args()
     become_subreaper()
     pages = real_pages()
     print(f"{len(pages)} real HTML pages → {PAGES} WARC pages in {FILES} files; local[{CORES}]; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; settings {args.settings}")
-    checkouts = {"ours": REPO_ROOT, **({"before": args.before.resolve()} if args.before else {})}
+    runs = {"ours": (REPO_ROOT, ""), **({"before": (args.before.resolve(), "")} if args.before else {}),
+            **({f"no-{device}": (REPO_ROOT, device) for device in DEVICES} if args.devices else {})}
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_warcs(pages, Path(tmp))
         best: dict[str, dict] = {}
         for _ in range(args.repeat):
-            for name, code in checkouts.items():
-                result = run_curate(code, paths, Path(tmp) / "run", args.settings)
+            for name, (code, devices_off) in runs.items():
+                result = run_curate(code, paths, Path(tmp) / "run", args.settings, devices_off)
                 print(describe(name, result), flush=True)
                 if name not in best or result["wall"] < best[name]["wall"]:
                     best[name] = result
+        for device in DEVICES if args.devices else ():
+            without, ours = best[f"no-{device}"]["wall"], best["ours"]["wall"]
+            print(f"{device}: {without:.1f} s without, {ours:.1f} s with: {(without - ours) / without:+.1%} of the "
+                  "wall time")
         if args.before:
             print(f"best wall: ours {best['ours']['wall']:.1f} s, before {best['before']['wall']:.1f} s "
                   f"(ours/before {best['ours']['wall'] / best['before']['wall']:.2f})")

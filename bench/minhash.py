@@ -24,12 +24,11 @@ from datasketch import MinHash
 from bench.common import SHARED_DATA, report
 from bench.common import timed as timed_best
 from bench.corpus import cluster_pairs, make_corpus, real_texts, truth_pairs
+from curation.lsh import MinHashDedupStage, local_clusters
 from curation.minhash import (
     SCHEMES,
-    MinHashDedupStage,
     MinHasher,
     MinHashSettings,
-    local_clusters,
     native_shingle_hashes,
     shingle_bytes,
     shingles,
@@ -108,7 +107,8 @@ def quality(seeds: int, originals: int) -> None:
 
 
 def spark_figures(spark_docs: int) -> None:
-    from jobs.dedup import line_dedup, minhash_dedup
+    from jobs.dedup import line_dedup
+    from jobs.minhash import minhash_dedup
     from jobs.spark import spark_session
 
     corpus = make_corpus(SHARED_DATA, originals=max(1, spark_docs // 8), seed=1)

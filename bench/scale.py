@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from bench.common import SHARED_DATA
 from bench.corpus import real_texts
-from curation.minhash import MinHashDedupStage
+from curation.lsh import MinHashDedupStage
 from curation.settings import load_settings
 from jobs.curate import CurateSettings, model_stages
 from jobs.curate.layout import ROW_GROUP_DOCS, RunDirectory

@@ -151,7 +151,8 @@ def test_fetch_pages_counts_misses_and_bounds_concurrency(mirror):
 def test_training_takes_positives_from_the_cc_index(mirror, shared_data, tmp_path):
     """Path b inside `jobs.train_wikiref`: an article citing pages that the (mirrored) index has;
     the pages are range-fetched, extracted and language-identified, and no fallback is needed."""
-    from jobs.train_wikiref import WikirefTrainingSettings, train
+    from curation.wikiref_training import WikirefTrainingSettings
+    from jobs.train_wikiref import train
 
     cited = sorted(u for u, rows in mirror["index"].items()
                    if rows[0]["status"] == "200" and "web-pages-00000" in rows[0]["filename"])

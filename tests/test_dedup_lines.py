@@ -171,7 +171,7 @@ def test_two_passes_over_stored_hashes_equal_one_group_in_memory(shared_data):
 
 
 def test_doc_id_is_sparks_xxhash64(spark):
-    from jobs.dedup import with_doc_id
+    from jobs.minhash import with_doc_id
 
     rows = [("https://a.example/é", "text\nü"), (None, "no url"), ("https://b.example/", ""), ("u" * 300, "x" * 5000)]
     frame = with_doc_id(spark.createDataFrame(rows, "url string, raw_content string"))

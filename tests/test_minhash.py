@@ -11,15 +11,14 @@ import pytest
 from datasketch import MinHash, MinHashLSH
 
 from bench.corpus import cluster_pairs, make_corpus, precision_recall, real_documents, real_texts, truth_pairs
+from curation.lsh import MinHashDedupStage, local_clusters
 from curation.minhash import (
     MAX_CHARS,
     SCHEMES,
-    MinHashDedupStage,
     MinHasher,
     MinHashSettings,
     document_signatures,
     jaccard,
-    local_clusters,
     make_hasher,
     native_shingle_hashes,
     optimal_bands_rows,
@@ -196,7 +195,7 @@ def test_precision_recall_local(corpus, truth):
 
 @pytest.mark.parametrize("local_max_documents", [0, MinHashSettings().local_max_documents])  # Spark, one process
 def test_spark_equals_local_and_meets_targets(spark, corpus, truth, local_max_documents):
-    from jobs.dedup import minhash_dedup
+    from jobs.minhash import minhash_dedup
 
     rng = random.Random(3)
     docs = [{**d, "_doc_id": i, "perplexity": float(rng.randrange(50, 500))} for i, d in enumerate(corpus)]
@@ -234,7 +233,7 @@ def test_keep_first_by_url_without_perplexity(spark):
     docs = [{"url": "https://b.example/", "raw_content": text}, {"url": "https://a.example/", "raw_content": text},
             {"url": "https://c.example/", "raw_content": text + " tail"},
             {"url": "https://z.example/", "raw_content": " ".join(f"other{i}" for i in range(200))}]
-    from jobs.dedup import minhash_dedup
+    from jobs.minhash import minhash_dedup
 
     kept, stats = minhash_dedup(spark.createDataFrame(docs), MinHashSettings(keep="id"))
     assert sorted((r["url"], r["minhash_cluster_size"]) for r in kept.collect()) == \
@@ -243,7 +242,7 @@ def test_keep_first_by_url_without_perplexity(spark):
 
 
 def test_connected_components_long_chain_and_stars(spark):
-    from jobs.dedup import connected_components
+    from jobs.minhash import connected_components
 
     rng = random.Random(0)
     nodes = list(range(1, 100))

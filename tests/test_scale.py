@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from curation.minhash import MinHashDedupStage, MinHashSettings
+from curation.lsh import MinHashDedupStage
+from curation.minhash import MinHashSettings
 from curation.settings import load_settings
 from jobs import curate
 from jobs.curate.layout import RunDirectory
@@ -83,7 +84,7 @@ def test_tasks_shrink_towards_the_end_of_a_stage_and_cover_its_work():
 
 
 def test_cluster_of_identical_pages_kept_once(spark, shared_data, tmp_path):
-    from jobs.dedup import minhash_dedup
+    from jobs.minhash import minhash_dedup
 
     book = (shared_data / "text" / "botchan.en.txt").read_text(encoding="utf-8")
     page, others = book[:3000], [book[3000 * k:3000 * (k + 1)] for k in range(1, 6)]
@@ -103,7 +104,7 @@ def test_cluster_of_identical_pages_kept_once(spark, shared_data, tmp_path):
 
 
 def test_connected_components_fail_clearly_at_the_bound(spark, tmp_path):
-    from jobs.dedup import connected_components
+    from jobs.minhash import connected_components
 
     chain = spark.createDataFrame([(i, i + 1) for i in range(64)], "src long, dst long")
     with pytest.raises(RuntimeError, match="did not converge in 1 rounds"):

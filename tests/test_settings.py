@@ -119,7 +119,7 @@ def test_readme_column_table_is_the_schema():
 
 def test_every_field_a_stage_writes_is_in_the_schema():
     from curation.extract import ExtractStage
-    from curation.minhash import MinHashDedupStage
+    from curation.lsh import MinHashDedupStage
     from curation.stages import ROW_STAGES
 
     for stage in (ExtractStage, *ROW_STAGES, MinHashDedupStage):

@@ -19,7 +19,8 @@ from curation.wikiref import (
     load_model,
     reference_probabilities,
 )
-from jobs.train_wikiref import TooFewPositives, WikirefTrainingSettings, roc_auc, train
+from curation.wikiref_training import TooFewPositives, WikirefTrainingSettings, roc_auc
+from jobs.train_wikiref import train
 
 REPO = Path(__file__).resolve().parent.parent
 HELD_OUT_ARTICLES = ("Bodmin", "Chemical-biology", "Elizabeth-Gilbert", "Goryeo-ware", "Bazooka",

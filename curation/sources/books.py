@@ -19,7 +19,8 @@ import numpy as np
 import xxhash
 
 from curation import archives
-from curation.minhash import MinHasher, band_keys, optimal_bands_rows, shingle_bytes
+from curation.lsh import band_keys
+from curation.minhash import MinHasher, optimal_bands_rows, shingle_bytes
 from curation.pipeline import Stage
 from curation.settings import setting
 from curation.sources import Source

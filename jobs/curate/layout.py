@@ -26,8 +26,8 @@ from curation.dedup_lines import LINE_HASHES
 from curation.redact import redact_config
 from curation.stages import ROW_STAGES
 from curation.warc import cc_segment
-from jobs.dedup import ID as DOC_ID
-from jobs.dedup import SIGNATURE, SIGNATURES
+from jobs.minhash import ID as DOC_ID
+from jobs.minhash import SIGNATURE, SIGNATURES
 
 GROUP = "group"  # a document's dedup group: RUN/groups/group=N/
 CURATED_FILES = "curated_files"  # in a group's marker: its files in RUN/curated/, when it wrote them there

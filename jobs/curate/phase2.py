@@ -50,8 +50,8 @@ from jobs.curate.layout import (
 )
 from jobs.curate.phase1 import SMALLEST_TASK_SHARE, guided_size
 from jobs.curate.units import Piece, RowGroupSizes, Unit, plan_units, text_bytes
-from jobs.dedup import ID as DOC_ID
-from jobs.dedup import SIGNATURE, SIGNATURES, signature_column
+from jobs.minhash import ID as DOC_ID
+from jobs.minhash import SIGNATURE, SIGNATURES, signature_column
 from jobs.spark import counting_tasks
 from jobs.storage_io import write_partitioned
 

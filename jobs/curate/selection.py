@@ -21,15 +21,15 @@ from curation.pipeline import merge_stats
 from jobs.curate.layout import ANNOTATED_WITH_ID, PARTITIONS
 from jobs.curate.phase2 import fingerprint, make_groups
 from jobs.curate.units import RowGroupSizes, row_group_sizes, text_bytes
-from jobs.dedup import ID as DOC_ID
-from jobs.dedup import SIGNATURES, minhash_dedup
+from jobs.minhash import ID as DOC_ID
+from jobs.minhash import SIGNATURES, minhash_dedup
 from jobs.spark import counting_tasks
 from jobs.storage_io import read_parquet, write_parquet
 
 if TYPE_CHECKING:
     from jobs.curate.run import Run
 
-# The columns MinHash's choice of the kept document reads (jobs.dedup.keep_order).
+# The columns MinHash's choice of the kept document reads (jobs.minhash.keep_order).
 MINHASH_KEYS = pa.schema([ANNOTATED_WITH_ID.field(name) for name in (DOC_ID, "url", "perplexity")])
 
 # Shuffles start with one partition per `partitions.text_bytes` of input (at least one per core) and

@@ -16,7 +16,6 @@ cc_net's design): one shuffle of the documents to their group, none of line hash
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -34,9 +33,6 @@ from curation.settings import exit_with_error, parse_command, section, setting
 from jobs.minhash import ID, minhash_dedup, with_doc_id
 from jobs.spark import master_setting
 from jobs.storage_io import read_parquet, write_parquet
-
-log = logging.getLogger("dedup")
-
 
 # ---------------------------------------------------------------------------------------------
 # Line dedup

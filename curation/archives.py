@@ -91,6 +91,14 @@ def members(source: str | bytes, max_member_bytes: int, counts: Counter, name: s
             yield Member(member.name, data)
 
 
+def decode_text(data: bytes) -> str:
+    """UTF-8 (a byte-order mark dropped), else Latin-1, which decodes any bytes: old files are 8-bit."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
 def member_streams(source: str | bytes, max_member_bytes: int, counts: Counter, name: str = "",
                    wanted: Callable[[str], bool] = lambda name: True) -> Iterator[MemberStream]:
     """As `members`, each member as a stream, and only those whose name is `wanted` (the others

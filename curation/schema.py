@@ -81,6 +81,8 @@ SOURCE_FIELDS: tuple[Field, ...] = (
           "outside the paper or in a cycle"),
     Field("book_id", pa.string(), "books", "the book's file name without .txt"),
     Field("gutenberg_id", pa.int64(), "books", "its Project Gutenberg ebook number, from the header (null: none)"),
+    Field("gutenberg_release_year", pa.int64(), "books", "the year of its latest release, posting or update, from the "
+          "header (null: none): of two releases of a book, the later is kept"),
     Field("site", pa.string(), "stackexchange", "the Stack Exchange site, as the dump names it (superuser.com)"),
     Field("question_id", pa.int64(), "stackexchange", "the question's post id on its site"),
     Field("score", pa.int64(), "stackexchange", "the question's score (up votes less down votes)"),

@@ -1,22 +1,30 @@
 r"""arXiv on the shared papers (emcee: one file; celerite: \include'd macro files, \input tables, a
 missing vc.tex, \renewcommand of \section, \def under \makeatletter, \bibliography{…}): the reader's
-forms (folder, one paper's archive, a bulk tar of gzipped papers), LLaMA's cleaning rules, and hostile
-archives counted without a crash or a write."""
+forms (folder, one paper's archive, a bulk tar of gzipped papers), LLaMA's cleaning rules, hostile
+archives counted without a crash or a write, and the job on Spark (jobs.sources.arxiv): a folder of paper
+folders and a bulk tar of the same papers, LLaMA's rules on its documents, its counts, a rerun."""
 
 import gzip
 import io
+import json
 import os
 import re
+import subprocess
+import sys
 import tarfile
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
-from curation import archives, schema
+from curation import archives, schema, storage
 from curation.pipeline import run_stages, stage_stats
+from curation.settings import load_settings
 from curation.sources import arxiv
+from jobs.sources.engine import job_settings, run
+from tests.conftest import REPO_ROOT
 
 SETTINGS = arxiv.ArxivSettings()
 # What celerite redefines but the cleaning keeps by name: LaTeX's own sectioning commands.
@@ -199,3 +207,72 @@ def test_runaway_macros_and_inputs_are_dropped(shared_data, tmp_path):
     (folder / "few.tex").write_text("x")
     docs, counts = read(folder)
     assert docs == [] and counts == Counter({"dropped.too_many_inputs": 1})
+
+
+# ---- the job (jobs.sources.arxiv) on Spark: one run, then a rerun ------------------------------------
+
+def job_settings_for(inputs: list[str], output: Path):
+    return load_settings(job_settings(arxiv.SOURCE), None, [f"input={json.dumps(inputs)}", f"output={output}"])
+
+
+def published(run_dir: Path) -> list[dict]:
+    return pq.read_table(sorted(storage.published_files(str(run_dir / "documents")))).to_pylist()
+
+
+@pytest.fixture(scope="module")
+def job_run(spark, shared_data, tmp_path_factory):
+    """The shared folder of the two paper folders, and a bulk tar of the same papers (and a PDF-only one)."""
+    work = tmp_path_factory.mktemp("arxiv-job")
+    celerite, emcee = shared_data / "arxiv" / "celerite", shared_data / "arxiv" / "emcee"
+    bulk = work / "arXiv_src_1703_001.tar"
+    bulk.write_bytes(tar_bytes({"1703/1703.09710.gz": gzip.compress(tar_bytes(folder_files(celerite))),
+                                "1703/1202.3665.gz": gzip.compress((emcee / "ms.tex").read_bytes()),
+                                "1703/1703.00001.pdf": b"%PDF-1.4 a PDF-only paper"}))
+    inputs = [str(shared_data / "arxiv"), str(bulk)]
+    stats = run(spark, arxiv.SOURCE, job_settings_for(inputs, work / "run"), str(work / "run"))
+    return {"run": work / "run", "inputs": inputs, "stats": stats, "papers": {"celerite": celerite, "emcee": emcee}}
+
+
+def test_a_folder_of_paper_folders_gives_each_paper_as_one_input(job_run):
+    manifest = json.loads((job_run["run"] / "manifest.json").read_text())["inputs"]
+    papers = job_run["papers"]
+    assert [(entry["source"], entry["state"], entry["documents"]) for entry in manifest] == [
+        (str(papers["celerite"]), "done", 1), (str(papers["emcee"]), "done", 1), (job_run["inputs"][1], "done", 2)]
+
+
+def test_the_job_keeps_llamas_rules_on_every_paper(job_run):
+    docs = sorted(published(job_run["run"]), key=lambda doc: doc["arxiv_id"])
+    assert [(d["arxiv_id"], d["source"], d["arxiv_main_file"]) for d in docs] == [
+        ("celerite", "arxiv", "ms.tex"), ("emcee", "arxiv", "ms.tex")]
+    for doc in docs:
+        text, folder = doc["raw_content"], job_run["papers"][doc["arxiv_id"]]
+        assert text.startswith("\\section{Introduction}")
+        assert not re.search(r"\\bibitem|thebibliography|\\bibliography(style)?\{", text)
+        assert comments_outside_verbatim(text) == []
+        assert [m for m in defined_macros(folder) - RENEWED_SECTIONING if re.search(rf"\\{m}(?![A-Za-z@])", text)] == []
+
+
+def test_the_counts_in_stats(job_run):
+    stages = job_run["stats"]["stages"]
+    assert (stages["read"]["in"], stages["read"]["out"]) == (5, 4)
+    assert stages["read"]["dropped"] == {"not_latex_source": 1} and stages["read"]["missing_input"] == 2
+    assert {name: (stages[name]["in"], stages[name]["out"], stages[name]["dropped"]) for name in
+            ("arxiv_comments", "arxiv_macros", "arxiv_sections", "exact_dedup")} == {
+        "arxiv_comments": (4, 4, {}), "arxiv_macros": (4, 4, {}), "arxiv_sections": (4, 4, {}),
+        "exact_dedup": (4, 2, {"duplicate": 2})}  # the bulk tar's copies of the folders' papers
+    assert stages["arxiv_sections"]["bibliography_parts_removed"] == 4
+    assert job_run["stats"]["documents_out"] == 2
+
+
+def test_a_rerun_resumes(job_run, spark):
+    run_dir, inputs = job_run["run"], job_run["inputs"]
+    marker = (run_dir / "documents" / storage.PUBLISHED).read_text()
+    again = run(spark, arxiv.SOURCE, job_settings_for(inputs, run_dir), str(run_dir))
+    assert again["inputs_resumed"] == 3 and "read" not in again["tasks"] and again["documents_out"] == 2
+    assert (run_dir / "documents" / storage.PUBLISHED).read_text() == marker
+
+
+def test_the_command_line():
+    done = subprocess.run([sys.executable, "-m", "jobs.sources.arxiv", "--print-settings"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "dedup: true" in done.stdout and "keep_appendix: true" in done.stdout

@@ -47,15 +47,26 @@ class RunWideStep:
       the inputs given, then of the documents in the input) is kept. A key of None is never a duplicate.
       `EXACT_DUPLICATES` below keys on a hash of `raw_content`; GitHub's exact file dedup can key on its
       `content_hash` field (`key=lambda doc: doc["content_hash"], key_type=pa.string()`).
-    A new kind (books' near-duplicates: key = a document's MinHash signature, `pa.list_(pa.uint32())`;
-    kind = cluster the keys whose estimated Jaccard similarity passes the threshold, keep one per
-    cluster) is a function in jobs/sources/run_wide.py from the keys (a DataFrame of `input`, `row` and
-    `key`) to the `input` and `row` of the documents to drop, registered in its KINDS by name."""
+    - "near_duplicate_books": the key is a book's summary (`curation.sources.books.summary_key`), the
+      decision `curation.sources.books.near_duplicates` with the step's `settings`; each dropped book
+      is listed in stats.json with the book kept in its place.
+    A new kind is a function in jobs/sources/run_wide.py, registered in its KINDS by name.
+
+    `settings` are what the kind decides with (and the key is computed with): a run whose steps'
+    settings differ from those an input's keys were made with reads that input again."""
     name: str  # its stage name in stats.json
     kind: str  # how the engine decides over the keys: a name in jobs.sources.run_wide.KINDS
     key: Callable[[dict], Any]  # a document's key, computed where the document is read
     key_type: pa.DataType  # its Arrow type in the stored keys
     reason: str = "duplicate"  # the drop reason of the documents it drops
+    settings: Any = None  # a frozen settings dataclass, or None
+
+    @property
+    def identity(self) -> str:
+        """The step's name and a hash of its settings: what an input's stored keys were made for."""
+        if self.settings is None:
+            return self.name
+        return f"{self.name}@{xxhash.xxh64_hexdigest(repr(self.settings).encode())}"
 
 
 def content_hash(doc: dict) -> bytes:

@@ -117,7 +117,7 @@ def publish_documents(spark: SparkSession, run_dir: str, records: list[dict], st
     through the same steps; returns what the marker says of it (its steps' stats, documents, characters)."""
     documents = storage.join(run_dir, DOCUMENTS)
     # each input by the token of its reading: a rerun that read one again publishes again
-    about = {"inputs": [record["reading"] for record in records], "run_wide": [step.name for step in steps]}
+    about = {"inputs": [record["reading"] for record in records], "run_wide": [step.identity for step in steps]}
     marker = storage.published_marker(documents)
     if marker and {key: marker.get("about", {}).get(key) for key in about} == about:
         return marker["about"]

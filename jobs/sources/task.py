@@ -52,12 +52,13 @@ def record_file(run_dir: str, location: str) -> str:
 
 
 def done_record(run_dir: str, location: str, steps: list[RunWideStep]) -> dict | None:
-    """The record of an input read with keys for every one of `steps`; None when it must be read."""
+    """The record of an input read with keys for every one of `steps`, made with their settings; None
+    when it must be read."""
     path = record_file(run_dir, location)
     if not storage.exists(path):
         return None
     record = json.loads(storage.read_text(path))
-    return record if {step.name for step in steps} <= set(record["keys"]) else None
+    return record if {step.identity for step in steps} <= set(record["keys"]) else None
 
 
 def counted_reading(docs: Iterator[dict], counts: Counter) -> Iterator[dict]:
@@ -146,7 +147,7 @@ def read_input(source: Source, settings, location: str, run_dir: str, per_file: 
     record = {"source": redact_text(location), "id": input_id(location),
               "reading": uuid.uuid4().hex,  # this reading's token: the documents' marker names the readings it holds
               "files": files.files, "characters": files.characters, "documents": sum(files.files.values()),
-              "keys": [step.name for step in steps], "keys_file": files.keys_file,
+              "keys": [step.identity for step in steps], "keys_file": files.keys_file,
               "seconds": round(time.time() - started, 3), "cpu_seconds": round(time.process_time() - cpu, 3),
               "stages": {"read": read, **stage_stats(stages)}}
     storage.write_text(record_file(run_dir, location), json.dumps(record))

@@ -4,7 +4,8 @@ A document is a plain dict (`curation.pipeline`); this module says which keys it
 Arrow type, the stage that writes each one and what it means. The Parquet schemas of the jobs,
 the report's score columns and the README's column table all come from `FIELDS`; each stage
 declares the fields it writes (`Stage.writes`), and a field no schema knows is an error, never a
-silently dropped column. CCNet's names and meanings are kept (see DESIGN.md); ours follow them.
+silently dropped column. CCNet's names and meanings are kept (cc_net's output fields, as its own code writes
+them: tests/test_ccnet_oracle.py checks them against cc_net); ours follow them.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def check_document(doc: dict, internal: frozenset[str] = frozenset()) -> None:
 def doc_id(url: str | None, raw_content: str | None) -> int:
     """A document's identity, from its URL and text as read: Spark's `xxhash64(url, raw_content)`
     (XXH64, seed 42, each non-null column's UTF-8 bytes hashed with the previous hash as the seed),
-    so Python tasks and Spark expressions (`jobs.dedup.with_doc_id`) give the same id."""
+    so Python tasks and Spark expressions (`jobs.minhash.with_doc_id`) give the same id."""
     seed = 42
     for value in (url, raw_content):
         if value is not None:

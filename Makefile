@@ -54,9 +54,11 @@ $(VENV)/bin/lmplz: $(VENV)/.installed
 $(CLASS_ARCHIVE).size: $(VENV)/.installed $(LIBJVM)
 	$(PY) -m jobs.spark
 
-# The suite, then its 15 slowest tests (what to look at when it grows past its 10 minutes).
+# The suite in TEST_WORKERS processes (a test file's tests stay in one: its module fixtures are made once), then
+# its 15 slowest tests (what to look at when it grows past its 10 minutes).
+TEST_WORKERS ?= 2
 test:
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
 
 lint:
 	$(VENV)/bin/ruff check .

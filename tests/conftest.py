@@ -23,7 +23,8 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
-    """One local SparkSession for the whole test run (each start costs ~10 s)."""
+    """One local SparkSession per test process (each start costs ~10 s): `make test` runs two, each
+    taking whole test files (pytest-xdist's --dist loadfile)."""
     from jobs.spark import spark_session
 
     log_file = tmp_path_factory.mktemp("spark-log") / "spark.log"

@@ -109,7 +109,7 @@ def lean_jvm_options() -> list[str]:
     """The JVM compiles with C1 only and collects with the serial GC: it moves Arrow batches and
     Parquet pages while Python does the work, and C2's compiler threads and G1's concurrent ones cost
     more than they save on a few cores. Measured (bench.ccnet --devices, 41,820 WET documents, local[2],
-    9 alternating pairs): 35.2 s with, 37.4 s without (5.9 % of the wall time), CPU 9 % lower."""
+    means of alternating runs): 35.2 s with, 37.4 s without (5.9 %; line dedup on: 18.1 / 20.6 s, 12 %)."""
     return ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"] if device_on("lean_jvm") else []
 
 
@@ -117,8 +117,8 @@ def class_archive_options(log_file: Path, dump: Path | None = None) -> list[str]
     """The JVM maps the classes of the jobs' path from `CLASS_ARCHIVE` (`make setup` dumps it from a
     small real session) instead of loading and verifying them from Spark's jars; a stale or damaged
     archive the JVM merely leaves unused (its CDS messages go to `jvm_log_file`). Measured (bench.ccnet
-    --devices, 41,820 WET documents, local[2], 5 alternating pairs): 33.7 s with, 35.3 s without (4.5 %
-    of the wall time: the JVM's start-up)."""
+    --devices, 41,820 WET documents, local[2], means of alternating runs): 33.7 s with, 35.3 s without
+    (4.5 %: the JVM's start-up; line dedup on: 18.1 / 22.8 s, 21 %)."""
     if dump:
         options = f"-XX:ArchiveClassesAtExit={dump}"
     elif device_on("class_archive") and whole_class_archive(CLASS_ARCHIVE):
@@ -133,8 +133,8 @@ def class_archive_options(log_file: Path, dump: Path | None = None) -> list[str]
 def import_pandas_before_fork() -> None:
     """pyarrow imports pandas at its first array made from Python objects (0.6 s of CPU): a phase-1
     task imports it before it forks its child, instead of every child importing it again. Measured
-    (bench.ccnet --devices, 41,820 WET documents in 60 inputs, local[2], 5 alternating pairs): 33.7 s
-    with, 35.9 s without (6.1 % of the wall time)."""
+    (bench.ccnet --devices, 41,820 WET documents in 60 inputs, local[2], means of alternating runs):
+    33.7 s with, 35.9 s without (6.1 %; line dedup on: 18.1 / 18.9 s, 4.4 %)."""
     if device_on("pandas_before_fork"):
         import pandas  # noqa: F401
 

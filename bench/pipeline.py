@@ -195,8 +195,10 @@ def describe(name: str, result: dict) -> str:
     stages = {stage: values["seconds"] for stage, values in result["stats"]["stages"].items() if values.get("seconds")}
     minhash = result["stats"]["stages"].get("minhash", {})
     spent = ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in stages.items())
+    signatures = minhash.get("signature_seconds", 0)  # `***` in an older checkout's stats.json (its redaction)
     share = "" if not minhash.get("seconds") else (
-        f"; MinHash {minhash['seconds']:.1f} s (signatures {minhash.get('signature_seconds', 0):.1f}): "
+        f"; MinHash {minhash['seconds']:.1f} s (signatures "
+        f"{f'{signatures:.1f}' if isinstance(signatures, float | int) else signatures}): "
         f"{minhash['seconds'] / (result['wall'] * CORES):.0%} of the core-seconds")
     return (f"{name:<7} {result['wall']:6.1f} s wall, {PAGES / result['wall'] / CORES:6.1f} pages/s per core, "
             f"CPU {result['cpu']:6.1f} s (stages' seconds: {spent}){share}")
